@@ -1,0 +1,325 @@
+"""The one write path every ingest format goes through.
+
+A format reader turns its files into a :class:`Prepared` plan: SQL for a *rows*
+relation (one row per input record, sample columns plus one text column per caption
+variant) and, for formats with a variable number of captions per sample, SQL for a
+*long captions* relation. :func:`run_ingest` then, in **one transaction**:
+
+1. records the run;
+2. rejects with a reason: NULL, empty or over-long captions, records whose uid repeats
+   inside the input (``duplicate row`` when the content is the same, ``duplicate id``
+   when it differs; the first record by input order is kept), records with no valid
+   caption, and whatever the reader itself rejected (unparsable lines and the like);
+3. appends samples and captions not already in the store (anti-joins on ``uid`` and
+   ``caption_id``: ingesting the same input twice adds nothing).
+
+Any error rolls the whole transaction back: a failed ingest leaves the store exactly
+as it was. DuckDB streams the input through these statements, so memory stays bounded
+by its ``memory_limit`` whatever the input size.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import duckdb
+
+from .. import __version__
+from ..errors import CurateError, InputError
+from ..ids import caption_id_sql
+from ..store import Store
+
+#: Captions longer than this many characters are rejected (``caption too long``).
+MAX_CAPTION_CHARS = 20_000
+RECORD_CHARS = 1000
+
+SAMPLE_COLUMNS = ("uid", "url", "image_shard", "image_key", "image_path", "sha256", "width", "height", "extra")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A caption variant held in a column of the rows relation."""
+
+    variant: str
+    column: str
+    generator: str | None = None
+    provenance_sql: str | None = None  # SQL expression over the rows relation, JSON or NULL
+
+
+@dataclass
+class Prepared:
+    """What a reader hands to :func:`run_ingest`.
+
+    ``rows_sql`` must select ``row_ref`` (VARCHAR), ``row_ord`` (BIGINT, input order),
+    the :data:`SAMPLE_COLUMNS` and the variant text columns. ``long_captions_sql``, if
+    given, selects ``uid, row_ref, variant, text, generator, provenance``.
+    ``reader_rejects_sql`` selects ``row_ref, reason, detail, record``.
+    """
+
+    fmt: str
+    source: str
+    config: dict[str, Any]
+    rows_sql: str
+    variants: list[Variant] = field(default_factory=list)
+    long_captions_sql: str | None = None
+    reader_rejects_sql: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    require_caption: bool = True
+    register: dict[str, Any] = field(default_factory=dict)  # Arrow tables to register by name
+    after: Callable[[duckdb.DuckDBPyConnection, int], dict[str, int]] | None = None
+    max_caption_chars: int = MAX_CAPTION_CHARS
+
+
+@dataclass
+class IngestResult:
+    run_id: int
+    fmt: str
+    source: str
+    rows_in: int
+    samples_added: int
+    captions_added: int
+    rejected: int
+    already_present: int
+    seconds: float
+    by_variant: dict[str, int] = field(default_factory=dict)
+    reject_reasons: dict[str, int] = field(default_factory=dict)
+    extra: dict[str, int] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        parts = [
+            f"ingest {self.fmt} into source {self.source!r}: {self.rows_in:,} records read",
+            f"{self.samples_added:,} samples and {self.captions_added:,} captions added",
+        ]
+        if self.by_variant:
+            parts.append("(" + ", ".join(f"{v}: {n:,}" for v, n in sorted(self.by_variant.items())) + ")")
+        if self.already_present:
+            parts.append(f"{self.already_present:,} samples already in the store")
+        for k, v in self.extra.items():
+            parts.append(f"{v:,} {k}")
+        if self.rejected:
+            reasons = ", ".join(f"{r}: {n:,}" for r, n in sorted(self.reject_reasons.items()))
+            parts.append(f"{self.rejected:,} rejected ({reasons}); see `curate sql --query store.rejects`")
+        parts.append(f"{self.seconds:.1f}s, run {self.run_id}")
+        return "; ".join(parts)
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def run_ingest(store: Store, plan: Prepared) -> IngestResult:
+    if store.read_only:
+        raise CurateError(f"store {store.path} is open read-only")
+    con = store.con
+    t0 = time.perf_counter()
+    params = {"source": plan.source, **plan.params}
+    for name, table in plan.register.items():
+        con.register(name, table)
+    con.begin()
+    try:
+        result = _ingest_in_transaction(con, plan, params, t0)
+        con.commit()
+    except CurateError:
+        con.rollback()
+        raise
+    except duckdb.Error as e:
+        con.rollback()
+        raise InputError(f"ingest {plan.fmt} failed, nothing was written: {_first_line(e)}") from None
+    except BaseException:
+        con.rollback()
+        raise
+    finally:
+        for name in plan.register:
+            try:
+                con.unregister(name)
+            except duckdb.Error:
+                pass
+    return result
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return " ".join(lines[:2]) if lines else type(e).__name__
+
+
+def _p(params: dict[str, Any], sql: str) -> dict[str, Any]:
+    """Only the parameters a statement uses (DuckDB refuses unused named parameters)."""
+    return {k: v for k, v in params.items() if f"${k}" in sql}
+
+
+def _ingest_in_transaction(con: duckdb.DuckDBPyConnection, plan: Prepared, params: dict[str, Any], t0: float) -> IngestResult:
+    run_id = con.execute("SELECT nextval('run_id_seq')").fetchone()[0]
+    params = {**params, "run_id": run_id, "max_chars": plan.max_caption_chars}
+    cfg = {"format": plan.fmt, "source": plan.source, **plan.config}
+    con.execute(
+        "INSERT INTO runs (run_id, kind, stage, config, config_hash, status, started_at, curate_version) "
+        "VALUES (?, 'ingest', ?, ?, ?, 'running', ?, ?)",
+        [run_id, f"ingest.{plan.fmt}", json.dumps(cfg, default=str), config_hash(cfg), _dt.datetime.now(), __version__],
+    )
+
+    def q(sql: str, extra: dict[str, Any] | None = None) -> duckdb.DuckDBPyConnection:
+        # The input relations are spliced in as subqueries: DuckDB cannot prepare a view
+        # with parameters, and they are re-read (streamed) by each statement.
+        sql = sql.replace("_in_rows", f"({plan.rows_sql})")
+        if plan.long_captions_sql:
+            sql = sql.replace("_in_long", f"({plan.long_captions_sql})")
+        p = {**params, **(extra or {})}
+        return con.execute(sql, _p(p, sql))
+
+    rows_in = q("SELECT count(*) FROM _in_rows").fetchone()[0]
+
+    # Caption validity per variant column, evaluated on the row itself (no join).
+    def bad_reason(col: str) -> str:
+        c = f'"{col}"'
+        return (
+            f"CASE WHEN {c} IS NULL THEN 'null caption' "
+            f"WHEN trim({c}) = '' THEN 'empty caption' "
+            f"WHEN length({c}) > $max_chars THEN 'caption too long' END"
+        )
+
+    def valid(col: str) -> str:
+        c = f'"{col}"'
+        return f"({c} IS NOT NULL AND trim({c}) <> '' AND length({c}) <= $max_chars)"
+
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE _in_rej (row_ref VARCHAR, reason VARCHAR, detail VARCHAR, record VARCHAR)"
+    )
+
+    # 1. Repeated uids inside this input: keep the first by input order.
+    fingerprint = " || chr(30) || ".join(
+        ["coalesce(url, '')"] + [f"coalesce(\"{v.column}\", '')" for v in plan.variants]
+    ) or "''"
+    q(f"""
+        CREATE OR REPLACE TEMP TABLE _in_dups AS
+        WITH d AS (SELECT uid FROM _in_rows GROUP BY uid HAVING count(*) > 1),
+        r AS (
+            SELECT r.row_ref, r.row_ord, r.uid, {fingerprint} AS fp,
+                   row_number() OVER (PARTITION BY r.uid ORDER BY r.row_ord) AS k
+            FROM _in_rows AS r SEMI JOIN d USING (uid)
+        )
+        SELECT r.row_ref, r.row_ord, r.uid,
+               CASE WHEN r.fp = f.fp THEN 'duplicate row' ELSE 'duplicate id' END AS reason,
+               'same uid as ' || f.row_ref AS detail
+        FROM r JOIN r AS f ON f.uid = r.uid AND f.k = 1
+        WHERE r.k > 1
+    """)
+
+    # 2. Caption rejects (per variant) and samples without any valid caption.
+    caption_rejects = [
+        f"SELECT row_ref, {bad_reason(v.column)} AS reason, "
+        f"'variant ' || '{_lit(v.variant)}' || CASE WHEN \"{v.column}\" IS NOT NULL THEN ' (' || length(\"{v.column}\") || ' characters)' ELSE '' END AS detail, "
+        f"left(\"{v.column}\", {RECORD_CHARS}) AS record "
+        f"FROM _in_rows WHERE NOT {valid(v.column)} AND row_ord NOT IN (SELECT row_ord FROM _in_dups)"
+        for v in plan.variants
+    ]
+    for sql in caption_rejects:
+        q(f"INSERT INTO _in_rej SELECT row_ref, reason, detail, record FROM ({sql})")
+    if plan.long_captions_sql:
+        q(f"""
+            INSERT INTO _in_rej
+            SELECT row_ref, {bad_reason('text')}, 'variant ' || variant, left(text, {RECORD_CHARS})
+            FROM _in_long WHERE NOT {valid('text')}
+        """)
+    q("INSERT INTO _in_rej SELECT row_ref, reason, detail, NULL FROM _in_dups")
+    if plan.reader_rejects_sql:
+        q(f"INSERT INTO _in_rej SELECT row_ref, reason, detail, left(record, {RECORD_CHARS}) FROM ({plan.reader_rejects_sql})")
+
+    any_valid = " OR ".join(valid(v.column) for v in plan.variants)
+    if plan.long_captions_sql:
+        long_ok = f"uid IN (SELECT uid FROM _in_long WHERE {valid('text')})"
+        any_valid = f"({any_valid}) OR {long_ok}" if any_valid else long_ok
+    keep = "row_ord NOT IN (SELECT row_ord FROM _in_dups)"
+    if plan.require_caption:
+        if not any_valid:
+            raise InputError(f"ingest {plan.fmt}: no caption column is mapped")
+        q(f"""
+            INSERT INTO _in_rej SELECT row_ref, 'no valid caption', NULL, NULL
+            FROM _in_rows WHERE {keep} AND NOT ({any_valid})
+        """)
+        keep = f"{keep} AND ({any_valid})"
+
+    # 3. Append what is new.
+    cols = ", ".join(SAMPLE_COLUMNS)
+    before = con.execute("SELECT count(*) FROM samples").fetchone()[0]
+    q(f"""
+        INSERT INTO samples (uid, source, url, image_shard, image_key, image_path, sha256, width, height, extra, run_id)
+        SELECT uid, $source, url, image_shard, image_key, image_path, sha256, width, height, extra, $run_id
+        FROM (SELECT {cols} FROM _in_rows WHERE {keep}) n
+        ANTI JOIN samples s USING (uid)
+    """)
+    samples_added = con.execute("SELECT count(*) FROM samples").fetchone()[0] - before
+    dropped = con.execute(
+        "SELECT count(*) FROM _in_rej WHERE reason IN ('duplicate row', 'duplicate id', 'no valid caption')"
+    ).fetchone()[0]
+    kept_rows = rows_in - dropped
+
+    by_variant: dict[str, int] = {}
+    before_c = con.execute("SELECT count(*) FROM captions").fetchone()[0]
+    for v in plan.variants:
+        prov = v.provenance_sql or "NULL::JSON"
+        cid = caption_id_sql("uid", f"'{_lit(v.variant)}'", f'"{v.column}"')
+        sql = f"""
+            INSERT INTO captions (caption_id, uid, variant, text, generator, provenance, source, run_id)
+            SELECT n.* FROM (
+                SELECT {cid} AS caption_id, uid, '{_lit(v.variant)}' AS variant, "{v.column}" AS text,
+                       $generator::VARCHAR AS generator, {prov} AS provenance, $source AS source, $run_id AS run_id
+                FROM _in_rows WHERE {keep} AND {valid(v.column)}
+            ) n ANTI JOIN captions c USING (caption_id)
+        """
+        q(sql, {"generator": v.generator})
+        now = con.execute("SELECT count(*) FROM captions").fetchone()[0]
+        by_variant[v.variant] = now - before_c
+        before_c = now
+    if plan.long_captions_sql:
+        cid = caption_id_sql("l.uid", "l.variant", "l.text")
+        q(f"""
+            INSERT INTO captions (caption_id, uid, variant, text, generator, provenance, source, run_id)
+            SELECT n.* FROM (
+                SELECT DISTINCT ON (caption_id) {cid} AS caption_id, l.uid, l.variant, l.text, l.generator,
+                       l.provenance::JSON, $source, $run_id
+                FROM _in_long l SEMI JOIN (SELECT uid FROM _in_rows WHERE {keep}) k USING (uid)
+                WHERE {valid('text').replace('"text"', 'l.text')}
+                ORDER BY caption_id, l.row_ref
+            ) n ANTI JOIN captions c USING (caption_id)
+        """)
+        for variant, n in q("SELECT variant, count(*) FROM captions WHERE run_id = $run_id GROUP BY 1").fetchall():
+            by_variant[variant] = n
+
+    extra: dict[str, int] = {}
+    if plan.after is not None:
+        extra = plan.after(con, run_id) or {}
+
+    captions_added = sum(by_variant.values())
+    # Rejects already recorded for this source (a re-ingest of the same input) are not written twice.
+    q("""
+        INSERT INTO rejects SELECT $run_id, $source, r.row_ref, r.reason, r.detail, r.record
+        FROM _in_rej r WHERE NOT EXISTS (
+            SELECT 1 FROM rejects x WHERE x.source = $source AND x.row_ref IS NOT DISTINCT FROM r.row_ref
+              AND x.reason = r.reason AND x.detail IS NOT DISTINCT FROM r.detail)
+    """)
+    reasons = dict(con.execute("SELECT reason, count(*) FROM _in_rej GROUP BY 1").fetchall())
+    rejected = sum(reasons.values())
+    seconds = time.perf_counter() - t0
+    con.execute(
+        "UPDATE runs SET status = 'ok', rows_in = ?, rows_out = ?, rows_rejected = ?, seconds = ?, finished_at = ?, "
+        "message = ? WHERE run_id = ?",
+        [rows_in, samples_added + captions_added, rejected, seconds, _dt.datetime.now(),
+         json.dumps({"samples": samples_added, "captions": captions_added, **extra}), run_id],
+    )
+    con.execute("DROP TABLE IF EXISTS _in_dups")
+    con.execute("DROP TABLE IF EXISTS _in_rej")
+    return IngestResult(
+        run_id=run_id, fmt=plan.fmt, source=plan.source, rows_in=rows_in, samples_added=samples_added,
+        captions_added=captions_added, rejected=rejected, already_present=max(kept_rows - samples_added, 0),
+        seconds=seconds, by_variant=by_variant, reject_reasons=reasons, extra=extra,
+    )
+
+
+def _lit(s: str) -> str:
+    return s.replace("'", "''")
+

@@ -1,0 +1,368 @@
+"""URL/caption tables: parquet, CSV, TSV (with or without header) and JSONL.
+
+Column mapping uses img2dataset's vocabulary (``url_col``, ``caption_col``); every
+other input column is kept in ``samples.extra`` (JSON) unless ``extra_cols`` narrows
+it. Presets name the mapping of well-known sources:
+
+* ``laion``: ``URL`` / ``TEXT`` (``WIDTH``/``HEIGHT`` become width/height when present)
+* ``datacomp``: ``uid`` / ``url`` / ``text``, the ``uid`` is the sample's uid, score
+  columns (``clip_b32_similarity_score``...) kept in ``extra``, ``sha256`` and
+  ``original_width``/``original_height`` mapped
+* ``cc3m``: TSV without header, caption TAB url
+
+Parquet streams through DuckDB; CSV/TSV are parsed by DuckDB with quoting off for TSV
+(CC3M captions contain quote characters) and lines that cannot be read (invalid UTF-8,
+wrong number of fields) become rejects; JSONL is split into lines in Python so each
+malformed line is rejected with its exact line number.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from ..errors import ConfigError, InputError
+from ..store import Store, quote_ident
+from .core import Prepared, Variant, run_ingest
+
+TABLE_FORMATS = ("parquet", "csv", "tsv", "jsonl")
+#: Columns pandas or writers leave behind that carry no data.
+JUNK_COLUMNS = ("__index_level_0__",)
+
+
+@dataclass(frozen=True)
+class TableMapping:
+    url_col: str | None = "url"
+    caption_col: str | None = "caption"
+    uid_col: str | None = None
+    width_col: str | None = None
+    height_col: str | None = None
+    sha256_col: str | None = None
+    variant: str = "raw"
+    generator: str | None = "alt-text"
+    extra_cols: tuple[str, ...] | None = None  # None: every unmapped column
+    input_format: str | None = None  # inferred from the file name
+    header: bool = True
+    optional: tuple[str, ...] = ()  # mapped columns that may be absent (presets)
+
+
+PRESETS: dict[str, TableMapping] = {
+    "laion": TableMapping(url_col="URL", caption_col="TEXT", width_col="WIDTH", height_col="HEIGHT",
+                          optional=("width_col", "height_col")),
+    "datacomp": TableMapping(url_col="url", caption_col="text", uid_col="uid", sha256_col="sha256",
+                             width_col="original_width", height_col="original_height",
+                             optional=("sha256_col", "width_col", "height_col")),
+    "cc3m": TableMapping(url_col="column1", caption_col="column0", input_format="tsv", header=False),
+    "img2dataset": TableMapping(url_col="url", caption_col="caption"),
+}
+
+
+def resolve_mapping(preset: str | None = None, **overrides: Any) -> TableMapping:
+    if preset is not None and preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    base = PRESETS[preset] if preset else TableMapping()
+    kw = {k: v for k, v in overrides.items() if v is not None}
+    if "extra_cols" in kw and isinstance(kw["extra_cols"], (list, str)):
+        kw["extra_cols"] = tuple(kw["extra_cols"].split(",")) if isinstance(kw["extra_cols"], str) else tuple(kw["extra_cols"])
+    if kw.get("input_format") and kw["input_format"] not in TABLE_FORMATS:
+        raise ConfigError(f"unknown input format {kw['input_format']!r}; choose one of {', '.join(TABLE_FORMATS)}")
+    # a column named explicitly is required even when the preset marks it optional
+    optional = tuple(o for o in base.optional if o not in kw)
+    return replace(base, **kw, optional=optional)
+
+
+def input_files(path: str | Path, fmt: str | None) -> tuple[list[Path], str]:
+    p = Path(path)
+    if p.is_dir():
+        if fmt is None:
+            for f in TABLE_FORMATS:
+                if sorted(p.glob(f"*.{f}")):
+                    fmt = f
+                    break
+            else:
+                raise InputError(f"{p} holds no .parquet, .csv, .tsv or .jsonl files")
+        files = sorted(p.glob(f"*.{fmt}"))
+        if not files:
+            raise InputError(f"{p} holds no .{fmt} files")
+        return files, fmt
+    if not p.exists():
+        raise InputError(f"input {p} does not exist")
+    if fmt is None:
+        suffix = p.suffix.lower().lstrip(".")
+        fmt = {"txt": "tsv", "json": "jsonl", "ndjson": "jsonl"}.get(suffix, suffix)
+        if fmt not in TABLE_FORMATS:
+            raise InputError(f"cannot tell the format of {p.name}; pass --input-format ({', '.join(TABLE_FORMATS)})")
+    return [p], fmt
+
+
+def ingest_table(store: Store, path: str | Path, source: str | None = None, mapping: TableMapping | None = None,
+                 **kw: Any) -> Any:
+    """Ingest a URL/caption table (a file or a folder of files of one format)."""
+    mapping = mapping or TableMapping()
+    files, fmt = input_files(path, mapping.input_format)
+    source = source or Path(path).stem
+    plan = prepare_table(store, files, fmt, source, mapping, **kw)
+    return run_ingest(store, plan)
+
+
+def _check_columns(available: dict[str, str], mapping: TableMapping, files: list[Path]) -> dict[str, str | None]:
+    """Map role -> input column, failing on a missing mapped column or a wrong type."""
+    roles = {
+        "url_col": mapping.url_col, "caption_col": mapping.caption_col, "uid_col": mapping.uid_col,
+        "width_col": mapping.width_col, "height_col": mapping.height_col, "sha256_col": mapping.sha256_col,
+    }
+    resolved: dict[str, str | None] = {}
+    for role, col in roles.items():
+        if col is None:
+            resolved[role] = None
+            continue
+        if col not in available:
+            if role in mapping.optional:
+                resolved[role] = None
+                continue
+            flag = "--" + role.replace("_", "-")
+            raise InputError(
+                f"{files[0].name}: column {col!r} (the {role.replace('_col', '')} column) is missing; "
+                f"the input has {', '.join(available) or 'no columns'}; map another with {flag}"
+            )
+        resolved[role] = col
+    text_roles = ("url_col", "caption_col", "uid_col", "sha256_col")
+    for role in text_roles:
+        col = resolved.get(role)
+        if col is not None and available[col] not in ("VARCHAR", "JSON") and not (role == "uid_col" and _is_int(available[col])):
+            raise InputError(
+                f"{files[0].name}: column {col!r} (the {role.replace('_col', '')} column) has type {available[col]}, expected text"
+            )
+    for role in ("width_col", "height_col"):
+        col = resolved.get(role)
+        if col is not None and not _is_int(available[col]) and available[col] not in ("DOUBLE", "FLOAT", "VARCHAR"):
+            raise InputError(f"{files[0].name}: column {col!r} has type {available[col]}, expected an integer")
+    return resolved
+
+
+def _is_int(t: str) -> bool:
+    return t in ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT")
+
+
+def _extras(available: dict[str, str], resolved: dict[str, str | None], mapping: TableMapping,
+            skip: tuple[str, ...] = ()) -> list[str]:
+    mapped = {c for c in resolved.values() if c}
+    if mapping.extra_cols is not None:
+        missing = [c for c in mapping.extra_cols if c not in available]
+        if missing:
+            raise InputError(f"extra column(s) {', '.join(missing)} not in the input ({', '.join(available)})")
+        return [c for c in mapping.extra_cols if c not in mapped]
+    return [c for c in available if c not in mapped and c not in JUNK_COLUMNS and c not in skip]
+
+
+def _row_select(resolved: dict[str, str | None], extras: list[str], row_ref: str, row_ord: str,
+                shard: str = "NULL", key: str = "NULL") -> str:
+    from ..ids import uid_from_id_sql, uid_sql
+
+    def col(role: str) -> str | None:
+        c = resolved.get(role)
+        return quote_ident(c) if c else None
+
+    url = col("url_col")
+    if col("uid_col"):
+        uid = uid_from_id_sql(f"{col('uid_col')}::VARCHAR")
+    elif url:
+        uid = uid_sql(url)
+    else:
+        raise InputError("a table needs a url column or an id column to key its samples")
+    width = f"TRY_CAST({col('width_col')} AS INTEGER)" if col("width_col") else "NULL::INTEGER"
+    height = f"TRY_CAST({col('height_col')} AS INTEGER)" if col("height_col") else "NULL::INTEGER"
+    sha = f"{col('sha256_col')}::VARCHAR" if col("sha256_col") else "NULL::VARCHAR"
+    if extras:
+        pairs = ", ".join(f"'{e.replace(chr(39), chr(39) * 2)}', {quote_ident(e)}" for e in extras)
+        extra = f"json_object({pairs})"
+    else:
+        extra = "NULL::JSON"
+    caption = f"{col('caption_col')}::VARCHAR" if col("caption_col") else "NULL::VARCHAR"
+    return (
+        f"SELECT {row_ref} AS row_ref, {row_ord} AS row_ord, {uid} AS uid, {url or 'NULL'}::VARCHAR AS url, "
+        f"{shard}::VARCHAR AS image_shard, {key}::VARCHAR AS image_key, NULL::VARCHAR AS image_path, "
+        f"{sha} AS sha256, {width} AS width, {height} AS height, {extra} AS extra, {caption} AS _caption"
+    )
+
+
+def prepare_table(store: Store, files: list[Path], fmt: str, source: str, mapping: TableMapping,
+                  max_caption_chars: int | None = None) -> Prepared:
+    con = store.con
+    file_list = [str(f.resolve()) for f in files]
+    config = {"input": file_list, "input_format": fmt, "mapping": {k: v for k, v in mapping.__dict__.items()}}
+    reader_rejects = None
+    register: dict[str, Any] = {}
+    if fmt == "parquet":
+        for f in files:
+            _check_parquet(f)
+        src = "read_parquet($files, filename=true, file_row_number=true)"
+        available = _describe(con, f"SELECT * EXCLUDE (filename, file_row_number) FROM {src}", {"files": file_list})
+        resolved = _check_columns(available, mapping, files)
+        extras = _extras(available, resolved, mapping)
+        row_ref = "filename || ':' || file_row_number"
+        row_ord = "(list_position($files, filename)::BIGINT << 40) + file_row_number"
+        rows_sql = _row_select(resolved, extras, row_ref, row_ord) + f" FROM {src}"
+    elif fmt in ("csv", "tsv"):
+        delim = "\t" if fmt == "tsv" else ","
+        quote = "''" if fmt == "tsv" else "'\"'"
+        opts = (f"delim='{delim}', header={str(mapping.header).lower()}, all_varchar=true, quote={quote}, escape={quote}, "
+                f"filename=true, store_rejects=true, rejects_table='_curate_csv_rejects', rejects_scan='_curate_csv_scans', "
+                f"null_padding=false, strict_mode=true")
+        con.execute("DROP TABLE IF EXISTS _curate_csv_rejects")
+        con.execute("DROP TABLE IF EXISTS _curate_csv_scans")
+        probe = f"SELECT * EXCLUDE (filename) FROM read_csv($files, {opts}) LIMIT 0"
+        available = _describe(con, probe, {"files": file_list})
+        resolved = _check_columns(available, mapping, files)
+        extras = _extras(available, resolved, mapping)
+        # parse once into a temp table (spills to the store's tmp/ when large)
+        name = "_curate_csv_in"
+        con.execute(f"DROP TABLE IF EXISTS {name}")
+        con.execute("DROP TABLE IF EXISTS _curate_csv_rejects")
+        con.execute(
+            f"CREATE TEMP TABLE {name} AS SELECT *, row_number() OVER (PARTITION BY filename) AS _row, "
+            f"list_position($files, filename)::BIGINT AS _file FROM read_csv($files, {opts})",
+            {"files": file_list},
+        )
+        row_ref = "filename || ':row ' || _row"
+        row_ord = "(_file << 40) + _row"
+        rows_sql = _row_select(resolved, extras, row_ref, row_ord) + f" FROM {name}"
+        has_rej = con.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = '_curate_csv_rejects'"
+        ).fetchone()[0]
+        if has_rej:
+            con.execute("CREATE OR REPLACE TEMP TABLE _curate_csv_rej AS SELECT r.*, s.file_path FROM _curate_csv_rejects r "
+                        "JOIN _curate_csv_scans s USING (scan_id, file_id)")
+            reader_rejects = (
+                "SELECT file_path || ':line ' || line AS row_ref, "
+                "CASE error_type WHEN 'INVALID ENCODING' THEN 'not UTF-8' ELSE lower(error_type::VARCHAR) END AS reason, "
+                "error_message AS detail, csv_line AS record FROM _curate_csv_rej"
+            )
+    elif fmt == "jsonl":
+        table, bad = _read_jsonl(files)
+        register["_curate_jsonl_in"] = table
+        register["_curate_jsonl_bad"] = bad
+        keys = _jsonl_keys(con, table)
+        available = {k: "VARCHAR" for k in keys}
+        resolved = _check_columns(available, mapping, files)
+        extras_cols = _extras(available, resolved, mapping)
+        # values are extracted as text; a non-scalar caption or url is a reject, not a silent cast
+        sel = []
+        for role, c in resolved.items():
+            if c:
+                sel.append(f"j->>'$.\"{c}\"' AS {quote_ident(c)}")
+        checks = [c for r, c in resolved.items() if c and r in ("url_col", "caption_col", "uid_col")]
+        bad_type = " OR ".join(f"json_type(j->'$.\"{c}\"') IN ('OBJECT', 'ARRAY')" for c in checks) or "false"
+        mapped_null = "{" + ", ".join(f'"{c}": null' for c in {c for c in resolved.values() if c}) + "}"
+        if mapping.extra_cols is not None:
+            extra_expr = "json_object(" + ", ".join(f"'{e}', j->'$.\"{e}\"'" for e in extras_cols) + ")" if extras_cols else "NULL::JSON"
+        else:
+            extra_expr = f"nullif(json_merge_patch(j, '{mapped_null}'), '{{}}')::JSON"
+        inner = (
+            f"SELECT file, line, {', '.join(sel)}{', ' if sel else ''}{extra_expr} AS _extra "
+            f"FROM (SELECT file, line, try(json(text)) AS j FROM _curate_jsonl_in) "
+            f"WHERE j IS NOT NULL AND json_type(j) = 'OBJECT' AND NOT ({bad_type})"
+        )
+        rows_sql = _row_select(resolved, [], "file || ':line ' || line", "(list_position($files, file)::BIGINT << 40) + line")
+        rows_sql = rows_sql.replace("NULL::JSON AS extra", "_extra AS extra") + f" FROM ({inner})"
+        reader_rejects = (
+            "SELECT file || ':line ' || line AS row_ref, reason, detail, text AS record FROM _curate_jsonl_bad "
+            "UNION ALL "
+            "SELECT file || ':line ' || line, "
+            "CASE WHEN try(json(text)) IS NULL THEN 'malformed JSON' "
+            "WHEN json_type(json(text)) <> 'OBJECT' THEN 'not a JSON object' ELSE 'wrong type' END, "
+            "CASE WHEN try(json(text)) IS NULL THEN 'line is not valid JSON' "
+            "WHEN json_type(json(text)) <> 'OBJECT' THEN 'expected an object, got ' || json_type(json(text)) "
+            "ELSE 'a mapped field is an object or array, expected text' END, text "
+            "FROM _curate_jsonl_in WHERE try(json(text)) IS NULL OR json_type(json(text)) <> 'OBJECT' OR "
+            f"({bad_type.replace('j->', 'json(text)->')})"
+        )
+    else:
+        raise ConfigError(f"unknown table format {fmt!r}; choose one of {', '.join(TABLE_FORMATS)}")
+    variants = [Variant(mapping.variant, "_caption", mapping.generator)] if resolved.get("caption_col") else []
+    return Prepared(
+        fmt="table", source=source, config=config, rows_sql=rows_sql, variants=variants,
+        reader_rejects_sql=reader_rejects, params={"files": file_list}, register=register,
+        require_caption=bool(variants),
+        **({"max_caption_chars": max_caption_chars} if max_caption_chars else {}),
+    )
+
+
+def _describe(con, sql: str, params: dict[str, Any]) -> dict[str, str]:
+    import duckdb
+
+    try:
+        rows = con.execute(f"DESCRIBE {sql}", params).fetchall()
+    except duckdb.Error as e:
+        msg = " ".join(str(e).split())[:300]
+        raise InputError(f"cannot read the input: {msg}") from None
+    return {r[0]: r[1] for r in rows}
+
+
+def _check_parquet(path: Path) -> None:
+    """A truncated or corrupt parquet file fails here with a one-line error, before any write."""
+    import pyarrow.parquet as pq
+
+    try:
+        pq.ParquetFile(path).metadata
+    except Exception as e:  # pyarrow raises several types for corrupt files
+        raise InputError(f"{path.name} is not a readable parquet file (truncated or corrupt?): {str(e).splitlines()[0]}") from None
+
+
+JSONL_CHUNK = 200_000
+
+
+def _read_jsonl(files: list[Path]) -> tuple[pa.Table, pa.Table]:
+    """Split JSONL files into lines (file, line number, text); undecodable lines go apart."""
+    good: dict[str, list] = {"file": [], "line": [], "text": []}
+    bad: dict[str, list] = {"file": [], "line": [], "reason": [], "detail": [], "text": []}
+    batches = []
+    for f in files:
+        name = str(f.resolve())
+        with open(f, "rb") as fh:
+            for i, raw in enumerate(fh, start=1):
+                raw = raw.rstrip(b"\r\n")
+                if not raw.strip():
+                    continue
+                try:
+                    text = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    bad["file"].append(name)
+                    bad["line"].append(i)
+                    bad["reason"].append("not UTF-8")
+                    bad["detail"].append(f"invalid byte at position {e.start}")
+                    bad["text"].append(raw[:1000].decode("utf-8", "replace"))
+                    continue
+                good["file"].append(name)
+                good["line"].append(i)
+                good["text"].append(text)
+                if len(good["text"]) >= JSONL_CHUNK:
+                    batches.append(pa.table(good))
+                    good = {"file": [], "line": [], "text": []}
+    batches.append(pa.table({"file": pa.array(good["file"], pa.string()), "line": pa.array(good["line"], pa.int64()),
+                             "text": pa.array(good["text"], pa.string())}))
+    table = pa.concat_tables([b.cast(batches[-1].schema) for b in batches])
+    bad_t = pa.table({"file": pa.array(bad["file"], pa.string()), "line": pa.array(bad["line"], pa.int64()),
+                      "reason": pa.array(bad["reason"], pa.string()), "detail": pa.array(bad["detail"], pa.string()),
+                      "text": pa.array(bad["text"], pa.string())})
+    return table, bad_t
+
+
+def _jsonl_keys(con, table: pa.Table) -> list[str]:
+    con.register("_curate_jsonl_probe", table)
+    try:
+        rows = con.execute(
+            "SELECT k, min(rid) AS first FROM (SELECT unnest(json_keys(j)) AS k, rid FROM "
+            "(SELECT try(json(text)) AS j, row_number() OVER () AS rid FROM _curate_jsonl_probe) "
+            "WHERE j IS NOT NULL AND json_type(j) = 'OBJECT') GROUP BY k ORDER BY first, k"
+        ).fetchall()
+    finally:
+        con.unregister("_curate_jsonl_probe")
+    seen = dict.fromkeys(r[0] for r in rows)
+    return list(seen)
+
+
+__all__ = ["PRESETS", "TableMapping", "ingest_table", "prepare_table", "resolve_mapping", "input_files"]

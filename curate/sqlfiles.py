@@ -1,0 +1,93 @@
+"""Named SQL queries kept in ``sql/<domain>/*.sql``.
+
+A file holds one or more queries, each introduced by a ``-- name: NAME`` line. The
+comment lines that follow the name (before the first SQL line) are the query's
+documentation. Parameters use DuckDB's ``$param`` binding; a query is addressed as
+``DOMAIN.NAME`` where DOMAIN is the folder. ``sql/schema`` holds migrations, not named
+queries, and ``sql/checks`` holds invariants (queries that must return no rows).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from .errors import QueryError
+
+_NAME = re.compile(r"^--\s*name:\s*([a-z_][a-z0-9_]*)\s*$", re.I)
+_PARAM = re.compile(r"(?<![:$\w])\$([a-z_][a-z0-9_]*)", re.I)
+
+
+def sql_root() -> Path:
+    """The folder holding the SQL files: ``curate/_sql`` in a wheel, ``sql/`` in a checkout."""
+    here = Path(__file__).resolve().parent
+    for cand in (here / "_sql", here.parent / "sql"):
+        if (cand / "schema").is_dir():
+            return cand
+    raise FileNotFoundError(f"curate's SQL folder is missing (looked in {here / '_sql'} and {here.parent / 'sql'})")
+
+
+@dataclass(frozen=True)
+class NamedQuery:
+    domain: str
+    name: str
+    doc: str
+    sql: str
+    params: tuple[str, ...]
+    path: Path
+
+    @property
+    def qualname(self) -> str:
+        return f"{self.domain}.{self.name}"
+
+
+def parse_file(path: Path, domain: str) -> list[NamedQuery]:
+    queries: list[NamedQuery] = []
+    name: str | None = None
+    doc: list[str] = []
+    body: list[str] = []
+
+    def flush() -> None:
+        if name is None:
+            return
+        sql = "\n".join(body).strip().rstrip(";").strip()
+        if not sql:
+            raise QueryError(f"{path}: query {name!r} has no SQL")
+        params = tuple(dict.fromkeys(_PARAM.findall(sql)))
+        queries.append(NamedQuery(domain, name, "\n".join(doc).strip(), sql, params, path))
+
+    for line in path.read_text(encoding="utf-8").splitlines():
+        m = _NAME.match(line)
+        if m:
+            flush()
+            name, doc, body = m.group(1), [], []
+        elif name is not None and not body and line.startswith("--"):
+            doc.append(line[2:].strip())
+        elif name is not None:
+            body.append(line)
+    flush()
+    return queries
+
+
+@lru_cache(maxsize=1)
+def named_queries() -> dict[str, NamedQuery]:
+    root = sql_root()
+    out: dict[str, NamedQuery] = {}
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and p.name != "schema"):
+        for f in sorted(folder.glob("*.sql")):
+            for q in parse_file(f, folder.name):
+                if q.qualname in out:
+                    raise QueryError(f"named query {q.qualname} is defined twice ({out[q.qualname].path}, {f})")
+                out[q.qualname] = q
+    return out
+
+
+def get_query(qualname: str) -> NamedQuery:
+    queries = named_queries()
+    if qualname not in queries:
+        close = [q for q in queries if q.split(".")[-1] == qualname.split(".")[-1] or q.startswith(qualname)]
+        hint = f"; did you mean {', '.join(close)}?" if close else "; `curate sql --list` shows them all"
+        raise QueryError(f"unknown named query {qualname!r}{hint}")
+    return queries[qualname]
