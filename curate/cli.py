@@ -1,0 +1,260 @@
+"""The command line: a thin layer over the Python API. Every command takes ``--store``
+(default ``$CURATE_STORE``, else ``./curate-store``). Expected failures print one line
+(``error: ...``) and exit non-zero; they never print a traceback."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import __version__
+from .errors import ConfigError, CurateError, QueryError
+from .store import DEFAULT_STORE, Store
+
+store_option = click.option(
+    "--store", "store_path", envvar="CURATE_STORE", default=DEFAULT_STORE, show_default=True,
+    type=click.Path(file_okay=False, path_type=Path), help="Store directory (env CURATE_STORE).",
+)
+
+
+def _parse_value(text: str) -> Any:
+    """KEY=VALUE values: integers, floats, true/false, comma lists in [..], else text."""
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    if text.startswith("[") and text.endswith("]"):
+        return [_parse_value(t.strip()) for t in text[1:-1].split(",") if t.strip()]
+    return text
+
+
+def _pairs(items: tuple[str, ...], what: str) -> dict[str, Any]:
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"{what} {item!r} should be KEY=VALUE")
+        k, v = item.split("=", 1)
+        out[k.strip()] = _parse_value(v)
+    return out
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="curate")
+@click.option("-v", "--verbose", count=True, help="Log progress to stderr (-vv for debug).")
+def cli(verbose: int) -> None:
+    """curate: caption-variant stores, audits and training mixtures for image-text data."""
+    if verbose:
+        logging.basicConfig(level=logging.DEBUG if verbose > 1 else logging.INFO, stream=sys.stderr,
+                            format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
+@cli.command()
+@click.argument("store_dir", required=False, type=click.Path(file_okay=False, path_type=Path))
+@store_option
+def init(store_dir: Path | None, store_path: Path) -> None:
+    """Create a store (STORE_DIR, or --store)."""
+    path = store_dir or store_path
+    with Store.init(path) as s:
+        click.echo(f"store ready at {path} (schema version {s.schema_version}, tables: {', '.join(s.tables())})")
+
+
+@cli.command()
+@store_option
+def info(store_path: Path) -> None:
+    """Tables, row counts and schema version of a store."""
+    with Store.open(store_path) as s:
+        click.echo(f"store {store_path} (schema version {s.schema_version})")
+        for t, n in s.summary().items():
+            click.echo(f"  {t:<22} {n:>12,}")
+
+
+@cli.command()
+@click.argument("fmt", metavar="FORMAT")
+@click.argument("path", type=click.Path(path_type=Path))
+@store_option
+@click.option("--source", help="Source name (default: the file or folder name). Part of every derived uid.")
+@click.option("--preset", help="Table column mapping preset: laion, datacomp, cc3m, img2dataset.")
+@click.option("--url-col", help="Table column holding the image URL.")
+@click.option("--caption-col", help="Table column holding the caption.")
+@click.option("--uid-col", help="Table column holding the source's own sample id.")
+@click.option("--variant", help="Caption variant name for a table's captions (default raw).")
+@click.option("--generator", help="Who wrote a table's captions (default alt-text).")
+@click.option("--input-format", help="parquet, csv, tsv or jsonl (default: from the file name).")
+@click.option("--no-header", is_flag=True, default=None, help="CSV/TSV without a header row (columns column0, column1, ...).")
+@click.option("--extra-cols", help="Comma-separated input columns to keep in samples.extra (default: all unmapped).")
+@click.option("-o", "--option", "options", multiple=True, metavar="KEY=VALUE", help="A format-specific option.")
+def ingest(fmt: str, path: Path, store_path: Path, source: str | None, preset: str | None, url_col: str | None,
+           caption_col: str | None, uid_col: str | None, variant: str | None, generator: str | None,
+           input_format: str | None, no_header: bool | None, extra_cols: str | None, options: tuple[str, ...]) -> None:
+    """Ingest PATH in FORMAT: table, img2dataset, capsfusion, laclip, gbc, coco."""
+    from .ingest import FORMATS, ingest as do_ingest
+
+    opts = _pairs(options, "--option")
+    table_flags = {"preset": preset, "url_col": url_col, "caption_col": caption_col, "uid_col": uid_col,
+                   "variant": variant, "generator": generator, "input_format": input_format,
+                   "header": (False if no_header else None), "extra_cols": extra_cols}
+    given = {k: v for k, v in table_flags.items() if v is not None}
+    if fmt not in FORMATS:
+        raise ConfigError(f"unknown ingest format {fmt!r}; valid formats: {', '.join(FORMATS)}")
+    if given and fmt != "table":
+        flags = ", ".join("--" + k.replace("_", "-") for k in given)
+        raise ConfigError(f"{flags} apply to the table format only; use -o KEY=VALUE for {fmt} options")
+    with Store.open(store_path, create=True) as s:
+        res = do_ingest(s, fmt, path, source, **given, **opts)
+    click.echo(res.summary())
+
+
+def _print_table(df: Any, max_rows: int) -> None:
+    import polars as pl
+
+    with pl.Config(tbl_rows=max_rows, tbl_cols=-1, fmt_str_lengths=60, tbl_width_chars=200,
+                   tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True):
+        click.echo(str(df))
+    if df.height >= max_rows:
+        click.echo(f"({df.height:,} rows; showing at most {max_rows}, use --max-rows or --out)", err=True)
+
+
+@cli.command()
+@click.argument("query_text", metavar="QUERY", required=False)
+@store_option
+@click.option("--query", "-q", "named", metavar="DOMAIN.NAME", help="Run a named query from sql/<domain>/.")
+@click.option("--param", "-p", "params", multiple=True, metavar="KEY=VALUE", help="Named query parameter.")
+@click.option("--format", "-f", "fmt", type=click.Choice(["table", "csv", "json", "parquet"]), default="table",
+              show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write the result to this file.")
+@click.option("--max-rows", default=40, show_default=True, help="Rows shown by the table format.")
+@click.option("--list", "list_queries", is_flag=True, help="List the named queries with their documentation.")
+def sql(query_text: str | None, store_path: Path, named: str | None, params: tuple[str, ...], fmt: str,
+        out: Path | None, max_rows: int, list_queries: bool) -> None:
+    """Run SQL (QUERY) or a named query against the store."""
+    from .sqlfiles import named_queries
+
+    if list_queries:
+        for q in named_queries().values():
+            ps = " ".join(f"--param {p}=..." for p in q.params)
+            click.echo(f"{q.qualname} {ps}".rstrip())
+            for line in q.doc.splitlines():
+                click.echo(f"    {line}")
+        return
+    if bool(query_text) == bool(named):
+        raise ConfigError("give either a QUERY or --query DOMAIN.NAME (see `curate sql --list`)")
+    if fmt == "parquet" and out is None:
+        raise ConfigError("--format parquet needs --out FILE")
+    with Store.open(store_path, read_only=True) as s:
+        rel = s.query(named, **_pairs(params, "--param")) if named else s.relation(query_text)
+        if rel is None:
+            click.echo("ok")
+            return
+        if out is not None:
+            _write(s, rel, fmt if fmt != "table" else _fmt_from_suffix(out), out)
+            click.echo(f"wrote {out}", err=True)
+            return
+        df = rel.pl()
+        if fmt == "table":
+            _print_table(df, max_rows)
+        elif fmt == "csv":
+            click.echo(df.write_csv(), nl=False)
+        else:
+            click.echo(json.dumps(df.to_dicts(), default=str, ensure_ascii=False, indent=1))
+
+
+def _fmt_from_suffix(out: Path) -> str:
+    suffix = out.suffix.lower().lstrip(".")
+    if suffix not in ("csv", "json", "parquet"):
+        raise ConfigError(f"cannot tell the output format of {out.name}; pass --format csv|json|parquet")
+    return suffix
+
+
+def _write(store: Store, rel: Any, fmt: str, out: Path) -> None:
+    import duckdb
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        if fmt == "parquet":
+            rel.write_parquet(str(out), compression="zstd")
+        elif fmt == "csv":
+            rel.write_csv(str(out), header=True)
+        else:
+            import polars as pl  # noqa: F401
+
+            out.write_text(json.dumps(rel.pl().to_dicts(), default=str, ensure_ascii=False, indent=1) + "\n",
+                           encoding="utf-8")
+    except duckdb.Error as e:
+        raise QueryError(str(e).splitlines()[0]) from None
+
+
+@cli.command()
+@click.argument("pipeline_file", type=click.Path(dir_okay=False, path_type=Path))
+@store_option
+@click.option("--print-config", is_flag=True, help="Print the resolved pipeline and exit.")
+@click.option("--progress/--no-progress", default=None, help="Progress bars (default: when stderr is a terminal).")
+def run(pipeline_file: Path, store_path: Path, print_config: bool, progress: bool | None) -> None:
+    """Validate PIPELINE_FILE whole, then run its ingest steps and stages."""
+    from .pipeline import load_pipeline, run_pipeline
+
+    pipe = load_pipeline(pipeline_file)
+    if print_config:
+        click.echo(json.dumps(pipe.resolved(), indent=2, default=str))
+        return
+    with Store.open(store_path, create=True) as s:
+        run_pipeline(s, pipe, echo=click.echo, progress=progress)
+
+
+@cli.command()
+def stages() -> None:
+    """List the registered stages and what they write."""
+    from .registry import get_stage_class, stage_names
+
+    for name in stage_names():
+        cls = get_stage_class(name)
+        doc = (cls.__module__ and sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]
+        cols = ", ".join(cls.output_schema.names)
+        click.echo(f"{name:<28} {cls.input_table}.{cls.key} -> {cls.output_table}({cols})  {doc}")
+
+
+@cli.command()
+@store_option
+def check(store_path: Path) -> None:
+    """Run the store invariants in sql/checks/; exits 1 if any is violated."""
+    from .sqlfiles import named_queries
+
+    bad = 0
+    with Store.open(store_path, read_only=True) as s:
+        for q in named_queries().values():
+            if q.domain != "checks":
+                continue
+            n = s.execute(f"SELECT count(*) FROM ({q.sql})").fetchone()[0]
+            click.echo(f"{'ok  ' if n == 0 else 'FAIL'} {q.qualname}" + (f" ({n:,} rows)" if n else ""))
+            bad += n > 0
+    if bad:
+        raise CurateError(f"{bad} invariant(s) violated")
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cli.main(args=argv, prog_name="curate", standalone_mode=False)
+    except CurateError as e:
+        click.echo(f"error: {e}", err=True)
+        return e.exit_code
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        return 130
+    except click.ClickException as e:
+        e.show()
+        return e.exit_code
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,260 @@
+"""Runs a stage over the rows it has not processed yet.
+
+* **Resume by anti-join.** Pending rows are the input rows whose key has no row in the
+  stage's output table under the same ``config_hash``. A run that dies is resumed by
+  running it again; a run with other settings writes beside the old rows.
+* **Append in a transaction.** Each batch's results and the run's counters are
+  committed together, so a SIGKILL loses at most the batch in flight and never writes
+  a batch twice.
+* **One runs row per run** (stage, version, resolved config, rows in/out, seconds,
+  status). Rows left ``running`` by a killed process are marked ``interrupted`` when
+  the store is next written by a runner (DuckDB's file lock means no other writer can
+  be alive then).
+* **Executors.** ``workers=1`` runs in-process; ``workers>1`` uses a local process pool
+  (spawned processes, ``setup()`` once per worker). Results are written by this process
+  only: DuckDB has one writer.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import datetime as _dt
+import json
+import logging
+import multiprocessing as mp
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from tqdm.auto import tqdm
+
+from . import __version__
+from .errors import ConfigError, CurateError
+from .stages.base import Stage
+from .store import Store, check_identifier, quote_ident
+
+log = logging.getLogger("curate.runner")
+
+META_COLUMNS = ("stage", "config_hash", "run_id")
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    batch_size: int = 10_000
+    workers: int = 1
+    progress: bool | None = None  # None: a bar when stderr is a terminal
+    limit: int | None = None  # process at most this many pending rows (then stop, resumable)
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.workers < 1:
+            raise ConfigError(f"workers must be at least 1, got {self.workers}")
+
+
+@dataclass
+class RunResult:
+    run_id: int
+    stage: str
+    config_hash: str
+    rows_in: int
+    rows_out: int
+    pending_before: int
+    seconds: float
+    status: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        rate = self.rows_in / self.seconds if self.seconds > 0 else 0.0
+        return (f"{self.stage}: {self.rows_in:,} rows in, {self.rows_out:,} rows out "
+                f"({self.pending_before:,} were pending), {self.seconds:.1f}s ({rate:,.0f} rows/s), run {self.run_id}")
+
+
+def ensure_output_table(store: Store, stage: Stage) -> None:
+    """Create the stage's attribute table, or check an existing one has its columns."""
+    table = check_identifier(stage.output_table)
+    in_cols = store.columns(stage.input_table)
+    if not in_cols:
+        raise ConfigError(f"{stage.registry_name()} reads table {stage.input_table!r}, which the store does not have")
+    missing = [c for c in (stage.key, *stage.reads) if c not in in_cols]
+    if missing:
+        raise ConfigError(f"{stage.registry_name()} reads column(s) {', '.join(missing)} that {stage.input_table} lacks")
+    want = {stage.key: in_cols[stage.key]}
+    empty = pa.table({f.name: pa.array([], f.type) for f in stage.output_schema})
+    store.con.register("_curate_schema_probe", empty)
+    try:
+        for name, typ, *_ in store.con.execute("DESCRIBE SELECT * FROM _curate_schema_probe").fetchall():
+            want[name] = typ
+    finally:
+        store.con.unregister("_curate_schema_probe")
+    want.update({"stage": "VARCHAR", "config_hash": "VARCHAR", "run_id": "BIGINT"})
+    have = store.columns(table)
+    if not have:
+        cols = ", ".join(f"{quote_ident(check_identifier(n))} {t}" for n, t in want.items())
+        store.con.execute(f"CREATE TABLE {quote_ident(table)} ({cols})")
+        return
+    if have != want:
+        raise ConfigError(
+            f"table {table} exists with columns {have}, but {stage.registry_name()} writes {want}; "
+            "a stage whose output changes needs a new version and table name"
+        )
+
+
+def pending_sql(stage: Stage) -> str:
+    cols = ", ".join(f"i.{quote_ident(check_identifier(c))}" for c in (stage.key, *stage.reads))
+    key = quote_ident(check_identifier(stage.key))
+    where = f"WHERE {stage.input_filter}" if stage.input_filter else ""
+    return (
+        f"SELECT {cols} FROM {quote_ident(check_identifier(stage.input_table))} i "
+        f"ANTI JOIN (SELECT {key} FROM {quote_ident(stage.output_table)} WHERE config_hash = $config_hash) o "
+        f"ON i.{key} = o.{key} {where}"
+    )
+
+
+def mark_interrupted(store: Store) -> int:
+    n = store.con.execute("SELECT count(*) FROM runs WHERE status = 'running'").fetchone()[0]
+    if n:
+        store.con.execute(
+            "UPDATE runs SET status = 'interrupted', message = 'the process died before the run finished' "
+            "WHERE status = 'running'"
+        )
+    return n
+
+
+def run_stage(store: Store, stage: Stage, options: RunOptions | None = None) -> RunResult:
+    """Run ``stage`` over its pending rows; see the module docstring for the guarantees."""
+    options = options or RunOptions()
+    if store.read_only:
+        raise CurateError(f"store {store.path} is open read-only")
+    con = store.con
+    mark_interrupted(store)
+    ensure_output_table(store, stage)
+    h = stage.config_hash()
+    resolved = {"stage": stage.registry_name(), "config": stage.config(),
+                "options": {"batch_size": options.batch_size, "workers": options.workers, "limit": options.limit}}
+    run_id = con.execute("SELECT nextval('run_id_seq')").fetchone()[0]
+    con.execute(
+        "INSERT INTO runs (run_id, kind, stage, config, config_hash, status, started_at, curate_version) "
+        "VALUES (?, 'stage', ?, ?, ?, 'running', ?, ?)",
+        [run_id, stage.registry_name(), json.dumps(resolved, default=str), h, _dt.datetime.now(), __version__],
+    )
+    t0 = time.perf_counter()
+    sql = pending_sql(stage)
+    pending = con.execute(f"SELECT count(*) FROM ({sql})", {"config_hash": h}).fetchone()[0]
+    total = min(pending, options.limit) if options.limit is not None else pending
+    log.info("run %d: %s has %d pending rows", run_id, stage.registry_name(), pending)
+    rows_in = rows_out = 0
+    status, message = "ok", None
+    bar = tqdm(total=total, unit="rows", desc=stage.registry_name(), disable=_no_bar(options), dynamic_ncols=True)
+    reader_cur = con.cursor()
+    writer = con.cursor()
+    try:
+        reader = reader_cur.sql(sql, params={"config_hash": h}).to_arrow_reader(options.batch_size)
+        batches = _limited(reader, options.limit)
+        for batch, result in _execute(stage, batches, options.workers):
+            out = _check_result(stage, batch, result)
+            out = out.append_column("stage", pa.array([stage.registry_name()] * out.num_rows, pa.string()))
+            out = out.append_column("config_hash", pa.array([h] * out.num_rows, pa.string()))
+            out = out.append_column("run_id", pa.array([run_id] * out.num_rows, pa.int64()))
+            rows_in += batch.num_rows
+            rows_out += out.num_rows
+            writer.begin()
+            try:
+                writer.register("_curate_batch", out)
+                writer.execute(f"INSERT INTO {quote_ident(stage.output_table)} BY NAME SELECT * FROM _curate_batch")
+                writer.execute("UPDATE runs SET rows_in = ?, rows_out = ?, seconds = ? WHERE run_id = ?",
+                               [rows_in, rows_out, time.perf_counter() - t0, run_id])
+                writer.commit()
+            except BaseException:
+                writer.rollback()
+                raise
+            finally:
+                writer.unregister("_curate_batch")
+            log.debug("run %d: committed batch of %d rows (%d so far)", run_id, batch.num_rows, rows_in)
+            bar.update(batch.num_rows)
+    except KeyboardInterrupt:
+        status, message = "interrupted", "interrupted by the user; run again to resume"
+        raise
+    except BaseException as e:
+        status, message = "failed", f"{type(e).__name__}: {e}"
+        raise
+    finally:
+        bar.close()
+        reader_cur.close()
+        seconds = time.perf_counter() - t0
+        con.execute(
+            "UPDATE runs SET status = ?, rows_in = ?, rows_out = ?, seconds = ?, finished_at = ?, message = ? "
+            "WHERE run_id = ?",
+            [status, rows_in, rows_out, seconds, _dt.datetime.now(), message, run_id],
+        )
+        writer.close()
+    return RunResult(run_id, stage.registry_name(), h, rows_in, rows_out, pending, seconds, status)
+
+
+def _no_bar(options: RunOptions) -> bool | None:
+    if options.progress is None:
+        return None  # tqdm: disable when not a terminal
+    return not options.progress
+
+
+def _limited(reader: pa.RecordBatchReader, limit: int | None) -> Iterator[pa.RecordBatch]:
+    left = limit
+    for batch in reader:
+        if left is not None:
+            if left <= 0:
+                return
+            if batch.num_rows > left:
+                batch = batch.slice(0, left)
+            left -= batch.num_rows
+        if batch.num_rows:
+            yield batch
+
+
+def _check_result(stage: Stage, batch: pa.RecordBatch, result: pa.Table | pa.RecordBatch) -> pa.Table:
+    out = result if isinstance(result, pa.Table) else pa.Table.from_batches([result])
+    want = [stage.key, *stage.output_schema.names]
+    if sorted(out.column_names) != sorted(want):
+        raise CurateError(f"{stage.registry_name()} returned columns {out.column_names}, expected {want}")
+    out = out.select(want)
+    if out.num_rows != batch.num_rows or not pc.all(pc.is_in(batch.column(stage.key), out.column(stage.key))).as_py():
+        raise CurateError(
+            f"{stage.registry_name()} returned {out.num_rows} rows for a batch of {batch.num_rows}: "
+            "a stage must return one row per input key"
+        )
+    return out.cast(pa.schema([out.schema.field(stage.key), *stage.output_schema]))
+
+
+# -- executors ------------------------------------------------------------------------
+_WORKER_STAGE: Stage | None = None
+
+
+def _init_worker(stage: Stage) -> None:
+    global _WORKER_STAGE
+    stage.setup()
+    _WORKER_STAGE = stage
+
+
+def _apply(batch: pa.RecordBatch) -> pa.Table | pa.RecordBatch:
+    assert _WORKER_STAGE is not None
+    return _WORKER_STAGE(batch)
+
+
+def _execute(stage: Stage, batches: Iterator[pa.RecordBatch], workers: int):
+    if workers == 1:
+        stage.setup()
+        for b in batches:
+            yield b, stage(b)
+        return
+    ctx = mp.get_context("spawn")
+    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
+                                initargs=(stage,)) as pool:
+        inflight: list[tuple[pa.RecordBatch, cf.Future]] = []
+        for b in batches:
+            inflight.append((b, pool.submit(_apply, b)))
+            if len(inflight) >= 2 * workers:
+                done_b, fut = inflight.pop(0)
+                yield done_b, fut.result()
+        for done_b, fut in inflight:
+            yield done_b, fut.result()

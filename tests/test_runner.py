@@ -1,0 +1,203 @@
+"""The stage contract and runner: results, resume, config hashes, process pool, SIGKILL."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import ClassVar
+
+import pyarrow as pa
+import pytest
+
+from curate import ConfigError, CurateError, Store
+from curate.ingest import ingest
+from curate.runner import RunOptions, run_stage
+from curate.stages.base import Stage
+from curate.stages.caption_stats import CaptionStats
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def laion_store(store, shared_data):
+    ingest(store, "table", shared_data / "laion400m-img2dataset-10k" / "test_10000.parquet", "laion", preset="laion")
+    ingest(store, "table", shared_data / "cc3m-val" / "Validation_GCC-1.1.0-Validation.tsv", "cc3m", preset="cc3m")
+    return store
+
+
+def stats_rows(store: Store) -> list[tuple]:
+    return sorted(store.con.execute(
+        "SELECT caption_id::VARCHAR, words, chars, stage, config_hash FROM caption_stats").fetchall())
+
+
+def test_caption_stats_match_python_oracle(laion_store):
+    res = run_stage(laion_store, CaptionStats(), RunOptions(batch_size=3000))
+    assert res.status == "ok" and res.rows_in == res.rows_out == 25_832
+    got = dict(laion_store.con.execute(
+        "SELECT c.text, (s.words, s.chars) FROM captions c JOIN caption_stats s USING (caption_id)").fetchall())
+    assert len(got) > 25_000
+    for text, (words, chars) in got.items():
+        assert words == len(text.split()), text
+        assert chars == len(text), text
+
+
+def test_second_run_processes_nothing_and_limit_resumes(laion_store):
+    partial = run_stage(laion_store, CaptionStats(), RunOptions(batch_size=1000, limit=4500))
+    assert partial.rows_in == 4500
+    rest = run_stage(laion_store, CaptionStats(), RunOptions(batch_size=1000))
+    assert rest.pending_before == 25_832 - 4500 and rest.rows_in == 25_832 - 4500
+    again = run_stage(laion_store, CaptionStats(), RunOptions(batch_size=1000))
+    assert again.rows_in == 0
+    n, distinct = laion_store.con.execute(
+        "SELECT count(*), count(DISTINCT caption_id) FROM caption_stats").fetchone()
+    assert n == distinct == 25_832
+    runs = laion_store.con.execute(
+        "SELECT rows_in, status FROM runs WHERE kind = 'stage' ORDER BY run_id").fetchall()
+    assert runs == [(4500, "ok"), (25_832 - 4500, "ok"), (0, "ok")]
+
+
+def test_new_captions_are_scored_incrementally(store, shared_data):
+    ingest(store, "table", shared_data / "laion400m-img2dataset-10k" / "test_10000.parquet", "laion", preset="laion")
+    first = run_stage(store, CaptionStats())
+    ingest(store, "table", shared_data / "cc3m-val" / "Validation_GCC-1.1.0-Validation.tsv", "cc3m", preset="cc3m")
+    second = run_stage(store, CaptionStats())
+    assert (first.rows_in, second.rows_in) == (9_999, 15_833)
+
+
+def test_process_pool_gives_the_same_rows_as_inline(tmp_path, shared_data):
+    stores = []
+    for name, workers in (("inline", 1), ("pool", 2)):
+        s = Store.init(tmp_path / name)
+        ingest(s, "table", shared_data / "laion400m-img2dataset-10k" / "test_10000.parquet", "laion", preset="laion")
+        run_stage(s, CaptionStats(), RunOptions(batch_size=2000, workers=workers))
+        stores.append(stats_rows(s))
+        s.close()
+    assert stores[0] == stores[1] and len(stores[0]) == 9_999
+
+
+@dataclasses.dataclass(frozen=True)
+class Truncate(Stage):
+    """A test stage with configuration: the first ``n`` characters, upper-cased or not."""
+
+    name: ClassVar[str] = "test.truncate"
+    version: ClassVar[int] = 1
+    reads: ClassVar[tuple[str, ...]] = ("text",)
+    output_table: ClassVar[str] = "test_truncate"
+    output_schema: ClassVar[pa.Schema] = pa.schema([("head", pa.string())])
+    n: int = 5
+    upper: bool = False
+    drop_one: bool = False
+
+    def __call__(self, batch):
+        texts = [t[: self.n] for t in batch.column("text").to_pylist()]
+        if self.upper:
+            texts = [t.upper() for t in texts]
+        ids = batch.column("caption_id")
+        if self.drop_one:
+            return pa.table({"caption_id": ids.slice(1), "head": texts[1:]})
+        return pa.table({"caption_id": ids, "head": texts})
+
+
+def test_other_config_writes_beside_old_rows(laion_store):
+    a = run_stage(laion_store, Truncate(n=3))
+    b = run_stage(laion_store, Truncate(n=3, upper=True))
+    assert a.config_hash != b.config_hash and a.rows_in == b.rows_in == 25_832
+    per_hash = dict(laion_store.con.execute("SELECT config_hash, count(*) FROM test_truncate GROUP BY 1").fetchall())
+    assert per_hash == {a.config_hash: 25_832, b.config_hash: 25_832}
+    assert run_stage(laion_store, Truncate(n=3)).rows_in == 0
+
+
+def test_stage_that_loses_rows_fails_loudly_and_keeps_earlier_batches(laion_store):
+    with pytest.raises(CurateError, match="one row per input key"):
+        run_stage(laion_store, Truncate(drop_one=True), RunOptions(batch_size=30_000))
+    status, message = laion_store.con.execute(
+        "SELECT status, message FROM runs ORDER BY run_id DESC LIMIT 1").fetchone()
+    assert status == "failed" and "one row per input key" in message
+    assert laion_store.count("test_truncate") == 0
+
+
+def test_config_validation():
+    with pytest.raises(ConfigError, match="unknown config key.*nn.*valid keys: drop_one, n, upper"):
+        Truncate.from_config({"nn": 3})
+    with pytest.raises(ConfigError, match="'n' should be int, got str"):
+        Truncate.from_config({"n": "3"})
+    with pytest.raises(ConfigError, match="'upper' should be bool"):
+        Truncate.from_config({"upper": 1})
+    assert Truncate.from_config({"n": 7}).n == 7
+    with pytest.raises(ConfigError, match="batch_size must be at least 1"):
+        RunOptions(batch_size=0)
+
+
+def test_changed_output_schema_is_refused(laion_store):
+    laion_store.con.execute("CREATE TABLE test_truncate (caption_id UUID, head INTEGER)")
+    with pytest.raises(ConfigError, match="needs a new version"):
+        run_stage(laion_store, Truncate())
+
+
+def _curate(*args: str, **kw) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "curate.cli", *args], env=env, text=True, **kw)
+
+
+def test_sigkill_mid_stage_then_rerun_equals_uninterrupted_run(tmp_path, shared_data):
+    pipeline = tmp_path / "p.toml"
+    pipeline.write_text(f"""
+[[ingest]]
+format = "table"
+path = "{shared_data / 'cc3m-val' / 'Validation_GCC-1.1.0-Validation.tsv'}"
+source = "cc3m"
+preset = "cc3m"
+
+[[stage]]
+name = "text.caption_stats.v1"
+batch_size = 25
+""")
+    killed = tmp_path / "killed"
+    proc = _curate("-vv", "run", str(pipeline), "--store", str(killed), "--no-progress",
+                   stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    committed = 0
+    deadline = time.time() + 120
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if "committed batch" in line:
+            committed += 1
+            if committed == 40:
+                os.kill(proc.pid, signal.SIGKILL)
+                break
+        assert time.time() < deadline, "the stage never got going"
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+
+    with Store.open(killed) as s:
+        partial = s.count("caption_stats")
+        assert 40 * 25 <= partial < 15_833, partial
+
+    rerun = _curate("run", str(pipeline), "--store", str(killed), "--no-progress",
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, err
+    assert f"({15_833 - partial:,} were pending)" in out
+
+    clean = tmp_path / "clean"
+    once = _curate("run", str(pipeline), "--store", str(clean), "--no-progress",
+                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert once.wait(timeout=300) == 0
+
+    def rows(path):
+        with Store.open(path) as s:
+            return sorted(s.con.execute(
+                "SELECT caption_id::VARCHAR, words, chars, stage, config_hash FROM caption_stats").fetchall()), \
+                s.con.execute("SELECT status FROM runs WHERE kind = 'stage' ORDER BY run_id").fetchall(), \
+                sorted(s.con.execute("SELECT uid::VARCHAR, url FROM samples").fetchall())
+
+    k_rows, k_runs, k_samples = rows(killed)
+    c_rows, _, c_samples = rows(clean)
+    assert len(k_rows) == len(c_rows) == 15_833
+    assert k_rows == c_rows
+    assert k_samples == c_samples
+    assert k_runs == [("interrupted",), ("ok",)]
