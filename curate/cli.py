@@ -232,7 +232,7 @@ def check(store_path: Path) -> None:
         for q in named_queries().values():
             if q.domain != "checks":
                 continue
-            n = s.execute(f"SELECT count(*) FROM ({q.sql})").fetchone()[0]
+            n = s.execute(f"SELECT count(*) FROM ({q.sql})").fetchall()[0][0]
             click.echo(f"{'ok  ' if n == 0 else 'FAIL'} {q.qualname}" + (f" ({n:,} rows)" if n else ""))
             bad += n > 0
     if bad:

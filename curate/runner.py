@@ -114,7 +114,7 @@ def pending_sql(stage: Stage) -> str:
 
 
 def mark_interrupted(store: Store) -> int:
-    n = store.con.execute("SELECT count(*) FROM runs WHERE status = 'running'").fetchone()[0]
+    n = store.con.execute("SELECT count(*) FROM runs WHERE status = 'running'").fetchall()[0][0]
     if n:
         store.con.execute(
             "UPDATE runs SET status = 'interrupted', message = 'the process died before the run finished' "
@@ -134,7 +134,7 @@ def run_stage(store: Store, stage: Stage, options: RunOptions | None = None) -> 
     h = stage.config_hash()
     resolved = {"stage": stage.registry_name(), "config": stage.config(),
                 "options": {"batch_size": options.batch_size, "workers": options.workers, "limit": options.limit}}
-    run_id = con.execute("SELECT nextval('run_id_seq')").fetchone()[0]
+    run_id = con.execute("SELECT nextval('run_id_seq')").fetchall()[0][0]
     con.execute(
         "INSERT INTO runs (run_id, kind, stage, config, config_hash, status, started_at, curate_version) "
         "VALUES (?, 'stage', ?, ?, ?, 'running', ?, ?)",
@@ -142,7 +142,7 @@ def run_stage(store: Store, stage: Stage, options: RunOptions | None = None) -> 
     )
     t0 = time.perf_counter()
     sql = pending_sql(stage)
-    pending = con.execute(f"SELECT count(*) FROM ({sql})", {"config_hash": h}).fetchone()[0]
+    pending = con.execute(f"SELECT count(*) FROM ({sql})", {"config_hash": h}).fetchall()[0][0]
     total = min(pending, options.limit) if options.limit is not None else pending
     log.info("run %d: %s has %d pending rows", run_id, stage.registry_name(), pending)
     rows_in = rows_out = 0

@@ -144,7 +144,7 @@ class Store:
 
     @property
     def schema_version(self) -> int:
-        return self.con.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()[0]
+        return self.con.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchall()[0][0]
 
     def tables(self) -> list[str]:
         return [r[0] for r in self.con.execute(
@@ -210,7 +210,7 @@ class Store:
 
     def count(self, table: str) -> int:
         check_identifier(table)
-        return self.con.execute(f"SELECT count(*) FROM {quote_ident(table)}").fetchone()[0]
+        return self.con.execute(f"SELECT count(*) FROM {quote_ident(table)}").fetchall()[0][0]
 
     def summary(self) -> dict[str, int]:
         return {t: self.count(t) for t in self.tables()}

@@ -54,7 +54,7 @@ def test_second_run_processes_nothing_and_limit_resumes(laion_store):
     again = run_stage(laion_store, CaptionStats(), RunOptions(batch_size=1000))
     assert again.rows_in == 0
     n, distinct = laion_store.con.execute(
-        "SELECT count(*), count(DISTINCT caption_id) FROM caption_stats").fetchone()
+        "SELECT count(*), count(DISTINCT caption_id) FROM caption_stats").fetchall()[0]
     assert n == distinct == 25_832
     runs = laion_store.con.execute(
         "SELECT rows_in, status FROM runs WHERE kind = 'stage' ORDER BY run_id").fetchall()
@@ -116,7 +116,7 @@ def test_stage_that_loses_rows_fails_loudly_and_keeps_earlier_batches(laion_stor
     with pytest.raises(CurateError, match="one row per input key"):
         run_stage(laion_store, Truncate(drop_one=True), RunOptions(batch_size=30_000))
     status, message = laion_store.con.execute(
-        "SELECT status, message FROM runs ORDER BY run_id DESC LIMIT 1").fetchone()
+        "SELECT status, message FROM runs ORDER BY run_id DESC LIMIT 1").fetchall()[0]
     assert status == "failed" and "one row per input key" in message
     assert laion_store.count("test_truncate") == 0
 

@@ -38,6 +38,9 @@ from ..store import Store
 MAX_CAPTION_CHARS = 20_000
 RECORD_CHARS = 1000
 
+#: Every character Python's ``str.isspace`` accepts: a caption made only of these is empty.
+WHITESPACE = "".join(ch for ch in map(chr, range(0x3001)) if ch.isspace())
+
 SAMPLE_COLUMNS = ("uid", "url", "image_shard", "image_key", "image_path", "sha256", "width", "height", "extra")
 
 
@@ -153,8 +156,8 @@ def _p(params: dict[str, Any], sql: str) -> dict[str, Any]:
 
 
 def _ingest_in_transaction(con: duckdb.DuckDBPyConnection, plan: Prepared, params: dict[str, Any], t0: float) -> IngestResult:
-    run_id = con.execute("SELECT nextval('run_id_seq')").fetchone()[0]
-    params = {**params, "run_id": run_id, "max_chars": plan.max_caption_chars}
+    run_id = con.execute("SELECT nextval('run_id_seq')").fetchall()[0][0]
+    params = {**params, "run_id": run_id, "max_chars": plan.max_caption_chars, "ws": WHITESPACE}
     cfg = {"format": plan.fmt, "source": plan.source, **plan.config}
     con.execute(
         "INSERT INTO runs (run_id, kind, stage, config, config_hash, status, started_at, curate_version) "
@@ -171,20 +174,20 @@ def _ingest_in_transaction(con: duckdb.DuckDBPyConnection, plan: Prepared, param
         p = {**params, **(extra or {})}
         return con.execute(sql, _p(p, sql))
 
-    rows_in = q("SELECT count(*) FROM _in_rows").fetchone()[0]
+    rows_in = q("SELECT count(*) FROM _in_rows").fetchall()[0][0]
 
     # Caption validity per variant column, evaluated on the row itself (no join).
     def bad_reason(col: str) -> str:
         c = f'"{col}"'
         return (
             f"CASE WHEN {c} IS NULL THEN 'null caption' "
-            f"WHEN trim({c}) = '' THEN 'empty caption' "
+            f"WHEN trim({c}, $ws) = '' THEN 'empty caption' "
             f"WHEN length({c}) > $max_chars THEN 'caption too long' END"
         )
 
     def valid(col: str) -> str:
         c = f'"{col}"'
-        return f"({c} IS NOT NULL AND trim({c}) <> '' AND length({c}) <= $max_chars)"
+        return f"({c} IS NOT NULL AND trim({c}, $ws) <> '' AND length({c}) <= $max_chars)"
 
     con.execute(
         "CREATE OR REPLACE TEMP TABLE _in_rej (row_ref VARCHAR, reason VARCHAR, detail VARCHAR, record VARCHAR)"
@@ -209,7 +212,13 @@ def _ingest_in_transaction(con: duckdb.DuckDBPyConnection, plan: Prepared, param
         WHERE r.k > 1
     """)
 
-    # 2. Caption rejects (per variant) and samples without any valid caption.
+    # 2. Records without an identity (no url and no id) cannot become samples.
+    q(f"""
+        INSERT INTO _in_rej SELECT row_ref, 'no url or id', 'the record has no url and no id to key it', NULL
+        FROM _in_rows WHERE uid IS NULL
+    """)
+
+    # 3. Caption rejects (per variant) and samples without any valid caption.
     caption_rejects = [
         f"SELECT row_ref, {bad_reason(v.column)} AS reason, "
         f"'variant ' || '{_lit(v.variant)}' || CASE WHEN \"{v.column}\" IS NOT NULL THEN ' (' || length(\"{v.column}\") || ' characters)' ELSE '' END AS detail, "
@@ -233,7 +242,7 @@ def _ingest_in_transaction(con: duckdb.DuckDBPyConnection, plan: Prepared, param
     if plan.long_captions_sql:
         long_ok = f"uid IN (SELECT uid FROM _in_long WHERE {valid('text')})"
         any_valid = f"({any_valid}) OR {long_ok}" if any_valid else long_ok
-    keep = "row_ord NOT IN (SELECT row_ord FROM _in_dups)"
+    keep = "uid IS NOT NULL AND row_ord NOT IN (SELECT row_ord FROM _in_dups)"
     if plan.require_caption:
         if not any_valid:
             raise InputError(f"ingest {plan.fmt}: no caption column is mapped")
@@ -243,23 +252,23 @@ def _ingest_in_transaction(con: duckdb.DuckDBPyConnection, plan: Prepared, param
         """)
         keep = f"{keep} AND ({any_valid})"
 
-    # 3. Append what is new.
+    # 4. Append what is new.
     cols = ", ".join(SAMPLE_COLUMNS)
-    before = con.execute("SELECT count(*) FROM samples").fetchone()[0]
+    before = con.execute("SELECT count(*) FROM samples").fetchall()[0][0]
     q(f"""
         INSERT INTO samples (uid, source, url, image_shard, image_key, image_path, sha256, width, height, extra, run_id)
         SELECT uid, $source, url, image_shard, image_key, image_path, sha256, width, height, extra, $run_id
         FROM (SELECT {cols} FROM _in_rows WHERE {keep}) n
         ANTI JOIN samples s USING (uid)
     """)
-    samples_added = con.execute("SELECT count(*) FROM samples").fetchone()[0] - before
+    samples_added = con.execute("SELECT count(*) FROM samples").fetchall()[0][0] - before
     dropped = con.execute(
-        "SELECT count(*) FROM _in_rej WHERE reason IN ('duplicate row', 'duplicate id', 'no valid caption')"
-    ).fetchone()[0]
+        "SELECT count(*) FROM _in_rej WHERE reason IN ('duplicate row', 'duplicate id', 'no valid caption', 'no url or id')"
+    ).fetchall()[0][0]
     kept_rows = rows_in - dropped
 
     by_variant: dict[str, int] = {}
-    before_c = con.execute("SELECT count(*) FROM captions").fetchone()[0]
+    before_c = con.execute("SELECT count(*) FROM captions").fetchall()[0][0]
     for v in plan.variants:
         prov = v.provenance_sql or "NULL::JSON"
         cid = caption_id_sql("uid", f"'{_lit(v.variant)}'", f'"{v.column}"')
@@ -272,7 +281,7 @@ def _ingest_in_transaction(con: duckdb.DuckDBPyConnection, plan: Prepared, param
             ) n ANTI JOIN captions c USING (caption_id)
         """
         q(sql, {"generator": v.generator})
-        now = con.execute("SELECT count(*) FROM captions").fetchone()[0]
+        now = con.execute("SELECT count(*) FROM captions").fetchall()[0][0]
         by_variant[v.variant] = now - before_c
         before_c = now
     if plan.long_captions_sql:

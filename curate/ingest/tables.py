@@ -166,7 +166,7 @@ def _row_select(resolved: dict[str, str | None], extras: list[str], row_ref: str
         c = resolved.get(role)
         return quote_ident(c) if c else None
 
-    url = col("url_col")
+    url = f"nullif(trim({col('url_col')}::VARCHAR), '')" if col("url_col") else None
     if col("uid_col"):
         uid = uid_from_id_sql(f"{col('uid_col')}::VARCHAR")
     elif url:
@@ -232,7 +232,7 @@ def prepare_table(store: Store, files: list[Path], fmt: str, source: str, mappin
         rows_sql = _row_select(resolved, extras, row_ref, row_ord) + f" FROM {name}"
         has_rej = con.execute(
             "SELECT count(*) FROM information_schema.tables WHERE table_name = '_curate_csv_rejects'"
-        ).fetchone()[0]
+        ).fetchall()[0][0]
         if has_rej:
             con.execute("CREATE OR REPLACE TEMP TABLE _curate_csv_rej AS SELECT r.*, s.file_path FROM _curate_csv_rejects r "
                         "JOIN _curate_csv_scans s USING (scan_id, file_id)")

@@ -1,0 +1,264 @@
+"""URL/caption tables on real files (LAION parquet, CC3M TSV) and their bad-input cases."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import textwrap
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from curate import ConfigError, InputError, Store
+from curate.ids import sample_uid
+from curate.ingest import ingest
+from tests.conftest import table_snapshot
+
+
+@pytest.fixture(scope="module")
+def laion(shared_data):
+    return shared_data / "laion400m-img2dataset-10k" / "test_10000.parquet"
+
+
+@pytest.fixture(scope="module")
+def cc3m(shared_data):
+    return shared_data / "cc3m-val" / "Validation_GCC-1.1.0-Validation.tsv"
+
+
+def test_laion_parquet(store, laion):
+    t = pq.read_table(laion)
+    assert t.num_rows == 10_000 and "__index_level_0__" in t.column_names
+    urls = t.column("URL").to_pylist()
+    res = ingest(store, "table", laion, "laion", preset="laion")
+    assert res.rows_in == 10_000
+    assert res.samples_added == len(set(urls)) == 9_999
+    assert res.captions_added == 9_999
+    assert res.reject_reasons == {"duplicate id": 1}
+    (row_ref, detail), = store.con.execute("SELECT row_ref, detail FROM rejects").fetchall()
+    dup = [i for i, u in enumerate(urls) if urls.count(u) > 1]
+    assert row_ref.endswith(f":{dup[1]}") and detail.endswith(f":{dup[0]}")
+    # the pandas index column carries no data and is not kept
+    assert store.con.execute("SELECT count(*) FROM samples WHERE extra IS NOT NULL").fetchall()[0][0] == 0
+    # every kept caption is the input text of its url (first occurrence)
+    first = {}
+    for u, txt in zip(urls, t.column("TEXT").to_pylist()):
+        first.setdefault(u, txt)
+    got = dict(store.con.execute("SELECT s.url, c.text FROM samples s JOIN captions c USING (uid)").fetchall())
+    assert got == first
+
+
+def test_ingest_twice_adds_nothing(store, laion):
+    ingest(store, "table", laion, "laion", preset="laion")
+    before = table_snapshot(store)
+    res = ingest(store, "table", laion, "laion", preset="laion")
+    assert (res.samples_added, res.captions_added, res.already_present) == (0, 0, 9_999)
+    after = table_snapshot(store)
+    assert {k: v for k, v in after.items() if k != "runs"} == {k: v for k, v in before.items() if k != "runs"}
+    assert len(after["runs"]) == len(before["runs"]) + 1
+
+
+def test_cc3m_headerless_tsv(store, cc3m):
+    res = ingest(store, "table", cc3m, "cc3m", preset="cc3m")
+    assert (res.rows_in, res.samples_added, res.rejected) == (15_833, 15_833, 0)
+    distinct = store.con.execute("SELECT count(DISTINCT text) FROM captions").fetchall()[0][0]
+    assert distinct == 15_543
+    first_line = cc3m.read_text(encoding="utf-8").splitlines()[0].split("\t")
+    url, text = store.con.execute(
+        "SELECT s.url, c.text FROM samples s JOIN captions c USING (uid) WHERE s.url = ?", [first_line[1]]).fetchall()[0]
+    assert text == first_line[0]
+
+
+def test_tsv_quotes_are_kept_verbatim(store, tmp_path):
+    f = tmp_path / "q.tsv"
+    f.write_text('say "cheese" please\thttp://a/1.jpg\n"quoted start\thttp://a/2.jpg\n', encoding="utf-8")
+    ingest(store, "table", f, "q", preset="cc3m")
+    assert sorted(r[0] for r in store.con.execute("SELECT text FROM captions").fetchall()) == [
+        '"quoted start', 'say "cheese" please']
+
+
+def test_csv_with_header_keeps_extra_columns(store, laion, tmp_path):
+    rows = pq.read_table(laion).slice(0, 200).to_pylist()
+    f = tmp_path / "t.csv"
+    con = duckdb.connect()
+    con.register("t", pa.Table.from_pylist([{"url": r["URL"], "caption": r["TEXT"], "nsfw": "UNLIKELY",
+                                             "similarity": 0.3} for r in rows]))
+    con.execute(f"COPY t TO '{f}' (HEADER, DELIMITER ',')")
+    res = ingest(store, "table", f, "csvsrc")
+    assert res.samples_added == len({r["URL"] for r in rows})
+    extra = json.loads(store.con.execute("SELECT extra FROM samples LIMIT 1").fetchall()[0][0])
+    assert extra == {"nsfw": "UNLIKELY", "similarity": "0.3"}  # CSV is read as text, kept as text
+
+
+def test_jsonl_gives_the_same_samples_as_parquet(tmp_path, laion):
+    rows = pq.read_table(laion).slice(0, 500).to_pylist()
+    f = tmp_path / "t.jsonl"
+    f.write_text("".join(json.dumps({"URL": r["URL"], "TEXT": r["TEXT"], "rank": i}) + "\n"
+                         for i, r in enumerate(rows)), encoding="utf-8")
+    a, b = Store.init(tmp_path / "a"), Store.init(tmp_path / "b")
+    ingest(a, "table", f, "laion", preset="laion")
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "t.parquet")
+    ingest(b, "table", tmp_path / "t.parquet", "laion", preset="laion")
+    q = "SELECT s.uid::VARCHAR, s.url, c.caption_id::VARCHAR, c.text FROM samples s JOIN captions c USING (uid) ORDER BY 1"
+    assert a.con.execute(q).fetchall() == b.con.execute(q).fetchall()
+    assert json.loads(a.con.execute("SELECT extra FROM samples WHERE url = ?", [rows[3]["URL"]]).fetchall()[0][0]) == {"rank": 3}
+
+
+def test_datacomp_preset_uses_the_source_uid(store, laion, tmp_path):
+    rows = pq.read_table(laion).slice(0, 100).to_pylist()
+    dc = [{"uid": hashlib.md5(r["URL"].encode()).hexdigest(), "url": r["URL"], "text": r["TEXT"],
+           "original_width": 640, "original_height": 480, "sha256": "ab" * 32,
+           "clip_b32_similarity_score": 0.31, "clip_l14_similarity_score": 0.27} for r in rows]
+    pq.write_table(pa.Table.from_pylist(dc), tmp_path / "dc.parquet")
+    ingest(store, "table", tmp_path / "dc.parquet", "datacomp", preset="datacomp")
+    got = store.con.execute("SELECT replace(uid::VARCHAR, '-', ''), width, height, sha256, extra FROM samples "
+                            "WHERE url = ?", [dc[0]["url"]]).fetchall()[0]
+    assert got[:4] == (dc[0]["uid"], 640, 480, "ab" * 32)
+    assert json.loads(got[4]) == {"clip_b32_similarity_score": 0.31, "clip_l14_similarity_score": 0.27}
+    assert str(sample_uid("datacomp", source_id=dc[0]["uid"])).replace("-", "") == dc[0]["uid"]
+
+
+# -- bad input ------------------------------------------------------------------------
+
+def _parquet(tmp_path, rows, name="bad.parquet", schema=None):
+    path = tmp_path / name
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
+    return path
+
+
+def test_missing_mapped_column_is_one_clear_error(store, laion, tmp_path):
+    before = table_snapshot(store)
+    with pytest.raises(InputError, match=r"column 'caption' \(the caption column\) is missing; the input has URL, TEXT"):
+        ingest(store, "table", laion, "laion", url_col="URL")
+    with pytest.raises(InputError, match="column 'url'"):
+        ingest(store, "table", laion, "laion")
+    assert table_snapshot(store) == before
+
+
+def test_wrong_type_is_one_clear_error(store, tmp_path):
+    f = _parquet(tmp_path, [{"url": "http://a", "caption": 5}])
+    with pytest.raises(InputError, match="'caption' .*has type BIGINT, expected text"):
+        ingest(store, "table", f, "s")
+
+
+def test_null_empty_and_huge_captions_are_rejected_with_reasons(store, tmp_path):
+    rows = [{"url": "http://a/0", "caption": "a fine caption"},
+            {"url": "http://a/1", "caption": None},
+            {"url": "http://a/2", "caption": ""},
+            {"url": "http://a/3", "caption": "  \t "},
+            {"url": "http://a/4", "caption": "x" * 1_000_000},
+            {"url": None, "caption": "no url at all"}]
+    res = ingest(store, "table", _parquet(tmp_path, rows), "s")
+    assert res.samples_added == 1
+    reasons = dict(store.con.execute("SELECT row_ref[-1:], reason FROM rejects WHERE reason <> 'no valid caption'").fetchall())
+    assert reasons == {"1": "null caption", "2": "empty caption", "3": "empty caption", "4": "caption too long",
+                       "5": "no url or id"}
+    no_valid = store.con.execute("SELECT count(*) FROM rejects WHERE reason = 'no valid caption'").fetchall()[0][0]
+    assert no_valid == 4
+    detail = store.con.execute("SELECT detail, length(record) FROM rejects WHERE reason = 'caption too long'").fetchall()[0]
+    assert "1000000 characters" in detail[0] and detail[1] == 1000
+
+
+def test_one_id_two_texts(store, tmp_path):
+    rows = [{"uid": "k1", "url": "http://a/1", "caption": "first text"},
+            {"uid": "k1", "url": "http://a/1", "caption": "second text"},
+            {"uid": "k2", "url": "http://a/2", "caption": "same"},
+            {"uid": "k2", "url": "http://a/2", "caption": "same"}]
+    res = ingest(store, "table", _parquet(tmp_path, rows), "s", uid_col="uid")
+    assert res.samples_added == 2
+    assert dict(store.con.execute("SELECT row_ref[-1:], reason FROM rejects").fetchall()) == {
+        "1": "duplicate id", "3": "duplicate row"}
+    assert sorted(r[0] for r in store.con.execute("SELECT text FROM captions").fetchall()) == ["first text", "same"]
+
+
+def test_non_utf8_lines(store, tmp_path):
+    f = tmp_path / "bad.tsv"
+    f.write_bytes(b"good caption\thttp://a/1\ncaf\xe9 latin-1\thttp://a/2\nalso good\thttp://a/3\n")
+    res = ingest(store, "table", f, "s", preset="cc3m")
+    assert res.samples_added == 2
+    ref, reason = store.con.execute("SELECT row_ref, reason FROM rejects").fetchall()[0]
+    assert reason == "not UTF-8" and ref.endswith("bad.tsv:line 2")
+    j = tmp_path / "bad.jsonl"
+    j.write_bytes(b'{"url": "http://b/1", "caption": "ok"}\n{"url": "http://b/2", "caption": "caf\xe9"}\n'
+                  b'{not json}\n[1, 2]\n{"url": "http://b/5", "caption": ["a", "list"]}\n')
+    res = ingest(store, "table", j, "j")
+    assert res.samples_added == 1
+    got = dict(store.con.execute("SELECT row_ref[-6:], reason FROM rejects WHERE source = 'j'").fetchall())
+    assert got == {"line 2": "not UTF-8", "line 3": "malformed JSON", "line 4": "not a JSON object",
+                   "line 5": "wrong type"}
+
+
+def test_truncated_parquet_leaves_store_unchanged(store, laion, tmp_path):
+    ingest(store, "table", laion, "laion", preset="laion")
+    before = table_snapshot(store)
+    data = laion.read_bytes()
+    cut = tmp_path / "cut.parquet"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError, match="cut.parquet is not a readable parquet file"):
+        ingest(store, "table", cut, "laion", preset="laion")
+    assert table_snapshot(store) == before
+
+
+def test_error_mid_transaction_rolls_back(store, tmp_path):
+    """A row that fails inside DuckDB after earlier statements ran leaves nothing behind."""
+    f = _parquet(tmp_path, [{"url": "http://a/1", "caption": "fine", "w": "12"},
+                            {"url": "http://a/2", "caption": "fine too", "w": "not a number"}])
+    before = table_snapshot(store)
+    # width_col is TRY_CAST (bad widths become NULL, not an error) ...
+    ingest(store, "table", f, "s", width_col="w")
+    assert store.con.execute("SELECT count(*) FROM samples WHERE width IS NULL").fetchall()[0][0] == 1
+    # ... so force a failure with a uid column that is not text
+    before = table_snapshot(store)
+    g = _parquet(tmp_path, [{"id": [1], "url": "http://b", "caption": "x"}], name="g.parquet")
+    with pytest.raises(InputError):
+        ingest(store, "table", g, "s2", uid_col="id")
+    assert table_snapshot(store) == before
+
+
+def test_bad_options(store, laion, tmp_path):
+    with pytest.raises(ConfigError, match="unknown preset 'nope'"):
+        ingest(store, "table", laion, "x", preset="nope")
+    with pytest.raises(ConfigError, match="has no option.*valid options"):
+        ingest(store, "table", laion, "x", colour="red")
+    with pytest.raises(InputError, match="does not exist"):
+        ingest(store, "table", tmp_path / "missing.parquet", "x")
+    with pytest.raises(ConfigError, match="unknown ingest format"):
+        ingest(store, "tabel", laion, "x")
+
+
+def test_folder_of_parquet_files(store, laion, tmp_path):
+    t = pq.read_table(laion)
+    d = tmp_path / "parts"
+    d.mkdir()
+    pq.write_table(t.slice(0, 4000), d / "part-0.parquet")
+    pq.write_table(t.slice(4000), d / "part-1.parquet")
+    res = ingest(store, "table", d, "laion", preset="laion")
+    assert (res.rows_in, res.samples_added) == (10_000, 9_999)
+
+
+def test_streaming_ingest_stays_in_bounded_memory(tmp_path):
+    """2M rows (about 300 MB as Python strings) ingest under a 300 MB DuckDB memory limit."""
+    src = tmp_path / "big.parquet"
+    duckdb.connect().execute(f"""
+        COPY (SELECT 'https://img.example.com/' || i || '/photo-' || (i * 7919 % 1000003) || '.jpg' AS URL,
+                     'a photo of item ' || (i % 500000) || ' on a wooden table, stock image number ' || i AS TEXT
+              FROM range(2000000) t(i)) TO '{src}' (FORMAT parquet, ROW_GROUP_SIZE 200000)""")
+    code = textwrap.dedent(f"""
+        import resource, json
+        from curate import Store
+        from curate.ingest import ingest
+        s = Store.open({str(tmp_path / 'st')!r}, create=True, memory_limit="300MB", threads=2)
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        r = ingest(s, "table", {str(src)!r}, "big", preset="laion")
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        print(json.dumps({{"samples": r.samples_added, "base_mb": base / 1024, "peak_mb": peak / 1024}}))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["samples"] == 2_000_000
+    # the text alone is ~170 MB of UTF-8; holding the table in Python/Arrow would exceed 600 MB
+    assert got["peak_mb"] - got["base_mb"] < 600, got

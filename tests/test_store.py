@@ -1,0 +1,138 @@
+"""Store directories, migrations, the Python API and named queries."""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+
+import duckdb
+import polars as pl
+import pyarrow as pa
+import pytest
+
+import curate.sqlfiles as sqlfiles
+import curate.store as store_mod
+from curate import QueryError, Store, StoreError
+from curate.ids import caption_id, md5_uuid, sample_uid
+from curate.ingest import ingest
+
+
+def test_init_creates_layout_and_schema(tmp_path):
+    s = Store.init(tmp_path / "st")
+    assert (tmp_path / "st" / "catalog.duckdb").is_file()
+    for folder in ("vectors", "indexes", "manifests", "reports"):
+        assert (tmp_path / "st" / folder).is_dir()
+    assert {"samples", "captions", "runs", "rejects", "downloads", "schema_migrations"} <= set(s.tables())
+    assert s.schema_version == len(store_mod.migrations())
+    s.close()
+
+
+def test_open_missing_store_says_how_to_create(tmp_path):
+    with pytest.raises(StoreError, match="curate init"):
+        Store.open(tmp_path / "nope")
+
+
+def test_default_store_from_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("CURATE_STORE", str(tmp_path / "envstore"))
+    with Store.init() as s:
+        assert s.path == tmp_path / "envstore"
+
+
+def test_store_from_an_earlier_version_upgrades(tmp_path, monkeypatch):
+    # A store made with only the migrations of an earlier curate...
+    old_sql = tmp_path / "old_sql"
+    shutil.copytree(sqlfiles.sql_root(), old_sql)
+    new_sql = tmp_path / "new_sql"
+    shutil.copytree(sqlfiles.sql_root(), new_sql)
+    n = len(store_mod.migrations())
+    (new_sql / "schema" / f"{n + 1:03d}_add_note.sql").write_text(
+        "ALTER TABLE samples ADD COLUMN note VARCHAR;\nCREATE TABLE notes (uid UUID, note VARCHAR);\n")
+    monkeypatch.setattr(store_mod, "sql_root", lambda: old_sql)
+    with Store.init(tmp_path / "st") as s:
+        s.con.execute("INSERT INTO samples (uid, source, url, run_id) VALUES (uuid(), 'x', 'http://a', 1)")
+        assert s.schema_version == n
+    # ...opens with a newer curate, which applies only the new migration and keeps the data.
+    monkeypatch.setattr(store_mod, "sql_root", lambda: new_sql)
+    with Store.open(tmp_path / "st") as s:
+        assert s.schema_version == n + 1
+        assert "note" in s.columns("samples") and s.has_table("notes")
+        assert s.count("samples") == 1
+    # ...and the older curate refuses it rather than guessing.
+    monkeypatch.setattr(store_mod, "sql_root", lambda: old_sql)
+    with pytest.raises(StoreError, match=f"migrations \\[{n + 1}\\].*upgrade curate"):
+        Store.open(tmp_path / "st")
+
+
+def test_failed_migration_rolls_back(tmp_path, monkeypatch):
+    bad_sql = tmp_path / "sql"
+    shutil.copytree(sqlfiles.sql_root(), bad_sql)
+    n = len(store_mod.migrations())
+    with Store.init(tmp_path / "st"):
+        pass
+    (bad_sql / "schema" / f"{n + 1:03d}_broken.sql").write_text("CREATE TABLE half (a INT);\nNOT SQL AT ALL;\n")
+    monkeypatch.setattr(store_mod, "sql_root", lambda: bad_sql)
+    with pytest.raises(StoreError, match="broken.sql failed"):
+        Store.open(tmp_path / "st")
+    con = duckdb.connect(str(tmp_path / "st" / "catalog.duckdb"))
+    assert con.execute("SELECT max(version) FROM schema_migrations").fetchall()[0][0] == n
+    assert con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'half'").fetchall()[0][0] == 0
+
+
+def test_python_api_returns_polars_arrow_and_connection(store, shared_data):
+    ingest(store, "table", shared_data / "laion400m-img2dataset-10k" / "test_10000.parquet", "laion", preset="laion")
+    df = store.df("SELECT variant, count(*) AS n FROM captions GROUP BY variant")
+    assert isinstance(df, pl.DataFrame) and df.to_dicts() == [{"variant": "raw", "n": 9_999}]
+    lf = store.lazy("SELECT uid, url FROM samples")
+    assert isinstance(lf, pl.LazyFrame) and lf.select(pl.len()).collect().item() == 9_999
+    t = store.arrow("SELECT count(*) AS n FROM samples WHERE url LIKE $p", {"p": "https://%"})
+    assert isinstance(t, pa.Table) and 0 < t.column("n")[0].as_py() < 9_999
+    assert isinstance(store.con, duckdb.DuckDBPyConnection)
+    with pytest.raises(QueryError, match="no_such_table"):
+        store.df("SELECT * FROM no_such_table")
+
+
+def test_ids_python_twins_equal_sql(store):
+    row = store.con.execute(
+        "SELECT md5_number('laion' || chr(31) || 'http://x/a.jpg')::UUID::VARCHAR, "
+        "md5_number('abc')::UUID::VARCHAR").fetchall()[0]
+    assert row[0] == str(sample_uid("laion", url="http://x/a.jpg"))
+    assert row[1] == str(md5_uuid("abc"))
+    hexid = "0123456789abcdef0123456789abcdef"
+    assert sample_uid("datacomp", source_id=hexid) == uuid.UUID(hexid)
+    u = sample_uid("laion", url="http://x/a.jpg")
+    assert caption_id(u, "raw", "a cat") != caption_id(u, "raw", "a dog")
+
+
+def test_stored_ids_follow_the_documented_rule(store, shared_data):
+    ingest(store, "table", shared_data / "laion400m-img2dataset-10k" / "test_10000.parquet", "laion", preset="laion")
+    rows = store.con.execute(
+        "SELECT s.uid::VARCHAR, s.url, c.caption_id::VARCHAR, c.text FROM samples s JOIN captions c USING (uid) LIMIT 50"
+    ).fetchall()
+    for uid, url, cid, text in rows:
+        assert uid == str(sample_uid("laion", url=url))
+        assert cid == str(caption_id(uid, "raw", text))
+
+
+def test_named_queries_all_run(store, shared_data):
+    ingest(store, "table", shared_data / "laion400m-img2dataset-10k" / "test_10000.parquet", "laion", preset="laion")
+    from curate.runner import run_stage
+    from curate.stages.caption_stats import CaptionStats
+
+    run_stage(store, CaptionStats())
+    sample_params = {"variant": "raw", "max_words": 2}
+    for q in sqlfiles.named_queries().values():
+        rel = store.query(q.qualname, **{p: sample_params[p] for p in q.params})
+        rows = rel.fetchall()
+        if q.domain == "checks":
+            assert rows == [], q.qualname
+    assert store.query("captions.missing_variant", variant="raw").fetchall() == []
+    assert store.query("captions.missing_variant", variant="fused").fetchall()[0][1] == 9_999
+    with pytest.raises(QueryError, match="needs parameter"):
+        store.query("captions.exact_duplicates")
+    with pytest.raises(QueryError, match="unknown named query"):
+        store.query("captions.nope")
+
+
+def test_every_named_query_is_documented():
+    for q in sqlfiles.named_queries().values():
+        assert q.doc, f"{q.qualname} has no documenting comment"
