@@ -203,7 +203,7 @@ def prepare_table(store: Store, files: list[Path], fmt: str, source: str, mappin
         available = _describe(con, f"SELECT * EXCLUDE (filename, file_row_number) FROM {src}", {"files": file_list})
         resolved = _check_columns(available, mapping, files)
         extras = _extras(available, resolved, mapping)
-        row_ref = "filename || ':' || file_row_number"
+        row_ref = "parse_filename(filename) || ':' || file_row_number"
         row_ord = "(list_position($files, filename)::BIGINT << 40) + file_row_number"
         rows_sql = _row_select(resolved, extras, row_ref, row_ord) + f" FROM {src}"
     elif fmt in ("csv", "tsv"):
@@ -227,7 +227,7 @@ def prepare_table(store: Store, files: list[Path], fmt: str, source: str, mappin
             f"list_position($files, filename)::BIGINT AS _file FROM read_csv($files, {opts})",
             {"files": file_list},
         )
-        row_ref = "filename || ':row ' || _row"
+        row_ref = "parse_filename(filename) || ':row ' || _row"
         row_ord = "(_file << 40) + _row"
         rows_sql = _row_select(resolved, extras, row_ref, row_ord) + f" FROM {name}"
         has_rej = con.execute(
@@ -237,7 +237,7 @@ def prepare_table(store: Store, files: list[Path], fmt: str, source: str, mappin
             con.execute("CREATE OR REPLACE TEMP TABLE _curate_csv_rej AS SELECT r.*, s.file_path FROM _curate_csv_rejects r "
                         "JOIN _curate_csv_scans s USING (scan_id, file_id)")
             reader_rejects = (
-                "SELECT file_path || ':line ' || line AS row_ref, "
+                "SELECT parse_filename(file_path) || ':line ' || line AS row_ref, "
                 "CASE error_type WHEN 'INVALID ENCODING' THEN 'not UTF-8' ELSE lower(error_type::VARCHAR) END AS reason, "
                 "error_message AS detail, csv_line AS record FROM _curate_csv_rej"
             )
@@ -266,12 +266,13 @@ def prepare_table(store: Store, files: list[Path], fmt: str, source: str, mappin
             f"FROM (SELECT file, line, try(json(text)) AS j FROM _curate_jsonl_in) "
             f"WHERE j IS NOT NULL AND json_type(j) = 'OBJECT' AND NOT ({bad_type})"
         )
-        rows_sql = _row_select(resolved, [], "file || ':line ' || line", "(list_position($files, file)::BIGINT << 40) + line")
+        rows_sql = _row_select(resolved, [], "parse_filename(file) || ':line ' || line",
+                               "(list_position($files, file)::BIGINT << 40) + line")
         rows_sql = rows_sql.replace("NULL::JSON AS extra", "_extra AS extra") + f" FROM ({inner})"
         reader_rejects = (
-            "SELECT file || ':line ' || line AS row_ref, reason, detail, text AS record FROM _curate_jsonl_bad "
-            "UNION ALL "
-            "SELECT file || ':line ' || line, "
+            "SELECT parse_filename(file) || ':line ' || line AS row_ref, reason, detail, text AS record "
+            "FROM _curate_jsonl_bad UNION ALL "
+            "SELECT parse_filename(file) || ':line ' || line, "
             "CASE WHEN try(json(text)) IS NULL THEN 'malformed JSON' "
             "WHEN json_type(json(text)) <> 'OBJECT' THEN 'not a JSON object' ELSE 'wrong type' END, "
             "CASE WHEN try(json(text)) IS NULL THEN 'line is not valid JSON' "
