@@ -148,13 +148,15 @@ class Store:
 
     def tables(self) -> list[str]:
         return [r[0] for r in self.con.execute(
-            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main' ORDER BY 1"
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main' "
+            "AND table_catalog = current_database() ORDER BY 1"
         ).fetchall()]
 
     def columns(self, table: str) -> dict[str, str]:
         rows = self.con.execute(
             "SELECT column_name, data_type FROM information_schema.columns "
-            "WHERE table_schema = 'main' AND table_name = ? ORDER BY ordinal_position",
+            "WHERE table_schema = 'main' AND table_catalog = current_database() AND table_name = ? "
+            "ORDER BY ordinal_position",
             [table],
         ).fetchall()
         return {n: t for n, t in rows}

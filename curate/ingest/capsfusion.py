@@ -25,23 +25,20 @@ is not a string (``wrong type``), a record with neither ``laion_2b`` nor ``laion
 ``duplicate id`` when only the fused caption differs), and in JSONL a line that is not
 UTF-8 or not JSON. NULL, empty and over-long captions are rejected by :func:`run_ingest`.
 
-This module also holds the small helpers the other JSON readers (COCO, GBC, LaCLIP)
-share: :func:`read_json_document`, :func:`iter_json_lines` and :class:`Collected`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-import pyarrow as pa
 
-from ..errors import InputError
 from ..ids import sample_uid
 from ..store import Store
 from .core import IngestResult, Prepared, run_ingest
+from .jsonrecords import (Collected, _first_char, dump_record, input_file, iter_json_lines, json_type,
+                          read_json_document)
 
 CAPSFUSION_KEYS = {
     "laion_2b": ("raw", "alt-text"),
@@ -99,214 +96,3 @@ def _add_record(out: "Collected", source: str, ref: str, rec: Any) -> None:
             out.reject(ref, "missing key", f"no {shown} (variant {variant})", dump_record(rec))
             continue
         out.caption(uid, ref, variant, rec[k], generator, None, what=k)
-
-
-# -- helpers shared by the JSON readers -----------------------------------------------
-
-
-def read_json_document(path: Path) -> Any:
-    """Parse a whole JSON file. Not UTF-8 or not JSON is an :class:`InputError` naming the file."""
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise InputError(f"{path.name} is not valid UTF-8 (invalid byte at offset {e.start}); nothing was written") from None
-    del data
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise InputError(
-            f"{path.name} is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}); nothing was written"
-        ) from None
-
-
-def iter_json_lines(path: Path) -> Iterator[tuple[int, Any, tuple[str, str, str] | None]]:
-    """Yield ``(line number, value, None)`` per JSONL line, or ``(line, None, (reason, detail,
-    record))`` for a line that is not UTF-8 or not JSON. Blank lines are skipped."""
-    with open(path, "rb") as fh:
-        for i, raw in enumerate(fh, start=1):
-            raw = raw.rstrip(b"\r\n")
-            if not raw.strip():
-                continue
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                yield i, None, ("not UTF-8", f"invalid byte at position {e.start}", raw[:1000].decode("utf-8", "replace"))
-                continue
-            try:
-                yield i, json.loads(text), None
-            except json.JSONDecodeError as e:
-                yield i, None, ("malformed JSON", f"line is not valid JSON ({e.msg}, column {e.colno})", text[:1000])
-
-
-def input_file(path: str | Path, what: str = "input") -> Path:
-    """``path`` as a Path, or an :class:`InputError` when it is missing or not a file."""
-    p = Path(path)
-    if not p.exists():
-        raise InputError(f"{what} {p} does not exist")
-    if not p.is_file():
-        raise InputError(f"{what} {p} is not a file")
-    return p
-
-
-def _first_char(path: Path) -> str:
-    with open(path, "rb") as fh:
-        head = fh.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
-    return head[:1].decode("ascii", "replace")
-
-
-def json_type(value: Any) -> str:
-    """The JSON name of a parsed value's type, for messages."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, (int, float)):
-        return "number"
-    return {str: "string", list: "array", dict: "object"}.get(type(value), type(value).__name__)
-
-
-def dump_record(value: Any) -> str:
-    """A parsed record as compact JSON text (for fingerprints and reject records)."""
-    return json.dumps(value, ensure_ascii=False)
-
-
-CHUNK = 65_536
-ROW_SCHEMA = pa.schema([
-    ("row_ref", pa.string()), ("row_ord", pa.int64()), ("uid", pa.string()), ("url", pa.string()),
-    ("image_path", pa.string()), ("width", pa.int32()), ("height", pa.int32()), ("extra", pa.string()),
-])
-LONG_SCHEMA = pa.schema([
-    ("uid", pa.string()), ("row_ref", pa.string()), ("variant", pa.string()), ("text", pa.string()),
-    ("generator", pa.string()), ("provenance", pa.string()),
-])
-REJECT_SCHEMA = pa.schema([
-    ("row_ref", pa.string()), ("reason", pa.string()), ("detail", pa.string()), ("record", pa.string()),
-])
-
-
-class ArrowRows:
-    """Append-only rows kept as Arrow record batches (compact, unlike lists of dicts)."""
-
-    def __init__(self, schema: pa.Schema):
-        self.schema = schema
-        self.pending: list[tuple] = []
-        self.batches: list[pa.RecordBatch] = []
-
-    def add(self, *values: Any) -> None:
-        self.pending.append(values)
-        if len(self.pending) >= CHUNK:
-            self._flush()
-
-    def _flush(self) -> None:
-        if self.pending:
-            cols = list(zip(*self.pending))
-            self.batches.append(pa.record_batch([pa.array(c, f.type) for c, f in zip(cols, self.schema)], schema=self.schema))
-            self.pending = []
-
-    def table(self) -> pa.Table:
-        self._flush()
-        return pa.Table.from_batches(self.batches, schema=self.schema)
-
-
-class Collected:
-    """Samples, captions and rejects parsed in Python, handed to :func:`run_ingest` as Arrow.
-
-    Every sample caption goes to the *long captions* relation. Repeated uids are rejected
-    here (``duplicate row`` / ``duplicate id``, first kept) rather than by run_ingest, so a
-    repeated record's captions are dropped with it; a caption repeating the same text in
-    the same variant of one sample is rejected as ``duplicate caption`` (run_ingest would
-    collapse it silently). Captions of a sample must follow its :meth:`row` call.
-    """
-
-    def __init__(self) -> None:
-        self.rows = ArrowRows(ROW_SCHEMA)
-        self.long = ArrowRows(LONG_SCHEMA)
-        self.rejects = ArrowRows(REJECT_SCHEMA)
-        self._uids: dict[str, tuple[str, bytes]] = {}
-        self._texts: dict[tuple[str, str], str] = {}  # (variant, text md5) -> row_ref, of the current sample
-        self._ord = 0
-
-    def reject(self, row_ref: str, reason: str, detail: str | None = None, record: str | None = None) -> None:
-        self.rejects.add(row_ref, reason, detail, None if record is None else record[:1000])
-
-    def row(self, row_ref: str, uid: str, fingerprint: str, url: str | None = None, image_path: str | None = None,
-            width: int | None = None, height: int | None = None, extra: dict | None = None) -> bool:
-        """Add a sample; False (and a reject) when its uid already came in this input."""
-        fp = hashlib.md5(fingerprint.encode("utf-8")).digest()
-        first = self._uids.get(uid)
-        if first is not None:
-            reason = "duplicate row" if first[1] == fp else "duplicate id"
-            self.reject(row_ref, reason, f"same uid as {first[0]}", fingerprint)
-            return False
-        self._uids[uid] = (row_ref, fp)
-        self._texts = {}
-        self._ord += 1
-        self.rows.add(row_ref, self._ord, uid, url, image_path, width, height,
-                      json.dumps(extra, ensure_ascii=False) if extra else None)
-        return True
-
-    def caption(self, uid: str, row_ref: str, variant: str, text: Any, generator: str | None,
-                provenance: dict | None, what: str = "caption") -> None:
-        """Add a caption; a non-string (other than null, which run_ingest rejects) is ``wrong type``."""
-        if text is not None and not isinstance(text, str):
-            self.reject(row_ref, "wrong type", f"{what} is {json_type(text)}, expected a string (variant {variant})",
-                        dump_record(text))
-            return
-        if text is not None:
-            key = (variant, hashlib.md5(text.encode("utf-8")).hexdigest())
-            if key in self._texts:
-                self.reject(row_ref, "duplicate caption", f"same {variant} text as {self._texts[key]}", text)
-                return
-            self._texts[key] = row_ref
-        prov = json.dumps(provenance, ensure_ascii=False) if provenance else None
-        self.long.add(uid, row_ref, variant, text, generator, prov)
-
-    def plan(self, fmt: str, source: str, config: dict[str, Any]) -> Prepared:
-        p = f"_curate_{fmt}"
-        return Prepared(
-            fmt=fmt, source=source, config=config,
-            rows_sql=(
-                "SELECT row_ref, row_ord, uid::UUID AS uid, url, NULL::VARCHAR AS image_shard, "
-                "NULL::VARCHAR AS image_key, image_path, NULL::VARCHAR AS sha256, width, height, "
-                f"extra::JSON AS extra FROM {p}_rows"
-            ),
-            long_captions_sql=(
-                f"SELECT uid::UUID AS uid, row_ref, variant, text, generator, provenance::JSON AS provenance FROM {p}_long"
-            ),
-            reader_rejects_sql=f"SELECT row_ref, reason, detail, record FROM {p}_rejects",
-            register={f"{p}_rows": self.rows.table(), f"{p}_long": self.long.table(),
-                      f"{p}_rejects": self.rejects.table()},
-        )
-
-
-def field(obj: dict, key: str, kinds: type | tuple[type, ...], required: bool = True) -> Any:
-    """``obj[key]`` checked against ``kinds``; raises :class:`BadRecord` (``missing key`` or
-    ``wrong type``). An absent or null optional key gives None."""
-    value = obj.get(key)
-    if value is None:
-        if required:
-            raise BadRecord("missing key", f"no {key!r}" if key not in obj else f"{key!r} is null")
-        return None
-    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in _tuple(kinds)):
-        names = " or ".join(json_type(k()) for k in _tuple(kinds))
-        raise BadRecord("wrong type", f"{key!r} is {json_type(value)}, expected {names}")
-    return value
-
-
-def _tuple(kinds: type | tuple[type, ...]) -> tuple[type, ...]:
-    return kinds if isinstance(kinds, tuple) else (kinds,)
-
-
-class BadRecord(Exception):
-    """A record (or part of one) to reject: ``reason`` is the fixed phrase, ``detail`` the specifics."""
-
-    def __init__(self, reason: str, detail: str, record: str | None = None):
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
-        self.record = record
-
-
-__all__ = ["ingest_capsfusion", "prepare_capsfusion", "read_json_document", "iter_json_lines", "Collected",
-           "ArrowRows", "BadRecord", "field", "json_type", "dump_record", "input_file"]

@@ -23,6 +23,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -60,7 +61,10 @@ class Prepared:
 
     ``rows_sql`` must select ``row_ref`` (VARCHAR), ``row_ord`` (BIGINT, input order),
     the :data:`SAMPLE_COLUMNS` and the variant text columns. ``long_captions_sql``, if
-    given, selects ``uid, row_ref, variant, text, generator, provenance``.
+    given, selects ``uid, row_ref, variant, text, generator, provenance``; long captions are
+    attached to their sample by ``uid``, so a reader that uses them must reject repeated
+    uids itself (:class:`curate.ingest.jsonrecords.Collected` does), and repeated texts of
+    one variant of one sample are stored once.
     ``reader_rejects_sql`` selects ``row_ref, reason, detail, record``.
     """
 
@@ -152,7 +156,7 @@ def _first_line(e: BaseException) -> str:
 
 def _p(params: dict[str, Any], sql: str) -> dict[str, Any]:
     """Only the parameters a statement uses (DuckDB refuses unused named parameters)."""
-    return {k: v for k, v in params.items() if f"${k}" in sql}
+    return {k: v for k, v in params.items() if re.search(rf"\${re.escape(k)}\b", sql)}
 
 
 def _ingest_in_transaction(con: duckdb.DuckDBPyConnection, plan: Prepared, params: dict[str, Any], t0: float) -> IngestResult:
@@ -213,7 +217,7 @@ def _ingest_in_transaction(con: duckdb.DuckDBPyConnection, plan: Prepared, param
     """)
 
     # 2. Records without an identity (no url and no id) cannot become samples.
-    q(f"""
+    q("""
         INSERT INTO _in_rej SELECT row_ref, 'no url or id', 'the record has no url and no id to key it', NULL
         FROM _in_rows WHERE uid IS NULL
     """)

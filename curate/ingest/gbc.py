@@ -43,7 +43,7 @@ from typing import Any
 
 from ..ids import sample_uid
 from ..store import Store
-from .capsfusion import BadRecord, Collected, dump_record, field, input_file, iter_json_lines, json_type
+from .jsonrecords import BadRecord, Collected, dump_record, field, input_file, iter_json_lines, json_type
 from .core import IngestResult, Prepared, run_ingest
 
 GENERATOR = "GBC"

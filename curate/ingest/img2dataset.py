@@ -214,13 +214,9 @@ def prepare_img2dataset(store: Store, folder: str | Path, source: str, caption_c
     image_shard = "CASE WHEN _i2d_layout = 'files' THEN NULL ELSE _i2d_shard END"
     image_path = "CASE WHEN _i2d_layout = 'files' THEN _i2d_shard || '/' || key || '.' || _i2d_ext END"
     select = _row_select(resolved, extras, row_ref="parse_filename(_i2d_shard) || ':' || key",
-                         row_ord="(_i2d_ord << 32) + file_row_number", shard=image_shard, key="key")
-    # _row_select has no image_path argument: replace its NULL (checked, so that a change there fails loudly)
-    placeholder = "NULL::VARCHAR AS image_path"
-    if select.count(placeholder) != 1:
-        raise AssertionError("curate.ingest.tables._row_select changed: cannot place image_path")
-    rows_sql = (select.replace(placeholder, f"({image_path})::VARCHAR AS image_path")
-                + f" FROM ({base}) WHERE status = 'success'")
+                         row_ord="(_i2d_ord << 32) + file_row_number", shard=image_shard, key="key",
+                         image_path=image_path)
+    rows_sql = select + f" FROM ({base}) WHERE status = 'success'"
 
     uid_col_in = resolved.get("uid_col")
     uid_expr = uid_from_id_sql(f"{quote_ident(uid_col_in)}::VARCHAR") if uid_col_in else uid_sql("url")

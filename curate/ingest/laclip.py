@@ -39,7 +39,7 @@ import pyarrow as pa
 from ..errors import ConfigError, InputError
 from ..ids import sample_uid
 from ..store import Store
-from .capsfusion import ArrowRows, BadRecord, dump_record, field, input_file, iter_json_lines, json_type
+from .jsonrecords import ArrowRows, BadRecord, dump_record, field, input_file, iter_json_lines, json_type
 from .core import IngestResult, Prepared, run_ingest
 
 INPUT_SCHEMA = pa.schema([

@@ -18,7 +18,7 @@ malformed line is rejected with its exact line number.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -159,7 +159,7 @@ def _extras(available: dict[str, str], resolved: dict[str, str | None], mapping:
 
 
 def _row_select(resolved: dict[str, str | None], extras: list[str], row_ref: str, row_ord: str,
-                shard: str = "NULL", key: str = "NULL") -> str:
+                shard: str = "NULL", key: str = "NULL", image_path: str = "NULL") -> str:
     from ..ids import uid_from_id_sql, uid_sql
 
     def col(role: str) -> str | None:
@@ -184,7 +184,7 @@ def _row_select(resolved: dict[str, str | None], extras: list[str], row_ref: str
     caption = f"{col('caption_col')}::VARCHAR" if col("caption_col") else "NULL::VARCHAR"
     return (
         f"SELECT {row_ref} AS row_ref, {row_ord} AS row_ord, {uid} AS uid, {url or 'NULL'}::VARCHAR AS url, "
-        f"{shard}::VARCHAR AS image_shard, {key}::VARCHAR AS image_key, NULL::VARCHAR AS image_path, "
+        f"{shard}::VARCHAR AS image_shard, {key}::VARCHAR AS image_key, ({image_path})::VARCHAR AS image_path, "
         f"{sha} AS sha256, {width} AS width, {height} AS height, {extra} AS extra, {caption} AS _caption"
     )
 
