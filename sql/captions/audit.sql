@@ -15,15 +15,15 @@ FROM per_variant v JOIN per_source s USING (source)
 ORDER BY v.source, v.variant;
 
 -- name: lengths
--- Caption length per variant, in words (whitespace-separated) and characters: mean
--- and quantiles. Reads the caption_stats attribute table written by the stage
+-- Caption length per source and variant, in words (whitespace-separated, as Python's
+-- str.split) and characters: mean and quantiles. Reads the caption_stats attribute table written by the stage
 -- text.caption_stats.v1 (run it first: `curate run pipelines/demo.toml`).
 WITH s AS (
-    SELECT c.variant, st.words, st.chars
+    SELECT c.source, c.variant, st.words, st.chars
     FROM captions c JOIN caption_stats st USING (caption_id)
     WHERE st.stage = 'text.caption_stats.v1'
 )
-SELECT variant,
+SELECT source, variant,
        count(*) AS captions,
        round(avg(words), 2) AS mean_words,
        quantile_cont(words, 0.1) AS p10_words,
@@ -35,8 +35,8 @@ SELECT variant,
        quantile_cont(chars, 0.9) AS p90_chars,
        max(chars) AS max_chars
 FROM s
-GROUP BY variant
-ORDER BY variant;
+GROUP BY source, variant
+ORDER BY source, variant;
 
 -- name: duplicate_summary
 -- Exact duplicate captions per variant: how many caption rows share their text with
