@@ -24,6 +24,10 @@ from .sqlfiles import get_query, sql_root
 DEFAULT_STORE = "curate-store"
 CATALOG = "catalog.duckdb"
 FOLDERS = ("vectors", "indexes", "manifests", "reports", "tmp")
+#: New catalogs are written in a storage format DuckDB 1.4+ can read, so the store opens in
+#: the ``duckdb`` CLI from PyPI (``duckdb-cli`` 1.5) and in older Python clients; DuckDB 2
+#: reads and writes it as usual. Existing catalogs keep the format they were created with.
+STORAGE_COMPATIBILITY = "v1.4.0"
 _MIGRATION = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -83,6 +87,8 @@ class Store:
         for f in FOLDERS:
             (p / f).mkdir(exist_ok=True)
         config: dict[str, Any] = {}
+        if not db.exists():
+            config["storage_compatibility_version"] = STORAGE_COMPATIBILITY
         if memory_limit:
             config["memory_limit"] = memory_limit
         if threads:

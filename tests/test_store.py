@@ -136,3 +136,20 @@ def test_named_queries_all_run(store, shared_data):
 def test_every_named_query_is_documented():
     for q in sqlfiles.named_queries().values():
         assert q.doc, f"{q.qualname} has no documenting comment"
+
+
+def test_catalog_opens_in_the_duckdb_cli(store, shared_data):
+    """The store is an ordinary DuckDB file: the `duckdb` CLI from PyPI (1.x) reads it."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    ingest(store, "table", shared_data / "cc3m-val" / "Validation_GCC-1.1.0-Validation.tsv", "cc3m", preset="cc3m")
+    path = store.path / "catalog.duckdb"
+    store.close()
+    cli = Path(sys.executable).parent / "duckdb"
+    out = subprocess.run([str(cli), "-readonly", "-csv", str(path), "-c",
+                          "SELECT source, variant, count(*) AS n FROM captions GROUP BY ALL"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines() == ["source,variant,n", "cc3m,raw,15833"]
