@@ -130,6 +130,10 @@ def find_shards(folder: str | Path, skip_incomplete: bool = False) -> list[Shard
                 raise InputError(f"{data} holds no image files although {name}_stats.json counts successes")
         elif any(pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type) for f in schema):
             layout, data = "parquet", meta
+        elif json.loads(stats).get("successes", 0) == 0:
+            # a shard where every download failed: its image folder is empty, and empty
+            # folders do not survive git, zip or many copy tools; nothing points into it
+            layout, data = "files", root / name
         else:
             raise InputError(f"shard {name} has no images: no {name}.tar, no {name}/ folder and no image column in "
                              f"{meta.name} (output_format dummy?)")
