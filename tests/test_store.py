@@ -153,3 +153,15 @@ def test_catalog_opens_in_the_duckdb_cli(store, shared_data):
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines() == ["source,variant,n", "cc3m,raw,15833"]
+
+
+def test_missing_extra_names_the_install_command(monkeypatch):
+    from curate import MissingExtraError
+    from curate import _optional
+
+    monkeypatch.setitem(_optional.KNOWN, "curate_no_such_module", ("no-such-package", "index"))
+    with pytest.raises(MissingExtraError, match=r"FAISS dedup needs .*pip install 'curate\[index\]'"):
+        _optional.require("curate_no_such_module", purpose="FAISS dedup")
+    with pytest.raises(MissingExtraError, match=r"pip install 'other_missing_mod'"):
+        _optional.require("other_missing_mod", purpose="x")
+    assert _optional.require("json", purpose="parsing").dumps([1]) == "[1]"
