@@ -7,10 +7,12 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import click
+import duckdb
 
 from . import __version__
 from .errors import ConfigError, CurateError, QueryError
@@ -108,6 +110,13 @@ def ingest(fmt: str, path: Path, store_path: Path, source: str | None, preset: s
     if given and fmt != "table":
         flags = ", ".join("--" + k.replace("_", "-") for k in given)
         raise ConfigError(f"{flags} apply to the table format only; use -o KEY=VALUE for {fmt} options")
+    from .errors import InputError
+    from .ingest import validate_options
+
+    # everything that can be checked is checked before the store is opened (or created)
+    validate_options(fmt, {**given, **opts})
+    if not path.exists():
+        raise InputError(f"input {path} does not exist")
     with Store.open(store_path, create=True) as s:
         res = do_ingest(s, fmt, path, source, **given, **opts)
     click.echo(res.summary())
@@ -154,17 +163,22 @@ def sql(query_text: str | None, store_path: Path, named: str | None, params: tup
         if rel is None:
             click.echo("ok")
             return
+        try:
+            table = rel.to_arrow_table()
+        except duckdb.Error as e:
+            raise QueryError(" ".join(str(e).split())[:500]) from None
         if out is not None:
-            _write(s, rel, fmt if fmt != "table" else _fmt_from_suffix(out), out)
-            click.echo(f"wrote {out}", err=True)
-            return
-        df = rel.pl()
-        if fmt == "table":
-            _print_table(df, max_rows)
-        elif fmt == "csv":
-            click.echo(df.write_csv(), nl=False)
+            _write(s, table, fmt if fmt != "table" else _fmt_from_suffix(out), out)
+            click.echo(f"wrote {table.num_rows:,} rows to {out}", err=True)
+        elif fmt == "table":
+            import polars as pl
+
+            _print_table(pl.from_arrow(table), max_rows)
         else:
-            click.echo(json.dumps(df.to_dicts(), default=str, ensure_ascii=False, indent=1))
+            with tempfile.TemporaryDirectory() as d:
+                tmp = Path(d) / f"out.{fmt}"
+                _write(s, table, fmt, tmp)
+                click.echo(tmp.read_text(encoding="utf-8"), nl=False)
 
 
 def _fmt_from_suffix(out: Path) -> str:
@@ -174,22 +188,23 @@ def _fmt_from_suffix(out: Path) -> str:
     return suffix
 
 
-def _write(store: Store, rel: Any, fmt: str, out: Path) -> None:
-    import duckdb
-
+def _write(store: Store, table: Any, fmt: str, out: Path) -> None:
+    """Write with DuckDB's own writers: nested columns, HUGEINT and DECIMAL come out right."""
     out.parent.mkdir(parents=True, exist_ok=True)
+    options = {"parquet": "FORMAT parquet, COMPRESSION zstd", "csv": "FORMAT csv, HEADER true",
+               "json": "FORMAT json, ARRAY true"}[fmt]
+    cur = store.con.cursor()
     try:
-        if fmt == "parquet":
-            rel.write_parquet(str(out), compression="zstd")
-        elif fmt == "csv":
-            rel.write_csv(str(out), header=True)
-        else:
-            import polars as pl  # noqa: F401
-
-            out.write_text(json.dumps(rel.pl().to_dicts(), default=str, ensure_ascii=False, indent=1) + "\n",
-                           encoding="utf-8")
+        cur.register("_curate_out", table)
+        cur.execute(f"COPY (SELECT * FROM _curate_out) TO '{_sql_str(out)}' ({options})")
     except duckdb.Error as e:
-        raise QueryError(str(e).splitlines()[0]) from None
+        raise QueryError(" ".join(str(e).split())[:500]) from None
+    finally:
+        cur.close()
+
+
+def _sql_str(path: Path) -> str:
+    return str(path).replace("'", "''")
 
 
 @cli.command()

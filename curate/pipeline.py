@@ -21,13 +21,14 @@
 
 from __future__ import annotations
 
+import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .ingest import FORMATS, check_options
+from .ingest import FORMATS, validate_options
 from .registry import build_stage
 from .runner import RunOptions
 from .stages.base import Stage
@@ -113,7 +114,7 @@ def parse_pipeline(data: dict[str, Any], base: Path = Path("."), path: Path | No
         if "path" not in step:
             raise ConfigError(f"{w}: missing key 'path'")
         raw_path = Path(_expect(f"{w}.path", step["path"], str, "a string"))
-        full = raw_path if raw_path.is_absolute() else (base / raw_path)
+        full = raw_path if raw_path.is_absolute() else Path(os.path.abspath(base / raw_path))
         if not full.exists():
             raise ConfigError(f"{w}.path: {full} does not exist")
         source = step.get("source")
@@ -121,7 +122,7 @@ def parse_pipeline(data: dict[str, Any], base: Path = Path("."), path: Path | No
             _expect(f"{w}.source", source, str, "a string")
         options = {k: v for k, v in step.items() if k not in INGEST_KEYS}
         try:
-            check_options(fmt, options)
+            options = validate_options(fmt, options, base=base)
         except ConfigError as e:
             raise ConfigError(f"{w}: {e}") from None
         pipe.ingests.append(IngestStep(fmt, full, source, options))
@@ -140,11 +141,14 @@ def parse_pipeline(data: dict[str, Any], base: Path = Path("."), path: Path | No
         limit = step.get("limit")
         if limit is not None:
             _expect(f"{w}.limit", limit, int, "an integer")
-        options = RunOptions(
-            batch_size=_expect(f"{w}.batch_size", step.get("batch_size", RunOptions.batch_size), int, "an integer"),
-            workers=_expect(f"{w}.workers", step.get("workers", RunOptions.workers), int, "an integer"),
-            limit=limit,
-        )
+            if limit < 0:
+                raise ConfigError(f"{w}.limit: must be 0 or more, got {limit}")
+        batch_size = _expect(f"{w}.batch_size", step.get("batch_size", RunOptions.batch_size), int, "an integer")
+        workers = _expect(f"{w}.workers", step.get("workers", RunOptions.workers), int, "an integer")
+        try:
+            options = RunOptions(batch_size=batch_size, workers=workers, limit=limit)
+        except ConfigError as e:
+            raise ConfigError(f"{w}: {e}") from None
         pipe.stages.append(StageStep(stage, options))
     return pipe
 

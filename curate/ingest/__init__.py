@@ -7,6 +7,7 @@ parameters of its ``ingest_<format>`` function and are checked before any work.
 from __future__ import annotations
 
 import importlib
+import os
 import inspect
 from pathlib import Path
 from typing import Any, Callable
@@ -52,9 +53,58 @@ def check_options(fmt: str, options: dict[str, Any]) -> None:
                           f"valid options: {', '.join(sorted(valid)) or 'none'}")
 
 
+def _takes_path(annotation: Any) -> bool:
+    return "Path" in str(annotation)
+
+
+def validate_options(fmt: str, options: dict[str, Any], base: Path | None = None) -> dict[str, Any]:
+    """Check option names *and values* before any work; return them with file options
+    resolved against ``base`` (a pipeline's folder) and checked to exist.
+
+    Values are checked against the reader's type annotations; a reader module may add a
+    ``validate_options(**options)`` for rules across options (LaCLIP's style/originals)."""
+    import typing
+
+    from ..stages.base import _type_name, _type_ok
+
+    check_options(fmt, options)
+    out = dict(options)
+    if fmt == "table":
+        from .tables import resolve_mapping
+
+        kw = {k: v for k, v in out.items() if k in TABLE_OPTIONS}
+        for k, v in kw.items():
+            ok = isinstance(v, bool) if k == "header" else isinstance(v, (str, list)) if k == "extra_cols" else isinstance(v, str)
+            if not ok:
+                raise ConfigError(f"ingest option {k!r} should be {'a boolean' if k == 'header' else 'a string'}, got {v!r}")
+        preset = kw.pop("preset", None)
+        resolve_mapping(preset, **kw)
+        mcc = out.get("max_caption_chars")
+        if mcc is not None and (not isinstance(mcc, int) or isinstance(mcc, bool) or mcc < 1):
+            raise ConfigError(f"ingest option 'max_caption_chars' should be a positive integer, got {mcc!r}")
+        return out
+    fn = ingest_function(fmt)
+    hints = typing.get_type_hints(fn)
+    for k, v in out.items():
+        tp = hints.get(k, Any)
+        if _takes_path(tp) and isinstance(v, str):
+            p = Path(v)
+            if base is not None and not p.is_absolute():
+                p = Path(os.path.abspath(base / p))
+            if not p.exists():
+                raise ConfigError(f"ingest option {k!r}: {p} does not exist")
+            out[k] = p
+        elif not _type_ok(v, tp):
+            raise ConfigError(f"ingest option {k!r} should be {_type_name(tp)}, got {type(v).__name__} {v!r}")
+    extra_check = getattr(importlib.import_module(fn.__module__), "validate_options", None)
+    if extra_check is not None:
+        extra_check(**out)
+    return out
+
+
 def ingest(store: Any, fmt: str, path: str | Path, source: str | None = None, **options: Any) -> Any:
     """Ingest ``path`` in format ``fmt`` into ``store``; returns an IngestResult."""
-    check_options(fmt, options)
+    options = validate_options(fmt, options)
     fn = ingest_function(fmt)
     if fmt == "table":
         from .tables import resolve_mapping

@@ -110,7 +110,7 @@ class IngestResult:
             parts.append(f"{v:,} {k}")
         if self.rejected:
             reasons = ", ".join(f"{r}: {n:,}" for r, n in sorted(self.reject_reasons.items()))
-            parts.append(f"{self.rejected:,} rejected ({reasons}); see `curate sql --query store.rejects`")
+            parts.append(f"{self.rejected:,} rejects ({reasons}); see `curate sql --query store.rejects`")
         parts.append(f"{self.seconds:.1f}s, run {self.run_id}")
         return "; ".join(parts)
 

@@ -63,20 +63,26 @@ _MATCHES = """
 """
 
 
+def validate_options(originals: Any = None, style: str | None = None, **_: Any) -> None:
+    """Rules across options, checked before any work (also by pipelines)."""
+    if originals is None and style is not None:
+        raise ConfigError("style is for line-aligned rewrite files; a pairs JSONL carries its own strategy per line")
+    if originals is not None and not style:
+        raise ConfigError("a line-aligned rewrite file needs its style (chatgpt, bard, mscoco, human, ...)")
+
+
 def prepare_laclip(store: Store, path: str | Path, source: str, *, originals: str | Path | None = None,
                    style: str | None = None, match_variant: str = "raw", create: bool = False) -> Prepared:
     """Plan the ingest of a rewrite file: line-aligned text (``originals`` and ``style`` given)
     or pairs JSONL (neither given)."""
     path = input_file(path)
+    validate_options(originals=originals, style=style)
     if originals is None:
-        if style is not None:
-            raise ConfigError("style is for line-aligned rewrite files; a pairs JSONL carries its own strategy per line")
         triples = _pairs(path)
         config: dict[str, Any] = {"input": str(path.resolve()), "input_format": "pairs jsonl"}
     else:
         originals = input_file(originals, "originals file")
-        if not style:
-            raise ConfigError("a line-aligned rewrite file needs its style (chatgpt, bard, mscoco, human, ...)")
+        assert style is not None
         _check_aligned(originals, path)
         triples = _aligned(originals, path, style)
         config = {"input": str(path.resolve()), "originals": str(originals.resolve()), "style": style,
