@@ -25,6 +25,18 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture(scope="session")
+def laion_file(shared_data: Path) -> Path:
+    """Real LAION-400M alt-text: 10,000 rows (URL, TEXT), one URL twice."""
+    return shared_data / "laion400m-img2dataset-10k" / "test_10000.parquet"
+
+
+@pytest.fixture(scope="session")
+def cc3m_file(shared_data: Path) -> Path:
+    """Real CC3M validation TSV: 15,833 rows, caption TAB url, no header."""
+    return shared_data / "cc3m-val" / "Validation_GCC-1.1.0-Validation.tsv"
+
+
 @pytest.fixture
 def store(tmp_path: Path):
     s = Store.init(tmp_path / "store")

@@ -27,16 +27,6 @@ LAION_URLS = 9_999  # 10,000 rows, one URL twice
 
 
 @pytest.fixture(scope="session")
-def laion_file(shared_data: Path) -> Path:
-    return shared_data / "laion400m-img2dataset-10k" / "test_10000.parquet"
-
-
-@pytest.fixture(scope="session")
-def cc3m_file(shared_data: Path) -> Path:
-    return shared_data / "cc3m-val" / "Validation_GCC-1.1.0-Validation.tsv"
-
-
-@pytest.fixture(scope="session")
 def laion_rows(laion_file: Path) -> list[dict]:
     """The LAION rows ingest keeps: the first row of every URL, in input order."""
     seen: set[str] = set()

@@ -56,16 +56,6 @@ def knob(monkeypatch):
     return Knob
 
 
-@pytest.fixture(scope="session")
-def laion_file(shared_data: Path) -> Path:
-    return shared_data / "laion400m-img2dataset-10k" / "test_10000.parquet"
-
-
-@pytest.fixture(scope="session")
-def cc3m_file(shared_data: Path) -> Path:
-    return shared_data / "cc3m-val" / "Validation_GCC-1.1.0-Validation.tsv"
-
-
 @pytest.fixture(scope="module")
 def laion_store(tmp_path_factory, shared_data) -> Path:
     """A store holding LAION, closed: pipelines are run against it through the CLI."""

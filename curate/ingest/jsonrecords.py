@@ -32,23 +32,31 @@ def read_json_document(path: Path) -> Any:
         ) from None
 
 
-def iter_json_lines(path: Path) -> Iterator[tuple[int, Any, tuple[str, str, str] | None]]:
-    """Yield ``(line number, value, None)`` per JSONL line, or ``(line, None, (reason, detail,
-    record))`` for a line that is not UTF-8 or not JSON. Blank lines are skipped."""
+def iter_text_lines(path: Path) -> Iterator[tuple[int, str | None, tuple[str, str, str] | None]]:
+    """Yield ``(line number, text, None)`` per non-blank line, or ``(line, None, ("not UTF-8",
+    detail, record))`` for a line that does not decode."""
     with open(path, "rb") as fh:
         for i, raw in enumerate(fh, start=1):
             raw = raw.rstrip(b"\r\n")
             if not raw.strip():
                 continue
             try:
-                text = raw.decode("utf-8")
+                yield i, raw.decode("utf-8"), None
             except UnicodeDecodeError as e:
                 yield i, None, ("not UTF-8", f"invalid byte at position {e.start}", raw[:1000].decode("utf-8", "replace"))
-                continue
-            try:
-                yield i, json.loads(text), None
-            except json.JSONDecodeError as e:
-                yield i, None, ("malformed JSON", f"line is not valid JSON ({e.msg}, column {e.colno})", text[:1000])
+
+
+def iter_json_lines(path: Path) -> Iterator[tuple[int, Any, tuple[str, str, str] | None]]:
+    """Yield ``(line number, value, None)`` per JSONL line, or ``(line, None, (reason, detail,
+    record))`` for a line that is not UTF-8 or not JSON. Blank lines are skipped."""
+    for i, text, bad in iter_text_lines(path):
+        if bad is not None:
+            yield i, None, bad
+            continue
+        try:
+            yield i, json.loads(text), None
+        except json.JSONDecodeError as e:
+            yield i, None, ("malformed JSON", f"line is not valid JSON ({e.msg}, column {e.colno})", text[:1000])
 
 
 def input_file(path: str | Path, what: str = "input") -> Path:

@@ -27,6 +27,7 @@ import pyarrow as pa
 from ..errors import ConfigError, InputError
 from ..store import Store, quote_ident
 from .core import Prepared, Variant, run_ingest
+from .jsonrecords import iter_text_lines
 
 TABLE_FORMATS = ("parquet", "csv", "tsv", "jsonl")
 #: Columns pandas or writers leave behind that carry no data.
@@ -323,26 +324,21 @@ def _read_jsonl(files: list[Path]) -> tuple[pa.Table, pa.Table]:
     batches = []
     for f in files:
         name = str(f.resolve())
-        with open(f, "rb") as fh:
-            for i, raw in enumerate(fh, start=1):
-                raw = raw.rstrip(b"\r\n")
-                if not raw.strip():
-                    continue
-                try:
-                    text = raw.decode("utf-8")
-                except UnicodeDecodeError as e:
-                    bad["file"].append(name)
-                    bad["line"].append(i)
-                    bad["reason"].append("not UTF-8")
-                    bad["detail"].append(f"invalid byte at position {e.start}")
-                    bad["text"].append(raw[:1000].decode("utf-8", "replace"))
-                    continue
-                good["file"].append(name)
-                good["line"].append(i)
-                good["text"].append(text)
-                if len(good["text"]) >= JSONL_CHUNK:
-                    batches.append(pa.table(good))
-                    good = {"file": [], "line": [], "text": []}
+        for i, text, problem in iter_text_lines(f):
+            if problem is not None:
+                reason, detail, record = problem
+                bad["file"].append(name)
+                bad["line"].append(i)
+                bad["reason"].append(reason)
+                bad["detail"].append(detail)
+                bad["text"].append(record)
+                continue
+            good["file"].append(name)
+            good["line"].append(i)
+            good["text"].append(text)
+            if len(good["text"]) >= JSONL_CHUNK:
+                batches.append(pa.table(good))
+                good = {"file": [], "line": [], "text": []}
     batches.append(pa.table({"file": pa.array(good["file"], pa.string()), "line": pa.array(good["line"], pa.int64()),
                              "text": pa.array(good["text"], pa.string())}))
     table = pa.concat_tables([b.cast(batches[-1].schema) for b in batches])
