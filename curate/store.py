@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -101,6 +102,8 @@ class Store:
                 raise StoreError(f"store {p} is in use by another process ({msg})") from None
             raise StoreError(f"cannot open store {p}: {msg}") from None
         con.execute("SET temp_directory = ?", [str((p / "tmp").resolve())])
+        if sys.stderr.isatty():  # DuckDB's own progress bar for long statements (ingest, audits)
+            con.execute("SET enable_progress_bar = true")
         store = cls(p, con, read_only=read_only)
         if not read_only:
             store._migrate()
