@@ -207,7 +207,7 @@ def _ingest_in_transaction(con: duckdb.DuckDBPyConnection, plan: Prepared, param
     ) or "''"
     q(f"""
         CREATE OR REPLACE TEMP TABLE _in_dups AS
-        WITH d AS (SELECT uid FROM _in_rows WHERE uid IS NOT NULL GROUP BY uid HAVING count(*) > 1),
+        WITH d AS (SELECT uid FROM _in_rows GROUP BY uid HAVING count(uid) > 1),  -- count(uid) skips the NULL group
         r AS (
             SELECT r.row_ref, r.row_ord, r.uid, {fingerprint} AS fp,
                    row_number() OVER (PARTITION BY r.uid ORDER BY r.row_ord) AS k
@@ -246,13 +246,20 @@ def _ingest_in_transaction(con: duckdb.DuckDBPyConnection, plan: Prepared, param
     if plan.require_caption:
         items.append(item(f"uid IS NOT NULL AND NOT ({any_valid})", "'no valid caption'", "NULL::VARCHAR", "NULL"))
         conds.append(f"NOT ({any_valid})")
+    drop_cond = f"uid IS NULL OR NOT ({any_valid})" if plan.require_caption else "uid IS NULL"
     q(f"""
-        INSERT INTO _in_rej SELECT row_ref, r.reason, r.detail, r.record FROM (
-            SELECT row_ref, unnest(list_filter([{', '.join(items)}], lambda x: x IS NOT NULL)) AS r
-            FROM _in_rows
-            WHERE ({' OR '.join(conds)}) AND row_ord NOT IN (SELECT row_ord FROM _in_dups)
-        )
+        CREATE OR REPLACE TEMP TABLE _in_bad AS
+        SELECT row_ref, row_ord, ({drop_cond}) AS dropped,
+               list_filter([{', '.join(items)}], lambda x: x IS NOT NULL) AS reasons
+        FROM _in_rows
+        WHERE ({' OR '.join(conds)}) AND row_ord NOT IN (SELECT row_ord FROM _in_dups)
     """)
+    con.execute("INSERT INTO _in_rej SELECT row_ref, r.reason, r.detail, r.record "
+                "FROM (SELECT row_ref, unnest(reasons) AS r FROM _in_bad)")
+    # The rows that do not become samples, as a small table: appending with an anti-join on
+    # it is as fast as no filter, where a per-row predicate recomputes the uid (RESULTS.md).
+    con.execute("CREATE OR REPLACE TEMP TABLE _in_drop AS SELECT row_ord FROM _in_dups "
+                "UNION ALL SELECT row_ord FROM _in_bad WHERE dropped")
     if plan.long_captions_sql:
         q(f"""
             INSERT INTO _in_rej
@@ -262,9 +269,6 @@ def _ingest_in_transaction(con: duckdb.DuckDBPyConnection, plan: Prepared, param
     if plan.reader_rejects_sql:
         q(f"INSERT INTO _in_rej SELECT row_ref, reason, detail, left(record, {RECORD_CHARS}) FROM ({plan.reader_rejects_sql})")
 
-    keep = "uid IS NOT NULL AND row_ord NOT IN (SELECT row_ord FROM _in_dups)"
-    if plan.require_caption:
-        keep = f"{keep} AND ({any_valid})"
 
     # 4. Append what is new.
     cols = ", ".join(SAMPLE_COLUMNS)
@@ -272,7 +276,7 @@ def _ingest_in_transaction(con: duckdb.DuckDBPyConnection, plan: Prepared, param
     q(f"""
         INSERT INTO samples (uid, source, url, image_shard, image_key, image_path, sha256, width, height, extra, run_id)
         SELECT uid, $source, url, image_shard, image_key, image_path, sha256, width, height, extra, $run_id
-        FROM (SELECT {cols} FROM _in_rows WHERE {keep}) n
+        FROM (SELECT {cols} FROM _in_rows AS r ANTI JOIN _in_drop USING (row_ord)) n
         ANTI JOIN samples s USING (uid)
     """)
     samples_added = con.execute("SELECT count(*) FROM samples").fetchall()[0][0] - before
@@ -291,7 +295,7 @@ def _ingest_in_transaction(con: duckdb.DuckDBPyConnection, plan: Prepared, param
             SELECT n.* FROM (
                 SELECT {cid} AS caption_id, uid, '{_lit(v.variant)}' AS variant, "{v.column}" AS text,
                        $generator::VARCHAR AS generator, {prov} AS provenance, $source AS source, $run_id AS run_id
-                FROM _in_rows WHERE {keep} AND {valid(v.column)}
+                FROM _in_rows ANTI JOIN _in_drop USING (row_ord) WHERE {valid(v.column)}
             ) n ANTI JOIN captions c USING (caption_id)
         """
         q(sql, {"generator": v.generator})
@@ -305,7 +309,7 @@ def _ingest_in_transaction(con: duckdb.DuckDBPyConnection, plan: Prepared, param
             SELECT n.* FROM (
                 SELECT DISTINCT ON (caption_id) {cid} AS caption_id, l.uid, l.variant, l.text, l.generator,
                        l.provenance::JSON, $source, $run_id
-                FROM _in_long l SEMI JOIN (SELECT uid FROM _in_rows WHERE {keep}) k USING (uid)
+                FROM _in_long l SEMI JOIN (SELECT uid FROM _in_rows ANTI JOIN _in_drop USING (row_ord)) k USING (uid)
                 WHERE {valid('text').replace('"text"', 'l.text')}
                 ORDER BY caption_id, l.row_ref
             ) n ANTI JOIN captions c USING (caption_id)
@@ -335,7 +339,8 @@ def _ingest_in_transaction(con: duckdb.DuckDBPyConnection, plan: Prepared, param
          json.dumps({"samples": samples_added, "captions": captions_added, **extra}), run_id],
     )
     con.execute("DROP TABLE IF EXISTS _in_dups")
-    con.execute("DROP TABLE IF EXISTS _in_rej")
+    for t in ("_in_rej", "_in_bad", "_in_drop"):
+        con.execute(f"DROP TABLE IF EXISTS {t}")
     return IngestResult(
         run_id=run_id, fmt=plan.fmt, source=plan.source, rows_in=rows_in, samples_added=samples_added,
         captions_added=captions_added, rejected=rejected, already_present=max(kept_rows - samples_added, 0),
