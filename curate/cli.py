@@ -254,6 +254,61 @@ def check(store_path: Path) -> None:
         raise CurateError(f"{bad} invariant(s) violated")
 
 
+@cli.group()
+def knowledge() -> None:
+    """Knowledge scoring: spaCy named entities per caption, retention and hallucination."""
+
+
+@knowledge.command("score")
+@store_option
+@click.option("--model", default=None, help="spaCy pipeline (package or path; default en_core_web_sm).")
+@click.option("--workers", default=2, show_default=True, help="Worker processes (one spaCy per process).")
+@click.option("--batch-size", default=2000, show_default=True, help="Captions per batch (one commit each).")
+@click.option("--limit", type=int, default=None, help="Score at most this many pending captions, then stop.")
+@click.option("-c", "--config", "config", multiple=True, metavar="KEY=VALUE",
+              help="Stage config, e.g. -c case_fix=none -c knowledge_labels=[PERSON,ORG].")
+@click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
+def knowledge_score(store_path: Path, model: str | None, workers: int, batch_size: int, limit: int | None,
+                    config: tuple[str, ...], progress: bool | None) -> None:
+    """Run knowledge.spacy_ner.v1 over the captions not scored yet (resumable)."""
+    from .registry import build_stage
+    from .runner import RunOptions, run_stage
+
+    cfg = _pairs(config, "--config")
+    if model:
+        cfg["model"] = model
+    stage = build_stage("knowledge.spacy_ner.v1", cfg)
+    with Store.open(store_path) as s:
+        res = run_stage(s, stage, RunOptions(batch_size=batch_size, workers=workers, limit=limit, progress=progress))
+    click.echo(res.summary())
+
+
+KNOWLEDGE_REPORT = (
+    ("Knowledge per variant (knowledge.by_variant)", "knowledge.by_variant", ()),
+    ("Knowledge per source and variant (knowledge.by_source)", "knowledge.by_source", ()),
+    ("Raw knowledge entities kept by other variants (knowledge.retention)", "knowledge.retention", ("raw",)),
+    ("Entities supported by neither the raw nor the synthetic caption (knowledge.hallucinations)",
+     "knowledge.hallucinations", ("raw", "synthetic")),
+    ("Captions per status (knowledge.status)", "knowledge.status", ()),
+)
+
+
+@knowledge.command("report")
+@store_option
+@click.option("--raw", default="raw", show_default=True, help="The variant holding the original alt-text.")
+@click.option("--synthetic", default="synthetic", show_default=True, help="The synthetic-caption variant.")
+@click.option("--max-rows", default=40, show_default=True)
+def knowledge_report(store_path: Path, raw: str, synthetic: str, max_rows: int) -> None:
+    """Print the knowledge audits: density per variant and source, retention, hallucination."""
+    with Store.open(store_path, read_only=True) as s:
+        if "caption_knowledge" not in s.tables():
+            raise ConfigError(f"store {store_path} has no knowledge scores yet; run `curate knowledge score` first")
+        given = {"raw": raw, "synthetic": synthetic}
+        for title, qname, params in KNOWLEDGE_REPORT:
+            click.echo(f"\n{title}")
+            _print_table(s.query(qname, **{p: given[p] for p in params}).pl(), max_rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         cli.main(args=argv, prog_name="curate", standalone_mode=False)

@@ -160,6 +160,8 @@ def run_pipeline(store: Any, pipe: Pipeline, echo: Any = None, progress: bool | 
     from .ingest import ingest
     from .runner import run_stage
 
+    for step in pipe.stages:  # a missing model fails here, before any ingest
+        step.stage.preflight()
     results = []
     for step in pipe.ingests:
         res = ingest(store, step.format, step.path, step.source, **dict(step.options))

@@ -15,6 +15,7 @@ from .stages.base import Stage
 #: registry name -> "module:Class"
 STAGES: dict[str, str] = {
     "text.caption_stats.v1": "curate.stages.caption_stats:CaptionStats",
+    "knowledge.spacy_ner.v1": "curate.stages.knowledge:KnowledgeNER",
 }
 
 

@@ -94,22 +94,30 @@ def ensure_output_table(store: Store, stage: Stage) -> None:
     if not have:
         cols = ", ".join(f"{quote_ident(check_identifier(n))} {t}" for n, t in want.items())
         store.con.execute(f"CREATE TABLE {quote_ident(table)} ({cols})")
+        _create_views(store, stage)
         return
     if have != want:
         raise ConfigError(
             f"table {table} exists with columns {have}, but {stage.registry_name()} writes {want}; "
             "a stage whose output changes needs a new version and table name"
         )
+    _create_views(store, stage)
+
+
+def _create_views(store: Store, stage: Stage) -> None:
+    for statement in stage.views:
+        store.con.execute(statement)
 
 
 def pending_sql(stage: Stage) -> str:
     cols = ", ".join(f"i.{quote_ident(check_identifier(c))}" for c in (stage.key, *stage.reads))
     key = quote_ident(check_identifier(stage.key))
     where = f"WHERE {stage.input_filter}" if stage.input_filter else ""
+    order = f"ORDER BY i.{quote_ident(check_identifier(stage.input_order))}" if stage.input_order else ""
     return (
         f"SELECT {cols} FROM {quote_ident(check_identifier(stage.input_table))} i "
         f"ANTI JOIN (SELECT {key} FROM {quote_ident(stage.output_table)} WHERE config_hash = $config_hash) o "
-        f"ON i.{key} = o.{key} {where}"
+        f"ON i.{key} = o.{key} {where} {order}"
     )
 
 
@@ -129,6 +137,7 @@ def run_stage(store: Store, stage: Stage, options: RunOptions | None = None) -> 
     if store.read_only:
         raise CurateError(f"store {store.path} is open read-only")
     con = store.con
+    stage.preflight()
     mark_interrupted(store)
     ensure_output_table(store, stage)
     h = stage.config_hash()

@@ -2,7 +2,8 @@
 
 A file holds one or more queries, each introduced by a ``-- name: NAME`` line. The
 comment lines that follow the name (before the first SQL line) are the query's
-documentation. Parameters use DuckDB's ``$param`` binding; a query is addressed as
+documentation. Parameters use DuckDB's ``$param`` binding; a doc line
+``defaults: raw=raw, synthetic=synthetic`` gives parameters default (text) values. A query is addressed as
 ``DOMAIN.NAME`` where DOMAIN is the folder. ``sql/schema`` holds migrations, not named
 queries, and ``sql/checks`` holds invariants (queries that must return no rows).
 """
@@ -37,6 +38,7 @@ class NamedQuery:
     sql: str
     params: tuple[str, ...]
     path: Path
+    defaults: tuple[tuple[str, str], ...] = ()
 
     @property
     def qualname(self) -> str:
@@ -56,7 +58,15 @@ def parse_file(path: Path, domain: str) -> list[NamedQuery]:
         if not sql:
             raise QueryError(f"{path}: query {name!r} has no SQL")
         params = tuple(dict.fromkeys(_PARAM.findall(sql)))
-        queries.append(NamedQuery(domain, name, "\n".join(doc).strip(), sql, params, path))
+        defaults: list[tuple[str, str]] = []
+        for line in doc:
+            if line.lower().startswith("defaults:"):
+                for item in line.split(":", 1)[1].split(","):
+                    k, sep, v = item.partition("=")
+                    if not sep or k.strip() not in params:
+                        raise QueryError(f"{path}: query {name!r} has a bad default {item.strip()!r}")
+                    defaults.append((k.strip(), v.strip()))
+        queries.append(NamedQuery(domain, name, "\n".join(doc).strip(), sql, params, path, tuple(defaults)))
 
     for line in path.read_text(encoding="utf-8").splitlines():
         m = _NAME.match(line)

@@ -209,6 +209,7 @@ class Store:
     def query(self, qualname: str, **params: Any) -> duckdb.DuckDBPyRelation:
         """Run a named query from ``sql/<domain>/*.sql`` with ``$param`` values."""
         q = get_query(qualname)
+        params = {**dict(q.defaults), **params}
         missing = [p for p in q.params if p not in params]
         if missing:
             raise QueryError(f"named query {qualname} needs parameter(s) {', '.join(missing)} (--param NAME=VALUE)")

@@ -9,6 +9,12 @@ A stage is a small frozen dataclass whose fields are its configuration. It decla
 * ``output_table`` and ``output_schema``: the attribute table it appends to and the
   columns it writes (besides the key; the runner adds ``stage``, ``config_hash`` and
   ``run_id``);
+* ``input_order`` (optional): a column to feed rows ordered by, e.g. ``text`` so that
+  repeated texts meet in one batch and are computed once;
+* ``views`` (optional): ``CREATE OR REPLACE VIEW`` statements over the output table,
+  (re)created with it (e.g. one row per entity from a list column);
+* ``preflight()``: cheap checks that the stage can run (a model is installed, ...),
+  called before a run or pipeline starts any work;
 * ``setup()``: loads models once per worker (never at import or construction);
 * ``__call__(batch)``: maps an Arrow record batch (key + reads) to an Arrow table or
   record batch (key + output columns). Rows may be dropped only by returning a row
@@ -43,10 +49,17 @@ class Stage:
     output_schema: ClassVar[pa.Schema]
     #: An optional SQL filter on the input (a WHERE clause over its columns, no values).
     input_filter: ClassVar[str | None] = None
+    #: An optional input column to feed rows ordered by.
+    input_order: ClassVar[str | None] = None
+    #: CREATE OR REPLACE VIEW statements over the output table.
+    views: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def registry_name(cls) -> str:
         return f"{cls.name}.v{cls.version}"
+
+    def preflight(self) -> None:
+        """Fail early (a ConfigError naming the fix) when the stage cannot run here."""
 
     def setup(self) -> None:
         """Load models and other heavy state; called once per worker before any batch."""
