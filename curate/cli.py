@@ -263,7 +263,7 @@ def knowledge() -> None:
 @store_option
 @click.option("--model", default=None, help="spaCy pipeline (package or path; default en_core_web_sm).")
 @click.option("--workers", default=2, show_default=True, help="Worker processes (one spaCy per process).")
-@click.option("--batch-size", default=2000, show_default=True, help="Captions per batch (one commit each).")
+@click.option("--batch-size", default=1000, show_default=True, help="Captions per batch (one commit each).")
 @click.option("--limit", type=int, default=None, help="Score at most this many pending captions, then stop.")
 @click.option("-c", "--config", "config", multiple=True, metavar="KEY=VALUE",
               help="Stage config, e.g. -c case_fix=none -c knowledge_labels=[PERSON,ORG].")

@@ -41,17 +41,26 @@ def main() -> None:
         counts = store.query("captions.counts").pl()
         lengths = store.query("captions.lengths").pl()
         rejects = store.query("store.rejects").pl()
+        knowledge = store.query("knowledge.by_source").pl()
+        retention = store.query("knowledge.retention").pl()
+        hallucinations = store.query("knowledge.hallucinations").pl()
         show("Samples and captions per source and variant (curate sql -q captions.counts)", counts)
         show("Caption length per variant (curate sql -q captions.lengths)", lengths)
         show("Rejected records (curate sql -q store.rejects)", rejects)
+        show("Knowledge entities per source and variant (curate knowledge report)", knowledge)
+        show("Raw knowledge entities kept by other variants (knowledge.retention)", retention)
+        show("Entities supported by neither raw nor synthetic caption (knowledge.hallucinations)", hallucinations)
         reports = args.store / "reports"
         counts.write_csv(reports / "caption_counts.csv")
         lengths.write_csv(reports / "caption_lengths.csv")
+        knowledge.write_csv(reports / "knowledge_by_source.csv")
+        retention.write_csv(reports / "knowledge_retention.csv")
         store.query("captions.duplicate_summary").write_parquet(str(reports / "duplicate_summary.parquet"))
         totals = store.summary()
     print(f"\nstore: {args.store}/catalog.duckdb  ({totals['samples']:,} samples, {totals['captions']:,} captions, "
           f"{totals['rejects']:,} rejects, {totals['runs']:,} runs)")
-    print(f"reports: {reports}/caption_counts.csv, caption_lengths.csv, duplicate_summary.parquet")
+    print(f"reports: {reports}/caption_counts.csv, caption_lengths.csv, knowledge_by_source.csv, "
+          "knowledge_retention.csv, duplicate_summary.parquet")
     print(f"query it: .venv/bin/curate sql --store {args.store} \"SELECT variant, count(*) FROM captions GROUP BY 1\"")
     print(f"done in {time.perf_counter() - t0:.1f}s")
 

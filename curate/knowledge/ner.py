@@ -6,10 +6,13 @@
   only when ``ner`` listens to it (as in the ``_trf`` pipelines). NER-only gives the
   same entities as the full pipeline (tested) at about 1.8x the speed
   (research/perf-baselines.md, section 1).
-* **numpy matrix products.** thinc multiplies matrices with blis, which picks its slow
-  generic kernel on CPUs it does not know (Zen 5 here); :class:`NumpyGemmOps` routes
-  ``gemm`` to numpy's BLAS, one thread per process, for about +38% on NER with
-  identical output (tested; research/perf-baselines.md, finding 3).
+* **numpy matrix products** (``numpy_gemm``). thinc multiplies matrices with blis, which
+  picks its slow generic kernel on CPUs it does not know; :class:`NumpyGemmOps` routes
+  ``gemm`` to numpy's BLAS, pinned to one thread per process, with identical output
+  (tested). The gain depends on the CPU: +38% for NER where blis fell back to its generic
+  kernel (research/perf-baselines.md, finding 3), about +5% on the machine behind
+  benchmarks/RESULTS.md. Unpinned, OpenBLAS threads make it 2.5x slower: the stage
+  always pins.
 * **Case repair for shouting alt-text** (``case_fix``): an all-upper-case caption
   ("NIKE AIR MAX 90 RED") is title-cased before NER and the entities are mapped back to
   the original characters. Measured on WNUT-17 in ``benchmarks/bench_ner_accuracy.py``.
