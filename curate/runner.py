@@ -186,6 +186,11 @@ def run_stage(store: Store, stage: Stage, options: RunOptions | None = None) -> 
     except KeyboardInterrupt:
         status, message = "interrupted", "interrupted by the user; run again to resume"
         raise
+    except cf.process.BrokenProcessPool as e:
+        status, message = "failed", f"a worker process died ({e})"
+        raise CurateError(f"{stage.registry_name()}: a worker process died (out of memory or killed?); "
+                          f"{rows_in:,} rows were committed, run again to resume, or with workers=1 "
+                          "to see the error") from None
     except BaseException as e:
         status, message = "failed", f"{type(e).__name__}: {e}"
         raise

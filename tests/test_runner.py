@@ -201,3 +201,37 @@ batch_size = 25
     assert k_rows == c_rows
     assert k_samples == c_samples
     assert k_runs == [("interrupted",), ("ok",)]
+
+
+@dataclasses.dataclass(frozen=True)
+class DieOnMarker(Stage):
+    """A test stage whose worker process dies (os._exit) on the batch holding the caption
+    named by $CURATE_TEST_DIE_AT (read in the worker, so the config hash does not change)."""
+
+    name: ClassVar[str] = "test.die"
+    version: ClassVar[int] = 1
+    reads: ClassVar[tuple[str, ...]] = ("text",)
+    input_order: ClassVar[str | None] = "caption_id"
+    output_table: ClassVar[str] = "test_die"
+    output_schema: ClassVar[pa.Schema] = pa.schema([("n", pa.int32())])
+
+    def __call__(self, batch):
+        if os.environ.get("CURATE_TEST_DIE_AT") in {str(x) for x in batch.column("caption_id").to_pylist()}:
+            os._exit(3)
+        return pa.table({"caption_id": batch.column("caption_id"), "n": pa.array([1] * batch.num_rows, pa.int32())})
+
+
+def test_a_dead_worker_is_a_clear_error_and_the_rerun_completes(store, laion_file, monkeypatch):
+    ingest(store, "table", laion_file, "laion", preset="laion")
+    ids = [str(r[0]) for r in store.con.execute("SELECT caption_id FROM captions ORDER BY caption_id").fetchall()]
+    monkeypatch.setenv("CURATE_TEST_DIE_AT", ids[5_500])
+    with pytest.raises(CurateError, match=r"a worker process died .*run again to resume"):
+        run_stage(store, DieOnMarker(), RunOptions(batch_size=1000, workers=2))
+    status, message = store.con.execute("SELECT status, message FROM runs ORDER BY run_id DESC LIMIT 1").fetchall()[0]
+    assert status == "failed" and "worker process died" in message
+    done = store.count("test_die")
+    assert done <= 5_000 and done % 1000 == 0
+    monkeypatch.delenv("CURATE_TEST_DIE_AT")
+    rest = run_stage(store, DieOnMarker(), RunOptions(batch_size=1000, workers=2))
+    assert rest.rows_in == 9_999 - done
+    assert store.con.execute("SELECT count(*), count(DISTINCT caption_id) FROM test_die").fetchall()[0] == (9_999, 9_999)
