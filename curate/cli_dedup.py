@@ -1,0 +1,108 @@
+"""``curate dedup``: caption dedup from the command line, a thin layer over
+:mod:`curate.dedup`. Attached to the main CLI by ``cli.add_command(dedup)``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .errors import ConfigError
+from .store import DEFAULT_STORE, Store
+
+store_option = click.option(
+    "--store", "store_path", envvar="CURATE_STORE", default=DEFAULT_STORE, show_default=True,
+    type=click.Path(file_okay=False, path_type=Path), help="Store directory (env CURATE_STORE).",
+)
+
+
+def _show(table, max_rows: int = 40) -> None:
+    import polars as pl
+
+    df = pl.from_arrow(table)
+    with pl.Config(tbl_rows=max_rows, tbl_cols=-1, fmt_str_lengths=60, tbl_width_chars=200,
+                   tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True):
+        click.echo(str(df))
+
+
+@click.group()
+def dedup() -> None:
+    """Exact and near-duplicate captions, repetition rates, distinct counts."""
+
+
+@dedup.command()
+@store_option
+@click.option("--variant", "variants", multiple=True, help="Only this variant (repeatable; default all).")
+@click.option("--across-variants", is_flag=True, help="Let groups cross variants (scope '*').")
+@click.option("--threshold", default=0.8, show_default=True, help="Jaccard similarity of shingle sets.")
+@click.option("--num-perm", default=128, show_default=True, help="MinHash permutations.")
+@click.option("--shingle", default=3, show_default=True, help="Words per shingle.")
+@click.option("--keep", type=click.Choice(["first", "longest", "shortest"]), default="first", show_default=True,
+              help="Which member of a group is kept (first: smallest caption_id).")
+@click.option("--grouping", type=click.Choice(["center", "components"]), default="center", show_default=True,
+              help="center: every member is at least --threshold similar to the kept one; "
+                   "components: connected components (chains allowed).")
+@click.option("--seed", default=1, show_default=True, help="MinHash permutation seed (datasketch's).")
+@click.option("--bands", type=int, help="LSH bands (with --rows; default from threshold and num_perm).")
+@click.option("--rows", type=int, help="LSH rows per band.")
+def captions(store_path: Path, variants: tuple[str, ...], across_variants: bool, threshold: float, num_perm: int,
+             shingle: int, keep: str, grouping: str, seed: int, bands: int | None, rows: int | None) -> None:
+    """Find duplicate captions and write them to dedup_groups (a rerun replaces its config's rows)."""
+    from .dedup.text import dedup_captions
+
+    with Store.open(store_path) as s:
+        res = dedup_captions(s, variant=list(variants) or None, across_variants=across_variants,
+                             threshold=threshold, num_perm=num_perm, shingle=shingle, keep=keep, seed=seed,
+                             bands=bands, rows=rows, grouping=grouping)
+    click.echo(res.summary())
+
+
+@dedup.command()
+@store_option
+def report(store_path: Path) -> None:
+    """Repetition rate per variant: exact in SQL, and exact + near from the latest dedup run."""
+    with Store.open(store_path, read_only=True) as s:
+        click.echo("Exact repetition per variant, normalised in SQL (curate sql -q dedup.exact_repetition)")
+        _show(s.query("dedup.exact_repetition").to_arrow_table())
+        if not s.has_table("dedup_summary"):
+            click.echo("no dedup run yet: run `curate dedup captions` for near duplicates")
+            return
+        click.echo("Repetition per scope, latest dedup run (curate sql -q dedup.repetition)")
+        _show(s.query("dedup.repetition").to_arrow_table())
+
+
+@dedup.command()
+@store_option
+@click.option("--scope", default=None, help="A variant, or '*' for a run across variants (default: the first).")
+@click.option("--max-rows", default=20, show_default=True)
+def groups(store_path: Path, scope: str | None, max_rows: int) -> None:
+    """The largest duplicate groups of the latest dedup run of a scope."""
+    with Store.open(store_path, read_only=True) as s:
+        if not s.has_table("dedup_summary"):
+            raise ConfigError("no dedup run in this store yet; run `curate dedup captions` first")
+        scopes = [r[0] for r in s.execute("SELECT DISTINCT scope FROM dedup_summary ORDER BY 1").fetchall()]
+        scope = scope if scope is not None else (scopes[0] if scopes else "*")
+        if scope not in scopes:
+            raise ConfigError(f"no dedup run covers scope {scope!r}; scopes: {', '.join(scopes) or 'none'}")
+        _show(s.query("dedup.groups", scope=scope).to_arrow_table().slice(0, max_rows), max_rows)
+
+
+@dedup.command()
+@store_option
+@click.option("--value", type=click.Choice(["normalised", "text"]), default="normalised", show_default=True)
+@click.option("--precision", "p", default=14, show_default=True, help="HyperLogLog precision p (4..16).")
+@click.option("--exact", is_flag=True, help="Also count exactly (count DISTINCT) to compare.")
+def distinct(store_path: Path, value: str, p: int, exact: bool) -> None:
+    """Approximate distinct captions per variant (datasketch HyperLogLog)."""
+    import pyarrow as pa
+
+    from .dedup.hll import distinct_counts
+
+    with Store.open(store_path, read_only=True) as s:
+        rows = distinct_counts(s, value=value, p=p, exact=exact)
+    cols = {"variant": [r.variant for r in rows], "counted": [r.counted for r in rows],
+            "approx_distinct": [round(r.approx_distinct) for r in rows]}
+    if exact:
+        cols["exact_distinct"] = [r.exact_distinct for r in rows]
+        cols["error"] = [None if r.error is None else f"{r.error:+.2%}" for r in rows]
+    _show(pa.table(cols))
