@@ -15,6 +15,7 @@ KNOWN = {
     "torch": ("torch", "clip"),
     "faiss": ("faiss-cpu", "index"),
     "datasketch": ("datasketch", "dedup"),
+    "matplotlib": ("matplotlib", "plot"),
     "img2dataset": ("img2dataset", "download"),
     "ray": ("ray[data]", "ray"),
 }

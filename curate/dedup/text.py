@@ -11,9 +11,11 @@ same steps:
    hash of it) are one *text*; only one caption per text is shingled.
 3. **Near**: the texts' shingle sets (:mod:`curate.dedup.minhash`), MinHash signatures,
    LSH candidates, then the exact Jaccard similarity of each candidate pair; pairs at or
-   above ``threshold`` are joined. Groups are the connected components, so two members
-   of one group may be less similar than ``threshold`` (a chain); ``similarity`` says
-   how similar each member is to the kept one.
+   above ``threshold`` are joined. With ``grouping='center'`` (the default) each
+   connected set is split around centres taken in keep order, so every member is at
+   least ``threshold`` similar to its group's kept caption; ``grouping='components'``
+   keeps whole connected components (chains allowed, higher recall, lower precision).
+   ``similarity`` says how similar each member is to the kept one.
 4. **Keep** one caption per group by ``keep``: ``first`` (smallest ``caption_id``),
    ``longest`` or ``shortest`` (characters of the stored text; ties by ``caption_id``).
 
