@@ -254,8 +254,10 @@ def check(store_path: Path) -> None:
         raise CurateError(f"{bad} invariant(s) violated")
 
 
+from .cli_concepts import concepts  # noqa: E402
 from .cli_dedup import dedup  # noqa: E402
 
+cli.add_command(concepts)
 cli.add_command(dedup)
 
 

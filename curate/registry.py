@@ -16,6 +16,7 @@ from .stages.base import Stage
 STAGES: dict[str, str] = {
     "text.caption_stats.v1": "curate.stages.caption_stats:CaptionStats",
     "knowledge.spacy_ner.v1": "curate.stages.knowledge:KnowledgeNER",
+    "concepts.text_match.v1": "curate.stages.concepts:ConceptText",
 }
 
 

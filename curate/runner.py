@@ -138,6 +138,7 @@ def run_stage(store: Store, stage: Stage, options: RunOptions | None = None) -> 
         raise CurateError(f"store {store.path} is open read-only")
     con = store.con
     stage.preflight()
+    stage = stage.prepare(store)
     mark_interrupted(store)
     ensure_output_table(store, stage)
     h = stage.config_hash()

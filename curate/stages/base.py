@@ -15,6 +15,7 @@ A stage is a small frozen dataclass whose fields are its configuration. It decla
   (re)created with it (e.g. one row per entity from a list column);
 * ``preflight()``: cheap checks that the stage can run (a model is installed, ...),
   called before a run or pipeline starts any work;
+* ``prepare(store)``: fills in store content the stage needs (e.g. a vocabulary);
 * ``setup()``: loads models once per worker (never at import or construction);
 * ``__call__(batch)``: maps an Arrow record batch (key + reads) to an Arrow table or
   record batch (key + output columns). Rows may be dropped only by returning a row
@@ -60,6 +61,12 @@ class Stage:
 
     def preflight(self) -> None:
         """Fail early (a ConfigError naming the fix) when the stage cannot run here."""
+
+    def prepare(self, store: Any) -> "Stage":
+        """The stage to run against ``store``: a stage whose input depends on the store
+        (e.g. a vocabulary table) returns a copy with that content filled in, so it is
+        part of the config hash and reaches the workers. Called once, in the runner."""
+        return self
 
     def setup(self) -> None:
         """Load models and other heavy state; called once per worker before any batch."""

@@ -1,0 +1,283 @@
+"""``curate concepts``: vocabularies, the published count tables of Udandarao et al. 2024,
+and audits over count vectors, a thin layer over :mod:`curate.concepts`. Attached to the
+main CLI by ``cli.add_command(concepts)``.
+
+Every audit command gets its count vectors from :func:`curate.concepts.audit.counts_source`
+through :func:`count_specs`, so a new count source (the store's own caption hits) is one
+option there and one branch in ``counts_source``."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import click
+
+from .errors import ConfigError
+from .store import DEFAULT_STORE, Store
+
+store_option = click.option(
+    "--store", "store_path", envvar="CURATE_STORE", default=DEFAULT_STORE, show_default=True,
+    type=click.Path(file_okay=False, path_type=Path), help="Store directory (env CURATE_STORE).",
+)
+method_option = click.option("--method", default="lemmatized", show_default=True,
+                             help="Published count method: lemmatized, lowercased, rampp0.7, "
+                                  "integrated_tlemmatized_i0.7, ...")
+downstream_option = click.option("--downstream", default="classification", show_default=True,
+                                 help="Published downstream set(s): a name, a comma list, 'classification' "
+                                      "(the 17 zero-shot sets) or 'all'.")
+vocabulary_option = click.option("--vocabulary", default=None,
+                                 help="Restrict to a vocabulary (stored or bundled), under its spelling.")
+out_dir_option = click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+                              help="Folder for plots (default: the store's reports/).")
+
+
+def _show(df, max_rows: int = 40, float_precision: int | None = 4) -> None:
+    import polars as pl
+
+    with pl.Config(tbl_rows=max_rows, tbl_cols=-1, fmt_str_lengths=60, tbl_width_chars=200,
+                   tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True,
+                   float_precision=float_precision, thousands_separator=False):
+        click.echo(str(df))
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9.]+", "_", text.lower()).strip("_")
+
+
+def count_specs(published: tuple[str, ...], method: str, downstream: str, vocabulary: str | None,
+                counts: tuple[str, ...] = (), mode: str = "phrase"):
+    """CountSpecs from the audit options (``--published NAME[:METHOD]`` and
+    ``--counts VOCABULARY[:VARIANT[:SOURCE]]`` for the store's own counts, repeatable)."""
+    from .concepts.audit import parse_spec
+
+    specs = [parse_spec(f"published:{p}", method=method, downstream=downstream, vocabulary=vocabulary)
+             for p in published]
+    specs += [parse_spec(f"store:{c}", mode=mode) for c in counts]
+    if not specs:
+        raise ConfigError("name a count source: --published PRETRAIN (e.g. --published cc3m) or --counts VOCABULARY "
+                          "(the store's own, from `curate concepts count`)")
+    return specs
+
+
+counts_option = click.option("--counts", multiple=True, metavar="VOCABULARY[:VARIANT[:SOURCE]]",
+                             help="The store's own text counts of a vocabulary (from `curate concepts count`), "
+                                  "optionally of one caption variant and source; repeatable.")
+mode_option = click.option("--mode", type=click.Choice(["phrase", "paper"]), default="phrase", show_default=True,
+                           help="Matching mode of the store's counts.")
+
+
+@click.group()
+def concepts() -> None:
+    """Concept vocabularies, published concept counts (Udandarao et al. 2024) and long-tail audits."""
+
+
+# -- vocabularies --------------------------------------------------------------------
+@concepts.group()
+def vocab() -> None:
+    """Bundled and user concept vocabularies in the concepts table."""
+
+
+@vocab.command("add")
+@click.argument("name")
+@click.argument("source")
+@store_option
+@click.option("--replace", is_flag=True, help="Replace a stored vocabulary of this name with different content.")
+def vocab_add(name: str, source: str, store_path: Path, replace: bool) -> None:
+    """Store vocabulary NAME from SOURCE: a bundled name or a TXT/CSV/TSV/JSON file."""
+    from .concepts.vocab import add_vocabulary, check_name, read_source
+
+    check_name(name)
+    read_source(source)  # every input error before the store is opened (or created)
+    with Store.open(store_path, create=True) as s:
+        click.echo(add_vocabulary(s, name, source, replace=replace).summary())
+
+
+@vocab.command("list")
+@store_option
+def vocab_list(store_path: Path) -> None:
+    """Stored vocabularies (concepts.vocabularies) and the bundled ones."""
+    from .concepts.vocab import bundled_vocabularies, read_bundled
+
+    if (store_path / "catalog.duckdb").exists():
+        with Store.open(store_path, read_only=True) as s:
+            if s.has_table("concepts"):
+                click.echo(f"stored in {store_path} (curate sql -q concepts.vocabularies)")
+                _show(s.query("concepts.vocabularies").pl())
+            else:
+                click.echo(f"no vocabularies stored in {store_path}")
+    click.echo("bundled (curate concepts vocab add NAME NAME):")
+    for name, desc in bundled_vocabularies().items():
+        click.echo(f"  {name:<32} {len(read_bundled(name).concepts):>5,}  {desc}")
+
+
+@vocab.command("show")
+@click.argument("name")
+@store_option
+@click.option("--max-rows", default=40, show_default=True)
+def vocab_show(name: str, store_path: Path, max_rows: int) -> None:
+    """The concepts and aliases of a stored (else bundled) vocabulary."""
+    import polars as pl
+
+    from .concepts.vocab import vocabulary_entries
+
+    store = Store.open(store_path, read_only=True) if (store_path / "catalog.duckdb").exists() else None
+    try:
+        entries = vocabulary_entries(store, name)
+    finally:
+        if store is not None:
+            store.close()
+    df = pl.DataFrame({"concept": [c for c, _ in entries], "aliases": [", ".join(a[1:]) for _, a in entries]})
+    click.echo(f"{name}: {df.height:,} concepts, {sum(len(a) - 1 for _, a in entries):,} extra aliases")
+    _show(df, max_rows)
+
+
+# -- published counts ----------------------------------------------------------------
+@concepts.command("count")
+@store_option
+@click.option("--vocabulary", required=True, help="A stored or bundled vocabulary (`curate concepts vocab list`).")
+@mode_option
+@click.option("--model", default=None, help="spaCy pipeline whose lemma tables are used (default en_core_web_sm).")
+@click.option("--workers", default=1, show_default=True, help="Worker processes (phrase mode is fast in one; "
+              "paper mode runs a tagger and gains from 2).")
+@click.option("--batch-size", default=10_000, show_default=True, help="Captions per batch (one commit each).")
+@click.option("--limit", type=int, default=None, help="Count at most this many pending captions, then stop.")
+@click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
+@click.option("--max-rows", default=15, show_default=True, help="Rows of the summary shown.")
+def count_cmd(store_path: Path, vocabulary: str, mode: str, model: str | None, workers: int, batch_size: int,
+              limit: int | None, progress: bool | None, max_rows: int) -> None:
+    """Count a vocabulary's concepts in every caption not counted yet (concepts.text_match.v1),
+    then print the long-tail summary per source and variant."""
+    from .registry import build_stage
+    from .runner import RunOptions, run_stage
+
+    cfg = {"vocabulary": vocabulary, "mode": mode}
+    if model:
+        cfg["model"] = model
+    stage = build_stage("concepts.text_match.v1", cfg)
+    with Store.open(store_path) as s:
+        res = run_stage(s, stage, RunOptions(batch_size=batch_size, workers=workers, limit=limit, progress=progress))
+        click.echo(res.summary())
+        _show(s.query("concepts.text_summary", vocabulary=vocabulary, mode=mode).pl(), max_rows)
+        top = s.query("concepts.text_counts_total", vocabulary=vocabulary, mode=mode).pl()
+    click.echo(f"most frequent: " + ", ".join(f"{c} {n:,}" for c, n in top.head(8).iter_rows()))
+    click.echo(f"counts: curate sql -q concepts.text_counts -p vocabulary={vocabulary}"
+               + (f" -p mode={mode}" if mode != "phrase" else ""))
+
+
+@concepts.command("import-published")
+@click.argument("path", type=click.Path(path_type=Path))
+@store_option
+def import_published_cmd(path: Path, store_path: Path) -> None:
+    """Import the paper's count tables: the nozeroshot-frequencies folder, its search_counts/
+    folder, or derived_counts_long.parquet. Replaces earlier imported rows."""
+    from .concepts.published import import_published, locate
+
+    locate(path)
+    with Store.open(store_path, create=True) as s:
+        click.echo(import_published(s, path).summary())
+        click.echo("Zero-count share and median per pretraining set, lemmatized text counts, "
+                   "17 classification sets (curate sql -q concepts.published_summary)")
+        _show(s.query("concepts.published_summary").pl().filter(method="lemmatized"), float_precision=None)
+
+
+# -- audits --------------------------------------------------------------------------
+@concepts.command()
+@store_option
+@click.option("--published", multiple=True, metavar="PRETRAIN[:METHOD]",
+              help="Published counts of a pretraining set (cc3m, cc12m, yfcc15m, laion400m, synthci30m); repeatable.")
+@method_option
+@counts_option
+@mode_option
+@downstream_option
+@vocabulary_option
+@out_dir_option
+@click.option("--plot/--no-plot", default=True, show_default=True, help="Write the rank-frequency plot.")
+def audit(store_path: Path, published: tuple[str, ...], counts: tuple[str, ...], mode: str, method: str,
+          downstream: str, vocabulary: str | None, out_dir: Path | None, plot: bool) -> None:
+    """Summary (zero-count share, median, quantiles) and a log-log rank-frequency plot."""
+    import polars as pl
+
+    from .concepts.audit import counts_source, rank_frequency_plot, summarize
+    from .concepts.vocab import vocabulary_entries
+
+    specs = count_specs(published, method, downstream, vocabulary, counts, mode)
+    with Store.open(store_path, read_only=True) as s:
+        vectors = {spec.label: counts_source(s, spec) for spec in specs}
+        size = len(vocabulary_entries(s, vocabulary)) if vocabulary else None
+    rows = [summarize(df).with_columns(pl.lit(label).alias("counts")) for label, df in vectors.items()]
+    table = pl.concat(rows).select("counts", pl.exclude("counts"))
+    table = table.with_columns((pl.col("zero_share") * 100).round(1).alias("zero_pct"))
+    _show(table.select("counts", "concepts", "zero_count", "zero_pct", "median", "mean", "total",
+                       pl.col("^p\\d+$"), "max"), float_precision=1)
+    if size is not None:
+        for label, df in vectors.items():
+            if df.height < size:
+                click.echo(f"{label}: {size - df.height:,} of {size:,} {vocabulary} concepts have no published count "
+                           "(left out)")
+    if plot:
+        if all(spec.kind == "published" for spec in specs):
+            stem = "_".join(spec.name for spec in specs) + "_" + "_".join(sorted({spec.method for spec in specs}))
+            stem += f"_{vocabulary or downstream}"
+        else:
+            stem = "_".join(spec.label for spec in specs)
+        out = (out_dir or store_path / "reports") / _slug(f"concepts_rank_frequency_{stem}")[:150]
+        paths = rank_frequency_plot(vectors, out, title=f"rank-frequency: {', '.join(vectors)}")
+        click.echo(f"plot: {', '.join(str(p) for p in paths)}")
+
+
+@concepts.command()
+@click.argument("source_a", metavar="A")
+@click.argument("source_b", metavar="B")
+@store_option
+@method_option
+@downstream_option
+@vocabulary_option
+@click.option("--top", default=10, show_default=True, help="Gainers and losers shown.")
+def compare(source_a: str, source_b: str, store_path: Path, method: str, downstream: str, vocabulary: str | None,
+            top: int) -> None:
+    """Compare two count vectors (A, B: published:PRETRAIN[:METHOD] or
+    store:VOCABULARY[:VARIANT[:SOURCE]]): Spearman, gainers, losers."""
+    from .concepts.audit import compare as do_compare
+    from .concepts.audit import counts_source, parse_spec
+
+    a, b = (parse_spec(x, method=method, downstream=downstream, vocabulary=vocabulary) for x in (source_a, source_b))
+    with Store.open(store_path, read_only=True) as s:
+        res = do_compare(counts_source(s, a), counts_source(s, b), label_a=a.label, label_b=b.label, top=top)
+    click.echo(res.summary())
+    cols = ["concept", "count_a", "count_b", "pct_a", "pct_b", "shift"]
+    click.echo(f"gain most in {b.label} (percentile rank shift)")
+    _show(res.gainers().select(cols), top, 3)
+    click.echo(f"lose most in {b.label}")
+    _show(res.losers().select(cols), top, 3)
+
+
+@concepts.command()
+@click.argument("metric_csv", type=click.Path(path_type=Path))
+@store_option
+@click.option("--published", default=None, metavar="PRETRAIN[:METHOD]", help="Counts of this pretraining set.")
+@counts_option
+@mode_option
+@method_option
+@downstream_option
+@vocabulary_option
+@click.option("--column", default=None, help="Metric column (default: the CSV's only numeric column).")
+@click.option("--drop-zero", is_flag=True, help="Fit log10(count) over count > 0 instead of log10(count + 1).")
+@out_dir_option
+def fit(metric_csv: Path, store_path: Path, published: str | None, counts: tuple[str, ...], mode: str, method: str,
+        downstream: str, vocabulary: str | None, column: str | None, drop_zero: bool, out_dir: Path | None) -> None:
+    """Log-linear fit of a per-concept metric (CSV: concept, metric) against log10 count; plot."""
+    from .concepts.audit import counts_source, fit_plot, loglinear_fit, read_metric_csv
+
+    metric = read_metric_csv(metric_csv, column)
+    specs = count_specs((published,) if published else (), method, downstream, vocabulary, counts, mode)
+    if len(specs) != 1:
+        raise ConfigError("fit takes one count source: --published PRETRAIN or --counts VOCABULARY")
+    (spec,) = specs
+    with Store.open(store_path, read_only=True) as s:
+        counts = counts_source(s, spec)
+    res = loglinear_fit(counts, metric, drop_zero=drop_zero)
+    click.echo(f"{metric_csv.name} against {spec.label}: {res.summary()}")
+    out = (out_dir or store_path / "reports") / f"concepts_fit_{_slug(metric_csv.stem)}_{_slug(spec.label)}"
+    paths = fit_plot(res, out, title=f"{metric_csv.stem} against {spec.label}", metric_name=column or "metric")
+    click.echo(f"plot: {', '.join(str(p) for p in paths)}")
