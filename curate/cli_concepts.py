@@ -165,6 +165,36 @@ def count_cmd(store_path: Path, vocabulary: str, mode: str, model: str | None, w
                + (f" -p mode={mode}" if mode != "phrase" else ""))
 
 
+@concepts.command("tail")
+@store_option
+@click.option("--vocabulary", required=True, help="A vocabulary counted with `curate concepts count`.")
+@click.option("-n", "n", default=50, show_default=True, help="Number of rarest concepts.")
+@click.option("--min-count", default=1, show_default=True, help="Leave out concepts with fewer samples.")
+@click.option("--cap", default=50, show_default=True, help="At most this many samples per concept.")
+@click.option("--variant", default=None, help="Count and take captions of this variant only.")
+@mode_option
+@click.option("--seed", default=0, show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Manifest path (default: the store's manifests/).")
+@click.option("--train-manifest", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="A training manifest (parquet/CSV/TSV/JSONL with uid): report the overlap.")
+def tail_cmd(store_path: Path, vocabulary: str, n: int, min_count: int, cap: int, variant: str | None, mode: str,
+             seed: int, out: Path | None, train_manifest: Path | None) -> None:
+    """A Let It Wag!-style evaluation manifest of a vocabulary's rarest concepts."""
+    from .concepts.tail import build_tail_benchmark, overlap
+
+    with Store.open(store_path) as s:
+        res = build_tail_benchmark(s, vocabulary, n=n, min_count=min_count, cap=cap, variant=variant, mode=mode,
+                                   seed=seed, out=out)
+    click.echo(res.summary())
+    _show(res.concepts, 20)
+    if train_manifest:
+        ov = overlap(res.path, train_manifest)
+        click.echo(f"overlap with {train_manifest}: {int(ov['in_train'].sum()):,} of {int(ov['samples'].sum()):,} "
+                   "tail samples are in the training manifest")
+        _show(ov.filter(ov["in_train"] > 0), 20)
+
+
 @concepts.command("import-published")
 @click.argument("path", type=click.Path(path_type=Path))
 @store_option

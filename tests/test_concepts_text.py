@@ -222,3 +222,27 @@ def REPO_DATA() -> Path:
     from .conftest import SHARED_DATA
 
     return SHARED_DATA / "nozeroshot-frequencies"
+
+
+def test_tail_benchmark_takes_the_rarest_concepts_with_a_floor_and_a_cap(cc3m_store, tmp_path):
+    from curate.concepts.tail import build_tail_benchmark, overlap
+
+    with Store.open(cc3m_store) as s:
+        counts = count(s, "mini")
+        a = build_tail_benchmark(s, "mini", n=3, min_count=2, cap=2, out=tmp_path / "a.parquet")
+        b = build_tail_benchmark(s, "mini", n=3, min_count=2, cap=2, seed=0, out=tmp_path / "b.parquet")
+        c = build_tail_benchmark(s, "mini", n=3, min_count=2, cap=2, seed=7, out=tmp_path / "c.parquet")
+    want = sorted(((n, c_) for c_, n in counts.items() if n >= 2))[:3]
+    assert [(n, c_) for c_, n in a.concepts.select("concept", "count").iter_rows()] == [(n, c_) for n, c_ in want]
+    rows = pl.read_parquet(a.path)
+    assert rows.height == a.rows == sum(min(2, n) for n, _ in want)
+    assert rows.group_by("concept").len()["len"].max() <= 2
+    lem = NounLemmatizer(MODEL)
+    for concept, caption in rows.select("concept", "caption").iter_rows():
+        assert f" {lem.lemmas(concept)} " in f" {lem.lemmas(caption)} ", (concept, caption)
+    assert a.path.read_bytes() == b.path.read_bytes()  # same seed, same manifest
+    assert set(pl.read_parquet(c.path)["concept"]) == set(rows["concept"])
+    train = tmp_path / "train.parquet"
+    rows.head(2).select("uid").write_parquet(train)
+    ov = overlap(a.path, train)
+    assert int(ov["in_train"].sum()) == 2 and int(ov["samples"].sum()) == rows.height
