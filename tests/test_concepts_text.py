@@ -246,3 +246,18 @@ def test_tail_benchmark_takes_the_rarest_concepts_with_a_floor_and_a_cap(cc3m_st
     rows.head(2).select("uid").write_parquet(train)
     ov = overlap(a.path, train)
     assert int(ov["in_train"].sum()) == 2 and int(ov["samples"].sum()) == rows.height
+
+
+def test_every_concepts_query_runs(cc3m_store, shared_data):
+    from curate.concepts.published import import_published
+    from curate.sqlfiles import named_queries
+
+    with Store.open(cc3m_store) as s:
+        import_published(s, shared_data / "nozeroshot-frequencies")
+        values = {"vocabulary": "mini", "concept": "beach", "name": "mini"}
+        for q in named_queries().values():
+            if q.domain == "concepts":
+                params = {p: values[p] for p in q.params if p not in dict(q.defaults)}
+                assert s.query(q.qualname, **params).fetchall() is not None, q.qualname
+                if q.name.startswith("text_") or q.name.startswith("published_"):
+                    assert s.query(q.qualname, **params).fetchall(), q.qualname

@@ -400,3 +400,14 @@ def test_cli(cli_main, laion_store, capsys):
         assert cli_main(argv) != 0
         err = capsys.readouterr().err
         assert err.startswith("error: ") and msg in err and err.count("\n") == 1, err
+
+
+def test_every_dedup_query_runs(corpus_store):
+    from curate.sqlfiles import named_queries
+
+    s, res = corpus_store
+    run_id, group_id = s.execute("SELECT run_id, min(group_id) FROM dedup_groups GROUP BY run_id LIMIT 1").fetchall()[0]
+    values = {"variant": "synthetic", "scope": "synthetic", "run_id": run_id, "group_id": group_id}
+    for q in named_queries().values():
+        if q.domain == "dedup":
+            assert s.query(q.qualname, **{p: values[p] for p in q.params}).fetchall(), q.qualname
