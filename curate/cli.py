@@ -260,6 +260,10 @@ from .cli_dedup import dedup  # noqa: E402
 cli.add_command(concepts)
 cli.add_command(dedup)
 
+from .cli_similarity import attach as _attach_similarity  # noqa: E402
+
+_attach_similarity(cli)
+
 
 @cli.group()
 def knowledge() -> None:

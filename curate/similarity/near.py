@@ -1,0 +1,208 @@
+"""Near-duplicate images by range search, exact duplicates by sha256, placeholder images.
+
+* :func:`near_duplicates`: every vector of a set is a range query against an index of
+  the same set (built here from a factory string, or a saved one); pairs with exact
+  cosine ``> threshold`` are grouped (:mod:`curate.similarity.groups`), kind
+  ``<set kind>_near``, method ``range``. Unlike SemDeDup there is no clustering, so with
+  an exact index (Flat, or IVF with nprobe = nlist) every pair above the threshold is found.
+* :func:`exact_duplicates`: samples with the same ``samples.sha256`` form a group (kind
+  ``image_exact``, method ``sha256``, similarity 1), except **placeholder** hashes.
+* **Placeholders**: one sha256 served for at least ``min_urls`` distinct URLs (the
+  "photo unavailable" image a host returns for every missing file, a known img2dataset
+  pitfall). They are not duplicates of one another's content, so they are listed in
+  ``image_placeholders`` (with URL and host counts) instead of forming a group; a
+  mixing policy drops their samples.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+
+from ..errors import ConfigError
+from ..store import Store
+from ..vectors import open_set
+from .groups import Groups, check_threshold, ensure_tables, group_pairs, ingest_order, keep_rank, require_ids, \
+    score_column, write_groups
+from .index import Index, build_index, exact_scores, load_index
+from .runs import start_run
+
+NEAR_STAGE = "similarity.near.v1"
+EXACT_STAGE = "similarity.exact.v1"
+
+
+def self_pairs(index: Index, threshold: float, block_rows: int = 16_384) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """All pairs (i < j) of the index's set with exact similarity > threshold (as found by the index)."""
+    vs = index.vs
+    out_i, out_j, out_s = [], [], []
+    for s, b in vs.blocks(block_rows):
+        for qi, rows, sc in index.range(b, threshold):
+            qi = qi + s
+            m = rows != qi
+            lo, hi = np.minimum(qi[m], rows[m]), np.maximum(qi[m], rows[m])
+            out_i.append(lo), out_j.append(hi), out_s.append(sc[m])
+    if not out_i:
+        return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0)
+    pi, pj, ps = np.concatenate(out_i), np.concatenate(out_j), np.concatenate(out_s)
+    # each pair is found from both ends (approximate indexes may find only one): keep one
+    key = pi * vs.count + pj
+    _, first = np.unique(key, return_index=True)
+    return pi[first], pj[first], ps[first]
+
+
+@dataclass
+class NearResult:
+    set_name: str
+    threshold: float
+    factory: str
+    count: int
+    pairs: int
+    groups: Groups
+    config_hash: str = ""
+    run_id: int | None = None
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        g = self.groups
+        return (f"{NEAR_STAGE}: set {self.set_name!r} ({self.count:,} vectors, index {self.factory}); "
+                f"{self.pairs:,} pairs with cosine > {self.threshold:g}; {g.n_groups:,} groups, "
+                f"{g.removed:,} near duplicates; {self.seconds:.1f}s, run {self.run_id}")
+
+
+def near_duplicates(store: Store, set_name: str, *, threshold: float = 0.95, factory: str = "Flat",
+                    index_name: str | None = None, nprobe: int | None = None, ef_search: int | None = None,
+                    keep: Literal["first", "score"] = "first", score: str | None = None,
+                    grouping: Literal["center", "components"] = "center", device: str = "auto") -> NearResult:
+    """Group near duplicates of a set by range search (see the module docstring). Uses the
+    saved index ``index_name`` if given, else builds ``factory`` in memory."""
+    threshold = check_threshold(threshold, "threshold")
+    if keep not in ("first", "score"):
+        raise ConfigError(f"near-duplicate keep must be first or score (no centroids here), got {keep!r}")
+    vs = open_set(store, set_name)
+    require_ids(vs)
+    ensure_tables(store)
+    cfg: dict[str, Any] = {"set": set_name, "set_run_id": vs.run_id, "threshold": threshold, "factory": factory,
+                           "index": index_name, "nprobe": nprobe, "ef_search": ef_search, "keep": keep,
+                           "score": score, "grouping": grouping}
+    with start_run(store, "similarity", NEAR_STAGE, cfg) as run:
+        t0 = time.perf_counter()
+        if index_name:
+            index = load_index(store, index_name, device=device, nprobe=nprobe, ef_search=ef_search)
+            if index.settings.set_name != vs.name:
+                raise ConfigError(f"index {index_name} is over set {index.settings.set_name}, not {vs.name}")
+        else:
+            index = build_index(vs, factory, nprobe=nprobe, ef_search=ef_search, device=device)
+        pi, pj, ps = self_pairs(index, threshold)
+        first = ingest_order(store, vs)
+        rank = keep_rank(keep, first, None, score_column(store, vs, score) if score else None)
+        groups = group_pairs(pi, pj, ps, rank, grouping, lambda a, b: exact_scores(vs.rows(a), vs.rows(b)))
+        res = NearResult(vs.name, threshold, index.settings.factory, vs.count, len(pi), groups, run.hash, run.id)
+        with run.transaction() as w:
+            n = write_groups(w, groups, vs.ids(), kind=f"{vs.kind}_near", scope=vs.name, member_kind=vs.id_column,
+                             method="range", config_hash=run.hash, run_id=run.id)
+            res.seconds = time.perf_counter() - t0
+            run.commit_ok(w, vs.count, n, 0, f"{groups.n_groups} groups, {groups.removed} near duplicates")
+    return res
+
+
+@dataclass
+class ExactResult:
+    samples: int
+    groups: int
+    duplicates: int
+    placeholders: int
+    placeholder_samples: int
+    run_id: int | None = None
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        return (f"{EXACT_STAGE}: {self.samples:,} samples with a sha256; {self.groups:,} exact-duplicate groups, "
+                f"{self.duplicates:,} duplicates; {self.placeholders:,} placeholder hashes covering "
+                f"{self.placeholder_samples:,} samples (see `curate sql -q similarity.placeholders`); "
+                f"{self.seconds:.1f}s, run {self.run_id}")
+
+
+def exact_duplicates(store: Store, *, min_urls: int = 20, keep: Literal["first", "score"] = "first",
+                     score: str | None = None) -> ExactResult:
+    """Exact duplicates by ``samples.sha256`` and placeholder hashes (module docstring).
+    Keep ``first``: smallest run_id, then smallest uid; ``score``: highest ``TABLE.COLUMN``
+    (keyed by uid), then first."""
+    if min_urls < 2:
+        raise ConfigError(f"min_urls must be at least 2, got {min_urls}")
+    if keep not in ("first", "score"):
+        raise ConfigError(f"exact-duplicate keep must be first or score, got {keep!r}")
+    if (keep == "score") != bool(score):
+        raise ConfigError("keep='score' goes with score=TABLE.COLUMN, and only then")
+    ensure_tables(store)
+    score_join, score_order = "", ""
+    if score:
+        from ..store import check_identifier, quote_ident
+
+        table, _, column = score.partition(".")
+        check_identifier(table), check_identifier(column)
+        if column not in store.columns(table) or "uid" not in store.columns(table):
+            raise ConfigError(f"score table {table!r} needs columns uid and {column}")
+        score_join = f"LEFT JOIN (SELECT uid, max({quote_ident(column)}) AS score FROM {quote_ident(table)} GROUP BY uid) sc USING (uid)"
+        score_order = "sc.score DESC NULLS LAST, "
+    cfg = {"min_urls": min_urls, "keep": keep, "score": score}
+    with start_run(store, "similarity", EXACT_STAGE, cfg) as run:
+        t0 = time.perf_counter()
+        with run.transaction() as w:
+            p = {"h": run.hash, "r": run.id, "min_urls": min_urls}
+            w.execute("DELETE FROM image_placeholders WHERE config_hash = $h", {"h": run.hash})
+            w.execute("""
+                INSERT INTO image_placeholders
+                WITH s AS (SELECT sha256, url, regexp_extract(url, '^[a-zA-Z]+://([^/?#]+)', 1) AS host
+                           FROM samples WHERE sha256 IS NOT NULL)
+                SELECT sha256, count(*), count(DISTINCT url), count(DISTINCT host), mode(host), min(url), $h, $r
+                FROM s GROUP BY sha256 HAVING count(DISTINCT url) >= $min_urls
+            """, p)
+            w.execute("DELETE FROM dedup_groups WHERE kind = 'image_exact' AND config_hash = $h", {"h": run.hash})
+            w.execute(f"""
+                INSERT INTO dedup_groups (kind, scope, group_id, member_kind, member_id, kept, similarity, method,
+                                          group_size, config_hash, run_id)
+                WITH s AS (
+                    SELECT uid, sha256, run_id FROM samples
+                    WHERE sha256 IS NOT NULL
+                      AND sha256 NOT IN (SELECT sha256 FROM image_placeholders WHERE config_hash = $h)
+                ), o AS (
+                    SELECT s.uid, s.sha256, s.run_id, count(*) OVER w AS n,
+                           row_number() OVER (w ORDER BY {score_order}s.run_id, s.uid) AS r
+                    FROM s {score_join}
+                    WINDOW w AS (PARTITION BY s.sha256)
+                ), k AS (
+                    SELECT sha256, row_number() OVER (ORDER BY run_id, uid) AS group_id FROM o WHERE r = 1 AND n > 1
+                )
+                SELECT 'image_exact', 'samples', k.group_id, 'uid', o.uid, o.r = 1, 1.0, 'sha256', o.n, $h, $r
+                FROM o JOIN k USING (sha256)
+            """, {"h": run.hash, "r": run.id})
+            stats = w.execute("""
+                SELECT (SELECT count(*) FROM samples WHERE sha256 IS NOT NULL),
+                       (SELECT count(*) FILTER (WHERE kept) FROM dedup_groups WHERE kind = 'image_exact' AND config_hash = $h),
+                       (SELECT count(*) FILTER (WHERE NOT kept) FROM dedup_groups WHERE kind = 'image_exact' AND config_hash = $h),
+                       (SELECT count(*) FROM image_placeholders WHERE config_hash = $h),
+                       (SELECT coalesce(sum(samples), 0) FROM image_placeholders WHERE config_hash = $h)
+            """, {"h": run.hash}).fetchall()[0]
+            res = ExactResult(*[int(v) for v in stats], run_id=run.id)
+            res.seconds = time.perf_counter() - t0
+            run.commit_ok(w, res.samples, res.groups + res.duplicates, 0,
+                          f"{res.groups} groups, {res.placeholders} placeholder hashes")
+    return res
+
+
+def merged_captions(store: Store, kind: str = "image_semantic", run_id: int | None = None) -> pa.Table:
+    """The captions of non-kept duplicates, each listed with the kept sample it would join
+    (the ``duplicate_captions`` view; ``captions`` is not modified). ``run_id``: one run,
+    else the latest run of ``kind``."""
+    ensure_tables(store)
+    if run_id is None:
+        got = store.con.execute("SELECT max(run_id) FROM dedup_groups WHERE kind = ?", [kind]).fetchall()[0][0]
+        if got is None:
+            return store.arrow("SELECT * FROM duplicate_captions LIMIT 0")
+        run_id = got
+    return store.arrow("SELECT * FROM duplicate_captions WHERE kind = $kind AND run_id = $run_id "
+                       "ORDER BY group_id, duplicate_uid, variant, caption_id", {"kind": kind, "run_id": run_id})
