@@ -16,12 +16,9 @@ import duckdb
 
 from . import __version__
 from .errors import ConfigError, CurateError, QueryError
-from .store import DEFAULT_STORE, Store
+from .cli_common import show_table, store_option
+from .store import Store
 
-store_option = click.option(
-    "--store", "store_path", envvar="CURATE_STORE", default=DEFAULT_STORE, show_default=True,
-    type=click.Path(file_okay=False, path_type=Path), help="Store directory (env CURATE_STORE).",
-)
 
 
 def _parse_value(text: str) -> Any:
@@ -123,13 +120,7 @@ def ingest(fmt: str, path: Path, store_path: Path, source: str | None, preset: s
 
 
 def _print_table(df: Any, max_rows: int) -> None:
-    import polars as pl
-
-    with pl.Config(tbl_rows=max_rows, tbl_cols=-1, fmt_str_lengths=60, tbl_width_chars=200,
-                   tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True):
-        click.echo(str(df))
-    if df.height >= max_rows:
-        click.echo(f"({df.height:,} rows; showing at most {max_rows}, use --max-rows or --out)", err=True)
+    show_table(df, max_rows)
 
 
 @cli.command()
@@ -256,9 +247,11 @@ def check(store_path: Path) -> None:
 
 from .cli_concepts import concepts  # noqa: E402
 from .cli_dedup import dedup  # noqa: E402
+from .cli_mix import mix  # noqa: E402
 
 cli.add_command(concepts)
 cli.add_command(dedup)
+cli.add_command(mix)
 
 from .cli_similarity import attach as _attach_similarity  # noqa: E402
 

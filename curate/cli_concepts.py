@@ -14,12 +14,9 @@ from pathlib import Path
 import click
 
 from .errors import ConfigError
-from .store import DEFAULT_STORE, Store
+from .cli_common import show_table, store_option
+from .store import Store
 
-store_option = click.option(
-    "--store", "store_path", envvar="CURATE_STORE", default=DEFAULT_STORE, show_default=True,
-    type=click.Path(file_okay=False, path_type=Path), help="Store directory (env CURATE_STORE).",
-)
 method_option = click.option("--method", default="lemmatized", show_default=True,
                              help="Published count method: lemmatized, lowercased, rampp0.7, "
                                   "integrated_tlemmatized_i0.7, ...")
@@ -33,13 +30,7 @@ out_dir_option = click.option("--out-dir", type=click.Path(file_okay=False, path
 
 
 def _show(df, max_rows: int = 40, float_precision: int | None = 4) -> None:
-    import polars as pl
-
-    with pl.Config(tbl_rows=max_rows, tbl_cols=-1, fmt_str_lengths=60, tbl_width_chars=200,
-                   tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True,
-                   float_precision=float_precision, thousands_separator=False):
-        click.echo(str(df))
-
+    show_table(df, max_rows, float_precision=float_precision)
 
 def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9.]+", "_", text.lower()).strip("_")
@@ -160,7 +151,7 @@ def count_cmd(store_path: Path, vocabulary: str, mode: str, model: str | None, w
         click.echo(res.summary())
         _show(s.query("concepts.text_summary", vocabulary=vocabulary, mode=mode).pl(), max_rows)
         top = s.query("concepts.text_counts_total", vocabulary=vocabulary, mode=mode).pl()
-    click.echo(f"most frequent: " + ", ".join(f"{c} {n:,}" for c, n in top.head(8).iter_rows()))
+    click.echo("most frequent: " + ", ".join(f"{c} {n:,}" for c, n in top.head(8).iter_rows()))
     click.echo(f"counts: curate sql -q concepts.text_counts -p vocabulary={vocabulary}"
                + (f" -p mode={mode}" if mode != "phrase" else ""))
 

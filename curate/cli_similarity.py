@@ -9,24 +9,15 @@ from pathlib import Path
 import click
 
 from .errors import ConfigError, InputError
-from .store import DEFAULT_STORE, Store
+from .cli_common import show_table, store_option
+from .store import Store
 
-store_option = click.option(
-    "--store", "store_path", envvar="CURATE_STORE", default=DEFAULT_STORE, show_default=True,
-    type=click.Path(file_okay=False, path_type=Path), help="Store directory (env CURATE_STORE).",
-)
 device_option = click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", show_default=True,
                              help="GPU when FAISS sees one (auto), else CPU.")
 
 
 def _show(table, max_rows: int = 40) -> None:
-    import polars as pl
-
-    df = pl.from_arrow(table) if not isinstance(table, pl.DataFrame) else table
-    with pl.Config(tbl_rows=max_rows, tbl_cols=-1, fmt_str_lengths=60, tbl_width_chars=200,
-                   tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True):
-        click.echo(str(df))
-
+    show_table(table, max_rows)
 
 @click.group()
 def vectors() -> None:

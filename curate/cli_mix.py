@@ -1,0 +1,79 @@
+"""``curate mix``: run a mixing policy and write a training manifest, a thin layer over
+:mod:`curate.mix`. Attached to the main CLI by ``cli.add_command(mix)``."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import click
+
+from .cli_common import show_table, store_option
+from .store import Store
+
+
+def _show(df, max_rows: int = 40) -> None:
+    show_table(df, max_rows)
+
+
+def _counts(res) -> None:
+    c = res.counts
+    click.echo(f"policy {res.policy.name} (seed {res.policy.seed}): pool {c['pool_samples']:,} samples, "
+               f"selected {c['selected']:,}, with a caption {c['with_caption']:,}, manifest {c['samples']:,}")
+    for t in res.thresholds:
+        click.echo(f"  threshold: {t['attribute']}{'[' + t['variant'] + ']' if t['variant'] else ''} {t['op']} "
+                   f"{t['threshold']:.6g} (keeps {t['fraction']:g} of {t['pool_values']:,} pool values)")
+    click.echo("  per variant: " + ", ".join(f"{k} {v:,}" for k, v in c["by_variant"].items()))
+    click.echo("  per source: " + ", ".join(f"{k} {v:,}" for k, v in c["by_source"].items()))
+    w = c["weight"]
+    if w["min"] is not None:
+        click.echo(f"  weight: min {w['min']:.4g}, mean {w['mean']:.4g}, max {w['max']:.4g}, sum {w['sum']:,.4g}")
+    if "budget" in c and "groups" in c["budget"]:
+        b = c["budget"]
+        click.echo(f"  budget by {b['by']} ({b['rounding']}), total {b['total']:,}: " + ", ".join(
+            f"{g} {v['taken']:,}/{v['quota']:,} of {v['available']:,}" for g, v in b["groups"].items()))
+
+
+@click.command()
+@click.argument("policy_file", type=click.Path(dir_okay=False, path_type=Path))
+@store_option
+@click.option("--dry-run", is_flag=True, help="Print counts and the audit; write nothing.")
+@click.option("--audit", "show_audit", is_flag=True, help="Print the pool-vs-manifest audit after writing.")
+@click.option("--seed", type=int, help="Override the policy's seed.")
+@click.option("--format", "fmt", type=click.Choice(["parquet", "csv", "tsv", "json", "jsonl", "npy"]),
+              help="Override the policy's output format.")
+@click.option("--name", help="Manifest file stem (default: output.name, else the policy name).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write here instead of STORE/manifests/.")
+@click.option("--print-policy", is_flag=True, help="Print the resolved policy (JSON) and exit; no store needed.")
+def mix(policy_file: Path, store_path: Path, dry_run: bool, show_audit: bool, seed: int | None, fmt: str | None,
+        name: str | None, out: Path | None, print_policy: bool) -> None:
+    """Run the mixing policy POLICY_FILE (TOML) and write a training manifest with its sidecar."""
+    from .mix import load_policy, run_policy, write_manifest
+    from .mix.audit import audit
+    from .mix.policy import Output, _build
+
+    policy = load_policy(policy_file)
+    if seed is not None:
+        policy = policy.with_seed(seed)
+    if fmt or name:
+        data = {**dataclasses.asdict(policy.output), **({"format": fmt} if fmt else {}),
+                **({"name": name} if name else {})}
+        if fmt and fmt != "npy":
+            data["repeat_factor"] = None
+        policy = dataclasses.replace(policy, output=_build(Output, data, "--format/--name"))
+    if print_policy:
+        click.echo(json.dumps({"policy_hash": policy.hash(), **policy.to_dict()}, indent=2))
+        return
+    with Store.open(store_path, read_only=dry_run) as s:
+        res = run_policy(s, policy)
+        _counts(res)
+        if not dry_run:
+            side = write_manifest(s, policy, path=out, res=res)
+            click.echo(f"wrote {side['rows']:,} rows to {side['path']} ({policy.output.format}); sidecar {side['sidecar']}")
+        if dry_run or show_audit:
+            for title, df in audit(s, res):
+                click.echo(f"\n{title}")
+                _show(df)
+        if dry_run:
+            click.echo("\ndry run: nothing written")

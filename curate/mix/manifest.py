@@ -1,0 +1,203 @@
+"""Training manifests and their sidecars, written under the store's ``manifests/``.
+
+Formats (rows in draw order: ascending budget key, then uid):
+
+* ``parquet`` / ``jsonl``: ``uid`` (32 hex digits, DataComp's form), ``source``,
+  ``url``, ``image_shard``, ``image_key``, ``image_path``, ``caption_id``, ``caption``,
+  ``variant``, ``weight``; with ``candidates = true`` also ``captions``: a list of
+  ``{variant, caption_id, text, prob}``, every candidate caption with its probability.
+* ``csv`` / ``tsv``: open_clip's ``--dataset-type csv`` columns ``filepath`` (the image
+  path; the url when the store has no local image) and ``title`` (the chosen caption),
+  with a header; ``tsv`` is open_clip's default ``--csv-separator`` (tab).
+* ``json``: one JSON object per line, the per-sample ``.json`` of a webdataset sample:
+  ``uid``, ``url``, ``caption``, ``variant``, ``weight``, one key per candidate caption
+  (the variant name; ``rewrite_2``, ... for a second caption of a variant) and
+  ``caption_probs``; the sidecar gives open_clip's ``--json-text-key`` and
+  ``--json-text-key-probs`` for those keys.
+* ``npy``: DataComp's subset file: a sorted numpy array of dtype ``u8,u8`` (native
+  byte order, as ``np.dtype("u8,u8")`` in ``baselines/apply_filter.py``), each uid as
+  (upper 64 bits, lower 64 bits) of its 128-bit value; repeated uids are integer
+  repeats, which ``resharder.py`` writes out once per occurrence.
+
+The sidecar ``<manifest>.sidecar.json`` holds the resolved policy and its hash, the
+seed, thresholds, input table versions (rows and latest run id), the stage runs
+behind them (config hash and config), counts, the compiled SQL, the manifest's sha256
+and the curate and DuckDB versions. It has no timestamp: the same store, policy and
+seed give byte-identical files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+
+from .. import __version__
+from ..errors import ConfigError, QueryError
+from .attributes import PRODUCERS, lit, required_tables
+from .compile import MixResult, run_policy
+from .policy import Policy
+
+EXT = {"parquet": "parquet", "csv": "csv", "tsv": "tsv", "json": "samples.jsonl", "jsonl": "jsonl", "npy": "npy"}
+STAGE_OF = {"caption_stats": "text.caption_stats.v1", "caption_knowledge": "knowledge.spacy_ner.v1",
+            "dedup_groups": "dedup.captions.v1", "caption_concepts": "concepts.text_match.v1"}
+
+UID_HEX = "replace(f.uid::VARCHAR, '-', '')"
+
+
+def _q(path: Path) -> str:
+    return "'" + str(path).replace("'", "''") + "'"
+
+
+def candidates_sql(res: MixResult) -> str:
+    """(uid, caption_id, variant, prob, ord) of every candidate of the final rows."""
+    if res.multi:
+        return "SELECT c.uid, c.caption_id, c.variant, c.prob, c.ord FROM _mix_cands c SEMI JOIN _mix_final f USING (uid)"
+    return "SELECT uid, caption_id, variant, 1.0::DOUBLE AS prob, 0 AS ord FROM _mix_final"
+
+
+def rows_sql(res: MixResult, candidates: bool) -> str:
+    cols = (f"{UID_HEX} AS uid, f.source, s.url, s.image_shard, s.image_key, s.image_path, "
+            "f.caption_id::VARCHAR AS caption_id, c.text AS caption, f.variant, f.weight")
+    joins = "FROM _mix_final f JOIN samples s USING (uid) JOIN captions c ON c.caption_id = f.caption_id"
+    if candidates:
+        agg = (f"SELECT k.uid, list(struct_pack(variant := k.variant, caption_id := k.caption_id::VARCHAR, "
+               f"text := t.text, prob := k.prob::DOUBLE) ORDER BY k.ord, k.caption_id) AS captions "
+               f"FROM ({candidates_sql(res)}) k JOIN captions t USING (caption_id) GROUP BY k.uid")
+        return f"SELECT {cols}, cand.captions {joins} LEFT JOIN ({agg}) cand ON cand.uid = f.uid ORDER BY f.key, f.uid"
+    return f"SELECT {cols} {joins} ORDER BY f.key, f.uid"
+
+
+def json_keys(con: Any, res: MixResult) -> tuple[str, list[tuple[str, float]]]:
+    """(SQL of per-sample JSON rows, [(key, probability for --json-text-key-probs)])."""
+    keyed = (f"SELECT uid, caption_id, prob, ord, CASE WHEN n = 1 THEN variant ELSE variant || '_' || n END AS key "
+             f"FROM (SELECT *, row_number() OVER (PARTITION BY uid, variant ORDER BY ord, caption_id) AS n "
+             f"FROM ({candidates_sql(res)}))")
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _mix_keyed AS {keyed}")
+    total = con.execute("SELECT count(*) FROM _mix_final").fetchall()[0][0] or 1
+    keys = con.execute(f"SELECT key, sum(prob) / {total} FROM _mix_keyed GROUP BY key "
+                       "ORDER BY min(ord), key").fetchall()
+    pivot = ", ".join(f"max(t.text) FILTER (WHERE k.key = {lit(k)}) AS \"{k}\"" for k, _ in keys)
+    probs = ", ".join(f"\"{k}\" := (max(k.prob) FILTER (WHERE k.key = {lit(k)}))::DOUBLE" for k, _ in keys)
+    per = (f"SELECT k.uid, {pivot}, struct_pack({probs}) AS caption_probs FROM _mix_keyed k "
+           f"JOIN captions t USING (caption_id) GROUP BY k.uid")
+    sql = (f"SELECT {UID_HEX} AS uid, f.source, s.url, s.image_path, c.text AS caption, f.variant, f.weight, "
+           + ", ".join(f"p.\"{k}\"" for k, _ in keys) + ", p.caption_probs "
+           f"FROM _mix_final f JOIN samples s USING (uid) JOIN captions c ON c.caption_id = f.caption_id "
+           f"JOIN ({per}) p ON p.uid = f.uid ORDER BY f.key, f.uid")
+    return sql, [(k, float(p)) for k, p in keys]
+
+
+def write_npy(con: Any, res: MixResult, path: Path) -> int:
+    out = res.policy.output
+    rep = "1"
+    if out.repeat_factor is not None:
+        rep = f"greatest(1, least({out.max_repeats}, floor(weight * {lit(out.repeat_factor)} + 0.5)))::BIGINT"
+    tbl = con.sql("SELECT (uid::UHUGEINT >> 64)::UBIGINT AS hi, (uid::UHUGEINT & 18446744073709551615)::UBIGINT AS lo, "
+                  f"{rep} AS n FROM _mix_final").to_arrow_table()
+    hi = tbl["hi"].to_numpy()
+    lo = tbl["lo"].to_numpy()
+    n = tbl["n"].to_numpy()
+    arr = np.empty(int(n.sum()), dtype=np.dtype("u8,u8"))
+    arr["f0"] = np.repeat(hi, n)
+    arr["f1"] = np.repeat(lo, n)
+    arr.sort()
+    np.save(path, arr)
+    return len(arr)
+
+
+def _copy(con: Any, sql: str, path: Path, options: str) -> None:
+    try:
+        con.execute(f"COPY ({sql}) TO {_q(path)} ({options})")
+    except duckdb.Error as e:
+        raise QueryError(" ".join(str(e).split())[:500]) from None
+
+
+def input_versions(store: Any, policy: Policy) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Rows and latest run id of every table the policy reads; the latest run of each
+    stage behind them (config hash, config)."""
+    tables = ["samples", "captions", *sorted(required_tables(policy))]
+    versions: dict[str, Any] = {}
+    stages = []
+    for t in tables:
+        cols = store.columns(t)
+        row = store.execute(f"SELECT count(*), {'max(run_id)' if 'run_id' in cols else 'NULL'} FROM {t}").fetchall()[0]
+        versions[t] = {"rows": row[0], "latest_run_id": row[1]}
+        if t in STAGE_OF:
+            run = store.execute("SELECT run_id, stage, config_hash, config FROM runs WHERE stage = ? AND status = 'ok' "
+                                "ORDER BY run_id DESC LIMIT 1", [STAGE_OF[t]]).fetchall()
+            if run:
+                r = run[0]
+                stages.append({"table": t, "run_id": r[0], "stage": r[1], "config_hash": r[2],
+                               "config": json.loads(r[3]) if isinstance(r[3], str) else r[3]})
+        if t == "clip_scores":
+            models = [m[0] for m in store.execute("SELECT DISTINCT model FROM clip_scores ORDER BY 1").fetchall()]
+            stages.append({"table": t, "stage": "clip (contract)", "models": models,
+                           "producer": PRODUCERS["clip_scores"]})
+    return versions, stages
+
+
+def manifest_path(store: Any, policy: Policy) -> Path:
+    name = policy.output.name or policy.name
+    return store.path / "manifests" / f"{name}.{EXT[policy.output.format]}"
+
+
+def write_manifest(store: Any, policy: Policy, path: Path | None = None, res: MixResult | None = None) -> dict[str, Any]:
+    """Run ``policy`` on ``store`` (unless ``res`` is given) and write the manifest and
+    its sidecar; returns the sidecar dict (with ``path`` and ``sidecar`` added)."""
+    res = res or run_policy(store, policy)
+    con = store.con
+    out = policy.output
+    path = Path(path) if path is not None else manifest_path(store, policy)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    extra: dict[str, Any] = {}
+    fmt = out.format
+    if fmt == "parquet":
+        _copy(con, rows_sql(res, out.candidates), path, "FORMAT parquet, COMPRESSION zstd")
+        rows = res.counts["samples"]
+    elif fmt == "jsonl":
+        _copy(con, rows_sql(res, out.candidates), path, "FORMAT json")
+        rows = res.counts["samples"]
+    elif fmt in ("csv", "tsv"):
+        sql = ("SELECT coalesce(s.image_path, s.url, '') AS filepath, c.text AS title FROM _mix_final f "
+               "JOIN samples s USING (uid) JOIN captions c ON c.caption_id = f.caption_id ORDER BY f.key, f.uid")
+        sep = "\\t" if fmt == "tsv" else ","
+        _copy(con, sql, path, f"FORMAT csv, HEADER true, DELIMITER '{sep}'")
+        rows = res.counts["samples"]
+        no_image = con.execute("SELECT count(*) FROM _mix_final f JOIN samples s USING (uid) "
+                               "WHERE s.image_path IS NULL").fetchall()[0][0]
+        extra["open_clip"] = {"args": ["--dataset-type", "csv", "--csv-img-key", "filepath", "--csv-caption-key",
+                                       "title", "--csv-separator", "\t" if fmt == "tsv" else ","],
+                              "rows_without_image_path": no_image}
+    elif fmt == "json":
+        sql, keys = json_keys(con, res)
+        _copy(con, sql, path, "FORMAT json")
+        rows = res.counts["samples"]
+        extra["open_clip"] = {"json_text_keys": [k for k, _ in keys],
+                              "args": ["--json-text-key", ";".join(k for k, _ in keys),
+                                       "--json-text-key-probs", *(f"{p:.6g}" for _, p in keys)],
+                              "note": "--json-text-key(-probs) exist on open_clip main (2026-06), not in 3.3.0"}
+    elif fmt == "npy":
+        rows = write_npy(con, res, path)
+        extra["datacomp"] = {"dtype": "u8,u8", "descr": np.dtype("u8,u8").descr,
+                             "repeats": rows - res.counts["samples"],
+                             "use": f"python resharder.py -i POOL -o OUT -s {path.name}"}
+    else:  # pragma: no cover
+        raise ConfigError(f"unknown format {fmt}")
+    versions, stages = input_versions(store, policy)
+    sidecar = {
+        "manifest": path.name, "format": fmt, "rows": rows,
+        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "policy": policy.to_dict(), "policy_hash": policy.hash(), "seed": policy.seed,
+        "thresholds": res.thresholds, "resolved": res.resolved, "counts": res.counts,
+        "inputs": versions, "stages": stages, **extra,
+        "versions": {"curate": __version__, "duckdb": duckdb.__version__, "numpy": np.__version__},
+        "sql": res.sql,
+    }
+    side = path.with_name(path.name + ".sidecar.json")
+    side.write_text(json.dumps(sidecar, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
+    return {**sidecar, "path": str(path), "sidecar": str(side)}
