@@ -9,10 +9,16 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
 .PHONY: demo test setup clean bench
 
-$(STAMP): pyproject.toml
+# The CLIP extra brings torch; .ci/constraints-clip.txt pins the build that lies on this
+# machine's disk so no resolver downloads another. img2dataset pins pandas<3, so it gets a
+# venv of its own (.venv-img2dataset), used by `curate download` and its test.
+I2D_VENV ?= .venv-img2dataset
+
+$(STAMP): pyproject.toml .ci/constraints-clip.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c .ci/constraints-clip.txt -e '.[dev,clip]'
+	test -x $(I2D_VENV)/bin/python || ($(PYTHON) -m venv $(I2D_VENV) && $(I2D_VENV)/bin/pip install --quiet img2dataset==1.47.0)
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
@@ -22,7 +28,7 @@ demo: $(STAMP)
 	$(BIN)/python examples/demo.py --store $(STORE)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	CURATE_IMG2DATASET_PYTHON=$(CURDIR)/$(I2D_VENV)/bin/python $(BIN)/python -m pytest -q
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_ingest.py --rows 10000000

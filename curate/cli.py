@@ -257,6 +257,10 @@ from .cli_similarity import attach as _attach_similarity  # noqa: E402
 
 _attach_similarity(cli)
 
+from .cli_clip import attach as _attach_clip  # noqa: E402
+
+_attach_clip(cli)
+
 
 @cli.group()
 def knowledge() -> None:

@@ -17,6 +17,8 @@ STAGES: dict[str, str] = {
     "text.caption_stats.v1": "curate.stages.caption_stats:CaptionStats",
     "knowledge.spacy_ner.v1": "curate.stages.knowledge:KnowledgeNER",
     "concepts.text_match.v1": "curate.stages.concepts:ConceptText",
+    "clip.score.v1": "curate.stages.clip:ClipScore",
+    "clip.embed_image.v1": "curate.stages.clip:ClipImage",
 }
 
 
