@@ -186,6 +186,43 @@ def tail_cmd(store_path: Path, vocabulary: str, n: int, min_count: int, cap: int
         _show(ov.filter(ov["in_train"] > 0), 20)
 
 
+@concepts.command("image-count")
+@store_option
+@click.option("--vocabulary", required=True, help="A stored or bundled vocabulary.")
+@click.option("--image-set", required=True, help="An image vector set (e.g. clip.<model>.image from `curate embed`).")
+@click.option("--model", required=True, help="open_clip model name of the image set's model.")
+@click.option("--pretrained", required=True, help="Its pretrained tag or local checkpoint path.")
+@click.option("--model-config", default=None, help="A JSON model config to register first (custom models).")
+@click.option("--model-id", default=None, help="Model id for the concept set's name (default MODEL/PRETRAINED).")
+@click.option("--templates", "template_set", default="imagenet1k", show_default=True,
+              help="Prompt templates: a dataset of clip_benchmark's templates.json, or 'simple'.")
+@click.option("-k", "k", default=5, show_default=True, help="Tags per image.")
+@click.option("--min-score", default=0.0, show_default=True, help="Lowest cosine score a tag counts with.")
+@click.option("--variant", default=None, help="Text and matched counts from captions of this variant only.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--max-rows", default=20, show_default=True)
+def image_count_cmd(store_path: Path, vocabulary: str, image_set: str, model: str, pretrained: str,
+                    model_config: str | None, model_id: str | None, template_set: str, k: int, min_score: float,
+                    variant: str | None, device: str, max_rows: int) -> None:
+    """Image and matched concept frequency: embed the vocabulary's prompts with the CLIP
+    text tower, tag every image with its top-k concepts, count, and report the
+    misalignment degree."""
+    from .concepts.image import embed_concepts, image_counts
+    from .similarity.tags import tag
+    from .stages.clip import ClipModel, check_weights, default_model_id
+
+    check_weights(model, pretrained, model_config)
+    clip = ClipModel(model, pretrained, model_config, device=device, precision="auto")
+    mid = model_id or default_model_id(model, pretrained)
+    with Store.open(store_path) as s:
+        cset = embed_concepts(s, vocabulary, clip, model_id=mid, template_set=template_set)
+        res = tag(s, image_set, cset, k=k)
+        click.echo(res.summary())
+        counts = image_counts(s, vocabulary, cset, image_set, k=k, min_score=min_score, variant=variant)
+    click.echo(counts.summary())
+    _show(counts.counts, max_rows)
+
+
 @concepts.command("import-published")
 @click.argument("path", type=click.Path(path_type=Path))
 @store_option
