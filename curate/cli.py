@@ -247,11 +247,12 @@ def check(store_path: Path) -> None:
 
 from .cli_concepts import concepts  # noqa: E402
 from .cli_dedup import dedup  # noqa: E402
-from .cli_mix import mix  # noqa: E402
+from .cli_mix import manifest_audit, mix  # noqa: E402
 
 cli.add_command(concepts)
 cli.add_command(dedup)
 cli.add_command(mix)
+cli.add_command(manifest_audit)
 
 from .cli_similarity import attach as _attach_similarity  # noqa: E402
 

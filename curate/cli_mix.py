@@ -77,3 +77,18 @@ def mix(policy_file: Path, store_path: Path, dry_run: bool, show_audit: bool, se
                 _show(df)
         if dry_run:
             click.echo("\ndry run: nothing written")
+
+
+@click.command("manifest-audit")
+@click.argument("manifest", type=click.Path(dir_okay=False, path_type=Path))
+@store_option
+@click.option("--vocabulary", default=None, help="Concept coverage for this vocabulary (counted in the store).")
+@click.option("--max-rows", default=40, show_default=True)
+def manifest_audit(manifest: Path, store_path: Path, vocabulary: str | None, max_rows: int) -> None:
+    """Audit a manifest written earlier (parquet or JSONL + its sidecar) against its pool."""
+    from .mix.audit import audit_manifest
+
+    with Store.open(store_path, read_only=True) as s:
+        for title, df in audit_manifest(s, manifest, vocabulary):
+            click.echo(f"\n{title}")
+            _show(df, max_rows)

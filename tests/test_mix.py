@@ -104,6 +104,20 @@ def test_golden_capsfusion_guard_through_the_cli(mix_store, capsys):
             assert ret.get(r["uid"], 1.0) >= 0.5
 
 
+def test_a_manifest_file_audits_like_the_run_that_wrote_it(mix_store, capsys):
+    policy = POLICIES / "capsfusion_guard.toml"
+    code, out, err = run_cli("mix", str(policy), "--store", str(mix_store), "--audit", capsys=capsys)
+    assert code == 0, err
+    during = out[out.index("Size: pool vs manifest"):]
+    path = mix_store / "manifests" / "capsfusion-guard.parquet"
+    code, out, err = run_cli("manifest-audit", str(path), "--store", str(mix_store), capsys=capsys)
+    assert code == 0, err
+    assert out.strip() == during.strip()
+    code, out, err = run_cli("manifest-audit", str(mix_store / "manifests" / "nope.parquet"), "--store",
+                             str(mix_store), capsys=capsys)
+    assert code == 3 and "does not exist" in err
+
+
 @pytest.mark.parametrize("fmt", ["parquet", "csv", "tsv", "json", "jsonl", "npy"])
 def test_same_store_policy_and_seed_give_byte_identical_manifests(mix_store, tmp_path, fmt):
     pol = load_policy(POLICIES / "longtail_mixture.toml")

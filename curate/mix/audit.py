@@ -9,6 +9,7 @@ emit; the manifest is the chosen caption of each manifest row.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from .attributes import lit, named, source_cond
@@ -27,6 +28,40 @@ def _views(store: Any, res: MixResult) -> None:
 def audit(store: Any, res: MixResult, vocabulary: str | None = None) -> list[tuple[str, Any]]:
     """[(title, polars DataFrame)] for every audit the store's tables allow."""
     _views(store, res)
+    return _run_audits(store, res, vocabulary)
+
+
+def audit_manifest(store: Any, path: str | Path, vocabulary: str | None = None) -> list[tuple[str, Any]]:
+    """The same audit for a manifest file written earlier (parquet or JSONL, with its
+    ``.sidecar.json``): the pool comes from the policy in the sidecar, the manifest rows
+    from the file (uid, source, caption_id, variant, weight)."""
+    import json
+
+    from ..errors import InputError
+    from .policy import policy_from_dict
+
+    path = Path(path)
+    side = path.with_name(path.name + ".sidecar.json")
+    if not path.is_file():
+        raise InputError(f"manifest {path} does not exist")
+    if not side.is_file():
+        raise InputError(f"manifest {path} has no sidecar {side.name}; the audit needs the policy it records")
+    meta = json.loads(side.read_text(encoding="utf-8"))
+    if meta.get("format") not in ("parquet", "jsonl"):
+        raise InputError(f"manifest {path} is in format {meta.get('format')!r}; the audit reads parquet or jsonl "
+                         "manifests (they carry caption_id and variant)")
+    policy = policy_from_dict(meta["policy"])
+    reader = "read_parquet" if meta["format"] == "parquet" else "read_json_auto"
+    con = store.con
+    con.execute(f"CREATE OR REPLACE TEMP VIEW _mix_final AS SELECT uid::UUID AS uid, source, caption_id::UUID AS caption_id, "
+                f"variant, weight FROM {reader}({lit(str(path))})")
+    res = MixResult(policy, meta.get("thresholds", []), meta.get("resolved", {}), meta.get("counts", {}),
+                    meta.get("sql", {}), False)
+    _views(store, res)
+    return _run_audits(store, res, vocabulary)
+
+
+def _run_audits(store: Any, res: MixResult, vocabulary: str | None) -> list[tuple[str, Any]]:
     tables = set(store.tables())
     out: list[tuple[str, Any]] = []
 
