@@ -261,3 +261,26 @@ def test_every_concepts_query_runs(cc3m_store, shared_data):
                 assert s.query(q.qualname, **params).fetchall() is not None, q.qualname
                 if q.name.startswith("text_") or q.name.startswith("published_"):
                     assert s.query(q.qualname, **params).fetchall(), q.qualname
+
+
+def test_counts_of_a_manifest_and_of_another_store(cc3m_store, tmp_path):
+    import shutil
+
+    from curate.concepts.audit import counts_source, parse_spec
+    from curate.mix import Budget, OneVariant, Output, Policy, write_manifest
+
+    other = tmp_path / "other"
+    shutil.copytree(cc3m_store, other)
+    with Store.open(cc3m_store) as s:
+        pol = Policy("half", choose=OneVariant("raw"), budget=Budget(samples=5000), output=Output(format="parquet"))
+        side = write_manifest(s, pol, path=tmp_path / "half.parquet")
+        got = dict(counts_source(s, parse_spec(f"manifest:mini:{tmp_path / 'half.parquet'}")).iter_rows())
+        chosen = set(pl.read_parquet(tmp_path / "half.parquet")["caption_id"].to_list())
+        hits = s.execute("SELECT caption_id::VARCHAR, uid, concept FROM concept_hits WHERE vocabulary = 'mini'").fetchall()
+        same = dict(counts_source(s, parse_spec(f"store:mini@{other}")).iter_rows())
+        here = count(s, "mini")
+    assert side["rows"] == 5000
+    for concept in got:
+        assert got[concept] == len({u for c, u, k in hits if k == concept and c in chosen}), concept
+    assert 0 < sum(got.values()) < sum(here.values())
+    assert same == here

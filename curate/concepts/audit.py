@@ -297,7 +297,11 @@ class CountSpec:
         if self.kind == "published":
             base += f" {self.method}"
         if self.kind == "store":
-            base += "".join(f":{v}" for _, v in self.options if v) + (f" ({self.method})" if self.method != "phrase" else "")
+            opts = dict(self.options)
+            base += "".join(f":{opts[k]}" for k in ("variant", "source") if opts.get(k))
+            base += (f"@{opts['store']}" if opts.get("store") else "") + (f" ({self.method})" if self.method != "phrase" else "")
+        if self.kind == "manifest":
+            base += f":{Path(dict(self.options)['path']).name}"
         return base + (f" [{self.vocabulary}]" if self.vocabulary else "")
 
 
@@ -313,13 +317,21 @@ def parse_spec(text: str, *, method: str = "lemmatized", downstream: str = "clas
             raise ConfigError(f"count source {text!r}: expected published:PRETRAIN[:METHOD], e.g. published:cc3m")
         return CountSpec("published", name, m or method, downstream, vocabulary)
     if kind == "store":
+        rest, at, other = rest.partition("@")
         name, variant, source = (rest.split(":") + ["", ""])[:3]
         if not name:
-            raise ConfigError(f"count source {text!r}: expected store:VOCABULARY[:VARIANT[:SOURCE]], e.g. store:imagenet1k:raw")
+            raise ConfigError(f"count source {text!r}: expected store:VOCABULARY[:VARIANT[:SOURCE]][@STORE], "
+                              "e.g. store:imagenet1k:raw")
         return CountSpec("store", name, method=mode, downstream="", vocabulary=None,
-                         options=(("variant", variant or None), ("source", source or None)))
-    raise ConfigError(f"unknown count source {text!r}; expected published:PRETRAIN[:METHOD] or "
-                      "store:VOCABULARY[:VARIANT[:SOURCE]]")
+                         options=(("variant", variant or None), ("source", source or None),
+                                  ("store", other if at else None)))
+    if kind == "manifest":
+        name, _, path = rest.partition(":")
+        if not name or not path:
+            raise ConfigError(f"count source {text!r}: expected manifest:VOCABULARY:PATH (a parquet or JSONL manifest)")
+        return CountSpec("manifest", name, method=mode, downstream="", vocabulary=None, options=(("path", path),))
+    raise ConfigError(f"unknown count source {text!r}; expected published:PRETRAIN[:METHOD], "
+                      "store:VOCABULARY[:VARIANT[:SOURCE]][@STORE] or manifest:VOCABULARY:PATH")
 
 
 def counts_source(store: Store, spec: CountSpec) -> pl.DataFrame:
@@ -332,8 +344,35 @@ def counts_source(store: Store, spec: CountSpec) -> pl.DataFrame:
             counts = restrict_published(counts, store, spec.vocabulary)
         return counts
     if spec.kind == "store":
-        return store_counts(store, spec.name, mode=spec.method, **dict(spec.options))
-    raise ConfigError(f"unknown count source kind {spec.kind!r} (known: published, store)")
+        opts = dict(spec.options)
+        other = opts.pop("store", None)
+        if other:
+            with Store.open(other, read_only=True) as o:
+                return store_counts(o, spec.name, mode=spec.method, **opts)
+        return store_counts(store, spec.name, mode=spec.method, **opts)
+    if spec.kind == "manifest":
+        return manifest_counts(store, spec.name, dict(spec.options)["path"], mode=spec.method)
+    raise ConfigError(f"unknown count source kind {spec.kind!r} (known: published, store, manifest)")
+
+
+def manifest_counts(store: Store, vocabulary: str, path: str | Path, *, mode: str = "phrase") -> pl.DataFrame:
+    """(concept, count) over a manifest's rows: samples whose chosen caption (the
+    manifest's ``caption_id``) names the concept, zeros included. The manifest must come
+    from this store (parquet or JSONL, as ``curate mix`` writes them)."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"manifest {p} does not exist")
+    reader = {".parquet": "read_parquet", ".jsonl": "read_json_auto"}.get(p.suffix)
+    if reader is None:
+        raise InputError(f"manifest {p}: concept counts read parquet or JSONL manifests (they carry caption_id)")
+    store_counts(store, vocabulary, mode=mode)  # the same checks: counted, in this mode
+    return store.df(
+        "WITH m AS (SELECT DISTINCT caption_id::UUID AS caption_id FROM " + reader + "($path)), "
+        "vocab AS (SELECT DISTINCT concept FROM concepts WHERE vocabulary = $vocabulary), "
+        "hits AS (SELECT h.concept, count(DISTINCT h.uid) AS n FROM concept_hits h SEMI JOIN m USING (caption_id) "
+        "WHERE h.vocabulary = $vocabulary AND h.mode = $mode GROUP BY h.concept) "
+        "SELECT v.concept, coalesce(hits.n, 0)::BIGINT AS count FROM vocab v LEFT JOIN hits USING (concept) "
+        "ORDER BY count DESC, v.concept", {"path": str(p), "vocabulary": vocabulary, "mode": mode})
 
 
 def store_counts(store: Store, vocabulary: str, *, mode: str = "phrase", variant: str | None = None,
