@@ -100,7 +100,7 @@ def image_counts(store: Store, vocabulary: str, concept_set: str, image_set: str
     text_cte = (f"SELECT DISTINCT h.uid, h.concept FROM concept_hits h WHERE h.vocabulary = $vocabulary "
                 f"AND h.mode = $mode {text_filter}") if has_hits else \
         "SELECT NULL::UUID AS uid, NULL::VARCHAR AS concept WHERE false"
-    sql = f"""
+    ctes = f"""
         WITH latest AS (
             SELECT arg_max(config_hash, run_id) AS config_hash FROM concept_tags
             WHERE set_name = $iset AND concept_set = $cset
@@ -110,7 +110,8 @@ def image_counts(store: Store, vocabulary: str, concept_set: str, image_set: str
             WHERE t.set_name = $iset AND t.concept_set = $cset AND t.config_hash = (SELECT config_hash FROM latest)
               AND t.rank <= $k AND t.score >= $min_score
         ),
-        txt AS ({text_cte}),
+        txt AS ({text_cte})"""
+    counts = store.df(ctes + """,
         vocab AS (SELECT DISTINCT concept FROM concepts WHERE vocabulary = $vocabulary),
         ti AS (SELECT concept, count(*) AS n FROM txt GROUP BY concept),
         ii AS (SELECT concept, count(*) AS n FROM img GROUP BY concept),
@@ -119,19 +120,8 @@ def image_counts(store: Store, vocabulary: str, concept_set: str, image_set: str
                coalesce(mi.n, 0)::BIGINT AS matched
         FROM vocab v LEFT JOIN ti USING (concept) LEFT JOIN ii USING (concept) LEFT JOIN mi USING (concept)
         ORDER BY matched DESC, image DESC, text DESC, v.concept
-    """
-    counts = store.df(sql, params)
-    mis_sql = f"""
-        WITH latest AS (
-            SELECT arg_max(config_hash, run_id) AS config_hash FROM concept_tags
-            WHERE set_name = $iset AND concept_set = $cset
-        ),
-        img AS (
-            SELECT DISTINCT t.uid, t.concept FROM concept_tags t
-            WHERE t.set_name = $iset AND t.concept_set = $cset AND t.config_hash = (SELECT config_hash FROM latest)
-              AND t.rank <= $k AND t.score >= $min_score
-        ),
-        txt AS ({text_cte}),
+    """, params)
+    mis_sql = ctes + """,
         both_ AS (SELECT uid FROM img INTERSECT SELECT uid FROM txt),
         met AS (SELECT DISTINCT uid FROM img SEMI JOIN txt USING (uid, concept))
         SELECT (SELECT count(*) FROM both_), (SELECT count(*) FROM both_ ANTI JOIN met USING (uid))
