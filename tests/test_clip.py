@@ -348,6 +348,21 @@ def test_orphan_parts_are_ignored_and_removed(tmp_path, tiny):
         assert finalize_vectors(store, tiny_stage(tiny)) == []
 
 
+def test_an_unreachable_hub_fails_at_once_without_hf_hub_offline(tmp_path, monkeypatch):
+    import socket
+
+    with socket.socket() as probe:  # a local port nobody listens on: connection refused
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    t0 = time.perf_counter()
+    with pytest.raises(ConfigError, match="cannot be reached.*pretrained = \"/path/open_clip_pytorch_model.bin\""):
+        ClipScore().preflight()
+    assert time.perf_counter() - t0 < 10
+
+
 def test_offline_and_bad_model_configs_fail_before_work(tmp_path, tiny, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))

@@ -284,3 +284,11 @@ def test_counts_of_a_manifest_and_of_another_store(cc3m_store, tmp_path):
         assert got[concept] == len({u for c, u, k in hits if k == concept and c in chosen}), concept
     assert 0 < sum(got.values()) < sum(here.values())
     assert same == here
+
+
+def test_counting_an_empty_store_says_there_is_nothing_to_count(store):
+    from curate.concepts.audit import store_counts
+
+    run_stage(store, build_stage("concepts.text_match.v1", {"vocabulary": "cifar10", "model": MODEL}))
+    with pytest.raises(ConfigError, match="has no captions to count concepts in"):
+        store_counts(store, "cifar10")

@@ -384,6 +384,8 @@ def store_counts(store: Store, vocabulary: str, *, mode: str = "phrase", variant
         raise ConfigError(f"store {store.path} has no concept counts yet; run `curate concepts count --vocabulary {vocabulary}`")
     have = store.con.execute("SELECT count(*) FROM caption_concepts WHERE vocabulary = ? AND mode = ?",
                              [vocabulary, mode]).fetchall()[0][0]
+    if not have and not store.count("captions"):
+        raise ConfigError(f"store {store.path} has no captions to count concepts in; ingest some first")
     if not have:
         raise ConfigError(f"vocabulary {vocabulary!r} has not been counted in {mode} mode; run "
                           f"`curate concepts count --vocabulary {vocabulary}" + (" --mode paper`" if mode == "paper" else "`"))

@@ -125,11 +125,29 @@ def check_weights(model: str, pretrained: str, model_config: str | None) -> None
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
         raise ConfigError(f"weights for {model}/{pretrained} are not in the local cache and HF_HUB_OFFLINE is set; "
                           + offline_hint(model, pretrained))
+    if not _hub_reachable():
+        raise ConfigError(f"weights for {model}/{pretrained} are not in the local cache and the Hugging Face hub "
+                          "cannot be reached; " + offline_hint(model, pretrained))
     try:
         open_clip.download_pretrained(cfg)
     except Exception as e:  # noqa: BLE001 - any download failure gets the same one-line advice
         raise ConfigError(f"cannot download weights for {model}/{pretrained} ({type(e).__name__}); "
                           + offline_hint(model, pretrained)) from None
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face endpoint answers a TCP connection within ``timeout``
+    seconds, so an offline machine fails at once instead of after the hub client's
+    retries (about 45 s)."""
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        with socket.create_connection((url.hostname or "huggingface.co", url.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def _cached(cfg: dict) -> bool:
