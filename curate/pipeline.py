@@ -17,6 +17,19 @@
     batch_size = 10000
     workers = 1
     [stage.config]             # the stage's own fields
+
+    [[dedup]]                  # zero or more caption dedup passes, after the stages
+    variant = "synthetic"      # the keyword arguments of curate.dedup.text.dedup_captions
+    threshold = 0.8
+
+    [[mix]]                    # zero or more mixing policies, last
+    policy = "policies/capsfusion_guard.toml"   # relative to this file
+    seed = 0                   # optional overrides of the policy's seed and output name
+    name = "my-manifest"
+
+Steps run in that order: ingests, stages, dedup passes, mixes. Everything that can be
+checked without the store (formats, options, stage configs, dedup settings, policy
+files) is checked before any of them runs.
 """
 
 from __future__ import annotations
@@ -33,7 +46,8 @@ from .registry import build_stage
 from .runner import RunOptions
 from .stages.base import Stage
 
-TOP_KEYS = {"pipeline", "ingest", "stage"}
+TOP_KEYS = {"pipeline", "ingest", "stage", "dedup", "mix"}
+MIX_KEYS = {"policy", "seed", "name"}
 PIPELINE_KEYS = {"name", "description"}
 INGEST_KEYS = {"format", "path", "source"}
 STAGE_KEYS = {"name", "config", "batch_size", "workers", "limit"}
@@ -62,16 +76,37 @@ class StageStep:
 
 
 @dataclass
+class DedupStep:
+    options: dict[str, Any]
+
+    def resolved(self) -> dict[str, Any]:
+        return dict(self.options)
+
+
+@dataclass
+class MixStep:
+    path: Path
+    policy: Any  # curate.mix.Policy
+
+    def resolved(self) -> dict[str, Any]:
+        return {"policy": str(self.path), "name": self.policy.name, "seed": self.policy.seed,
+                "policy_hash": self.policy.hash()}
+
+
+@dataclass
 class Pipeline:
     name: str
     description: str
     path: Path | None
     ingests: list[IngestStep] = field(default_factory=list)
     stages: list[StageStep] = field(default_factory=list)
+    dedups: list[DedupStep] = field(default_factory=list)
+    mixes: list[MixStep] = field(default_factory=list)
 
     def resolved(self) -> dict[str, Any]:
         return {"pipeline": {"name": self.name, "description": self.description},
-                "ingest": [s.resolved() for s in self.ingests], "stage": [s.resolved() for s in self.stages]}
+                "ingest": [s.resolved() for s in self.ingests], "stage": [s.resolved() for s in self.stages],
+                "dedup": [s.resolved() for s in self.dedups], "mix": [s.resolved() for s in self.mixes]}
 
 
 def _expect(where: str, value: Any, tp: type | tuple[type, ...], what: str) -> Any:
@@ -150,11 +185,67 @@ def parse_pipeline(data: dict[str, Any], base: Path = Path("."), path: Path | No
         except ConfigError as e:
             raise ConfigError(f"{w}: {e}") from None
         pipe.stages.append(StageStep(stage, options))
+    for i, step in enumerate(_expect(f"{where} dedup", data.get("dedup", []), list, "an array of tables")):
+        pipe.dedups.append(_dedup_step(f"{where} dedup[{i}]", _expect(f"{where} dedup[{i}]", step, dict, "a table")))
+    for i, step in enumerate(_expect(f"{where} mix", data.get("mix", []), list, "an array of tables")):
+        pipe.mixes.append(_mix_step(f"{where} mix[{i}]", _expect(f"{where} mix[{i}]", step, dict, "a table"), base))
     return pipe
 
 
+def _dedup_step(w: str, step: dict[str, Any]) -> DedupStep:
+    """The keyword arguments of dedup_captions, checked by name and type, and by building
+    the DedupConfig that the pass would build."""
+    import typing
+
+    from .dedup.text import DedupConfig
+    from .stages.base import _type_name, _type_ok
+
+    hints = typing.get_type_hints(DedupConfig)
+    hints["variant"] = str | list[str] | None
+    hints["batch_size"] = int
+    unknown = sorted(set(step) - set(hints))
+    if unknown:
+        raise ConfigError(f"{w}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(hints))}")
+    for k, v in step.items():
+        if not _type_ok(v, hints[k]):
+            raise ConfigError(f"{w}.{k}: expected {_type_name(hints[k])}, got {type(v).__name__} {v!r}")
+    cfg = {k: (tuple(v) if isinstance(v, list) else v) for k, v in step.items() if k != "batch_size"}
+    try:
+        DedupConfig(**cfg)
+    except ConfigError as e:
+        raise ConfigError(f"{w}: {e}") from None
+    if step.get("batch_size", 1) < 1:
+        raise ConfigError(f"{w}.batch_size: must be at least 1")
+    return DedupStep(dict(step))
+
+
+def _mix_step(w: str, step: dict[str, Any], base: Path) -> MixStep:
+    import dataclasses
+
+    from .mix import load_policy
+
+    unknown = sorted(set(step) - MIX_KEYS)
+    if unknown:
+        raise ConfigError(f"{w}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(MIX_KEYS))}")
+    if "policy" not in step:
+        raise ConfigError(f"{w}: missing key 'policy' (a policy TOML file, relative to the pipeline)")
+    raw = Path(_expect(f"{w}.policy", step["policy"], str, "a path"))
+    full = raw if raw.is_absolute() else Path(os.path.abspath(base / raw))
+    try:
+        policy = load_policy(full)
+    except ConfigError as e:
+        raise ConfigError(f"{w}: {e}") from None
+    if "seed" in step:
+        policy = dataclasses.replace(policy, seed=_expect(f"{w}.seed", step["seed"], int, "an integer"))
+    if "name" in step:
+        name = _expect(f"{w}.name", step["name"], str, "a string")
+        policy = dataclasses.replace(policy, output=dataclasses.replace(policy.output, name=name))
+    return MixStep(full, policy)
+
+
 def run_pipeline(store: Any, pipe: Pipeline, echo: Any = None, progress: bool | None = None) -> list[Any]:
-    """Run every ingest step, then every stage, in order; ``echo`` gets one line per step."""
+    """Run every ingest step, then every stage, dedup pass and mix, in order; ``echo``
+    gets one line per step."""
     from dataclasses import replace
 
     from .ingest import ingest
@@ -174,4 +265,20 @@ def run_pipeline(store: Any, pipe: Pipeline, echo: Any = None, progress: bool | 
         results.append(res)
         if echo:
             echo(res.summary())
+    for dstep in pipe.dedups:
+        from .dedup.text import dedup_captions
+
+        res = dedup_captions(store, **dstep.options)
+        results.append(res)
+        if echo:
+            echo(res.summary().splitlines()[0])
+    for mstep in pipe.mixes:
+        from .mix import run_policy, write_manifest
+
+        mixed = run_policy(store, mstep.policy)
+        side = write_manifest(store, mstep.policy, res=mixed)
+        results.append(side)
+        if echo:
+            per = ", ".join(f"{v} {n:,}" for v, n in sorted(mixed.counts["by_variant"].items()))
+            echo(f"mix {mstep.policy.name}: {side['rows']:,} samples ({per}) -> {side['path']}")
     return results

@@ -15,8 +15,7 @@ from pathlib import Path
 import polars as pl
 
 from curate import Store
-from curate.mix import load_policy, run_policy, write_manifest
-from curate.mix.audit import audit
+from curate.mix.audit import audit_manifest
 from curate.pipeline import load_pipeline, run_pipeline
 
 REPO = Path(__file__).resolve().parent.parent
@@ -59,13 +58,10 @@ def main() -> None:
         retention.write_csv(reports / "knowledge_retention.csv")
         store.query("captions.duplicate_summary").write_parquet(str(reports / "duplicate_summary.parquet"))
 
-        # the end product: a training manifest from a mixing policy, and its audit
-        policy = load_policy(REPO / "pipelines" / "policies" / "capsfusion_guard.toml")
-        res = run_policy(store, policy)
-        side = write_manifest(store, policy, res=res)
-        print(f"\nManifest (curate mix pipelines/policies/capsfusion_guard.toml --audit): {side['rows']:,} samples, "
-              + ", ".join(f"{v} {n:,}" for v, n in sorted(res.counts["by_variant"].items())) + f" -> {side['path']}")
-        for title, df in audit(store, res):
+        # the end product: the pipeline's training manifest, and its audit
+        manifest = args.store / "manifests" / "capsfusion-guard.parquet"
+        print(f"\nManifest {manifest} (curate manifest-audit {manifest})")
+        for title, df in audit_manifest(store, manifest):
             if "Variant" in title or "Knowledge" in title:
                 show(title, df)
         totals = store.summary()

