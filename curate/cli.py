@@ -271,13 +271,14 @@ def knowledge() -> None:
 @knowledge.command("score")
 @store_option
 @click.option("--model", default=None, help="spaCy pipeline (package or path; default en_core_web_sm).")
-@click.option("--workers", default=2, show_default=True, help="Worker processes (one spaCy per process).")
+@click.option("--workers", type=int, default=None,
+              help="Worker processes, one spaCy each (default: the machine's cores, at most 8).")
 @click.option("--batch-size", default=1000, show_default=True, help="Captions per batch (one commit each).")
 @click.option("--limit", type=int, default=None, help="Score at most this many pending captions, then stop.")
 @click.option("-c", "--config", "config", multiple=True, metavar="KEY=VALUE",
               help="Stage config, e.g. -c case_fix=none -c knowledge_labels=[PERSON,ORG].")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
-def knowledge_score(store_path: Path, model: str | None, workers: int, batch_size: int, limit: int | None,
+def knowledge_score(store_path: Path, model: str | None, workers: int | None, batch_size: int, limit: int | None,
                     config: tuple[str, ...], progress: bool | None) -> None:
     """Run knowledge.spacy_ner.v1 over the captions not scored yet (resumable)."""
     from .registry import build_stage
@@ -287,6 +288,10 @@ def knowledge_score(store_path: Path, model: str | None, workers: int, batch_siz
     if model:
         cfg["model"] = model
     stage = build_stage("knowledge.spacy_ner.v1", cfg)
+    if workers is None:
+        import os
+
+        workers = max(1, min(8, os.cpu_count() or 1))
     with Store.open(store_path) as s:
         res = run_stage(s, stage, RunOptions(batch_size=batch_size, workers=workers, limit=limit, progress=progress))
     click.echo(res.summary())
