@@ -134,6 +134,58 @@ def test_same_store_policy_and_seed_give_byte_identical_manifests(mix_store, tmp
     assert side_a == side_b
 
 
+@pytest.fixture(scope="module")
+def wide_store(tmp_path_factory) -> Path:
+    """300,000 samples with one raw caption each, made in SQL: enough row groups for
+    DuckDB's joins to return rows out of order on two threads."""
+    path = tmp_path_factory.mktemp("wide") / "store"
+    with Store.init(path) as s:
+        s.execute("""INSERT INTO samples (uid, source, url, run_id)
+            SELECT md5_number('s' || i)::UUID, ['laion', 'coyo'][1 + i % 2], 'https://example.org/' || i || '.jpg', 1
+            FROM range(300000) r(i)""")
+        s.execute("""INSERT INTO captions (caption_id, uid, variant, text, source, run_id)
+            SELECT md5_number(uid::VARCHAR || 'raw')::UUID, uid, 'raw', 'photo number ' || url, source, 1 FROM samples""")
+    return path
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "jsonl", "json", "csv"])
+def test_manifest_rows_come_in_draw_order(wide_store, tmp_path, fmt):
+    """The writer sorts inside a subquery and formats ids after it; the rows must still
+    follow (key, uid) of ``_mix_final``, the order the docs promise. Without the sort
+    this store's rows come back in join order, which differs."""
+    import duckdb
+
+    pol = policy_from_dict({"policy": {"name": "order"}, "choose": {"strategy": "variant", "variant": "raw"},
+                            "output": {"format": fmt}})
+    with Store.open(wide_store, read_only=True, threads=2) as s:
+        side = write_manifest(s, pol, path=tmp_path / f"m.{fmt}")
+        want = s.execute("SELECT replace(f.uid::VARCHAR, '-', ''), s.url FROM _mix_final f JOIN samples s USING (uid) "
+                         "ORDER BY f.key, f.uid").fetchall()
+    assert len(want) == side["rows"] == 300000
+    col, i = ("filepath", 1) if fmt == "csv" else ("uid", 0)
+    reader = {"csv": "read_csv", "parquet": "read_parquet"}.get(fmt, "read_json_auto")
+    got = [r[0] for r in duckdb.sql(f"SELECT {col} FROM {reader}('{side['path']}')").fetchall()]
+    assert got == [w[i] for w in want]
+
+
+def test_a_budget_of_k_is_the_head_of_the_unbudgeted_manifest(mix_store, tmp_path):
+    """docs/mixing.md: without a per-group budget, the first k rows are the draw of a
+    budget of k, for the plain and the weighted order."""
+    import duckdb
+
+    base = load_policy(POLICIES / "longtail_mixture.toml").to_dict()
+    with Store.open(mix_store, read_only=True) as s:
+        for order in ("hash", "weighted"):
+            full = policy_from_dict({**base, "budget": {"order": order}, "output": {"format": "parquet"}})
+            part = policy_from_dict({**base, "budget": {"order": order, "samples": 77}, "output": {"format": "parquet"}})
+            a = write_manifest(s, full, path=tmp_path / f"full-{order}.parquet")
+            b = write_manifest(s, part, path=tmp_path / f"part-{order}.parquet")
+            head = duckdb.sql(f"SELECT uid, caption_id FROM read_parquet('{a['path']}') LIMIT 77").fetchall()
+            got = duckdb.sql(f"SELECT uid, caption_id FROM read_parquet('{b['path']}')").fetchall()
+            assert a["rows"] > 200 and b["rows"] == 77
+            assert got == head
+
+
 def test_every_shipped_policy_runs_on_the_bundled_data(mix_store, capsys):
     paths = sorted(POLICIES.glob("*.toml"))
     assert len(paths) >= 7

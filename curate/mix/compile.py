@@ -117,27 +117,40 @@ def select_sql(policy: Policy, preds: list[tuple[Predicate, Any, str | None]]) -
 
 
 # -- choose ------------------------------------------------------------------------------
-def one_sql(variant: str, seed: int) -> str:
-    """One caption per sample of ``variant`` (the smallest hash(caption_id, seed))."""
-    return (f"(SELECT c.uid, arg_min(c.caption_id, hash(c.caption_id, {seed})) AS caption_id FROM captions c "
-            f"SEMI JOIN sel ON sel.uid = c.uid WHERE c.variant = {lit(variant)} GROUP BY c.uid)")
+def one_sql(variant: str, seed: int, whole: bool = False) -> str:
+    """One caption per sample of ``variant``: the smallest ``hash(caption_id, seed)``,
+    ties broken by caption_id.
+
+    The captions are first narrowed to ``sel``'s samples, unless ``whole`` says ``sel``
+    is every sample (no source list, no predicate): then the semi-join keeps every row
+    and only costs a hash join (1.1 s of 3.4 s at 10M samples). A window with
+    ``row_number() = 1`` took 1.7-2.0 s at 10M where ``arg_min`` in a GROUP BY took
+    2.1-2.8 s, and it breaks hash ties explicitly."""
+    semi = "" if whole else "SEMI JOIN sel ON sel.uid = c.uid "
+    return (f"(SELECT c.uid, c.caption_id FROM captions c {semi}WHERE c.variant = {lit(variant)} "
+            f"QUALIFY row_number() OVER (PARTITION BY c.uid ORDER BY hash(c.caption_id, {seed}), c.caption_id) = 1)")
 
 
 def choose_sql(policy: Policy, clip_model: str | None) -> tuple[str, str | None]:
     """(chosen SQL: uid, source, caption_id, variant; candidates SQL or None)."""
     ch, seed = policy.choose, policy.seed
+    whole = policy.sources is None and not policy.select
+
+    def one(variant: str) -> str:
+        return one_sql(variant, seed, whole)
+
     if isinstance(ch, OneVariant):
         return (f"SELECT s.uid, s.source, o.caption_id, {lit(ch.variant)} AS variant "
-                f"FROM sel s JOIN {one_sql(ch.variant, seed)} o USING (uid)"), None
+                f"FROM sel s JOIN {one(ch.variant)} o USING (uid)"), None
     if isinstance(ch, Nguyen):
         tau = lit(ch.threshold)
         clip = clip_rel(clip_model)
         body = (f"SELECT s.uid, s.source, "
                 f"CASE WHEN rs.value >= {tau} THEN r.caption_id WHEN ys.value >= {tau} THEN y.caption_id END AS caption_id, "
                 f"CASE WHEN rs.value >= {tau} THEN {lit(ch.raw)} WHEN ys.value >= {tau} THEN {lit(ch.synthetic)} END AS variant "
-                f"FROM sel s LEFT JOIN {one_sql(ch.raw, seed)} r USING (uid) "
+                f"FROM sel s LEFT JOIN {one(ch.raw)} r USING (uid) "
                 f"LEFT JOIN {clip} rs ON rs.caption_id = r.caption_id "
-                f"LEFT JOIN {one_sql(ch.synthetic, seed)} y ON y.uid = s.uid "
+                f"LEFT JOIN {one(ch.synthetic)} y ON y.uid = s.uid "
                 f"LEFT JOIN {clip} ys ON ys.caption_id = y.caption_id")
         return f"SELECT * FROM ({body}) WHERE caption_id IS NOT NULL", None
     if isinstance(ch, CapsFusion):
@@ -145,15 +158,15 @@ def choose_sql(policy: Policy, clip_model: str | None) -> tuple[str, str | None]
         ok = f"f.caption_id IS NOT NULL AND coalesce(ret.retention, 1.0) >= {lit(ch.min_retention)}"
         body = (f"SELECT s.uid, s.source, CASE WHEN {ok} THEN f.caption_id ELSE r.caption_id END AS caption_id, "
                 f"CASE WHEN {ok} THEN {lit(ch.fused)} WHEN r.caption_id IS NOT NULL THEN {lit(ch.raw)} END AS variant "
-                f"FROM sel s LEFT JOIN {one_sql(ch.fused, seed)} f USING (uid) "
-                f"LEFT JOIN {one_sql(ch.raw, seed)} r ON r.uid = s.uid "
+                f"FROM sel s LEFT JOIN {one(ch.fused)} f USING (uid) "
+                f"LEFT JOIN {one(ch.raw)} r ON r.uid = s.uid "
                 f"LEFT JOIN ({ret}) ret ON ret.caption_id = f.caption_id")
         return f"SELECT * FROM ({body}) WHERE caption_id IS NOT NULL", None
     if isinstance(ch, KnowledgeAware):
         ret = named("mix.caption_retention", raw=ch.raw)
         hal = named("mix.caption_hallucinations", raw=ch.raw, synthetic=ch.synthetic)
         parts = [f"SELECT s.uid, s.source, o.caption_id, {lit(v)} AS variant, {i} AS ord "
-                 f"FROM sel s JOIN {one_sql(v, seed)} o USING (uid)" for i, v in enumerate(ch.variants)]
+                 f"FROM sel s JOIN {one(v)} o USING (uid)" for i, v in enumerate(ch.variants)]
         body = (f"SELECT c.*, coalesce(ret.retained, 0) AS retained, coalesce(h.hallucinated, 0) AS hallucinated "
                 f"FROM ({' UNION ALL '.join(parts)}) c LEFT JOIN ({ret}) ret USING (caption_id) "
                 f"LEFT JOIN ({hal}) h USING (caption_id)")
@@ -164,7 +177,7 @@ def choose_sql(policy: Policy, clip_model: str | None) -> tuple[str, str | None]
     if isinstance(ch, (Ratio, VeCLIP)):
         shares = ch.ratios if isinstance(ch, Ratio) else {ch.alt: 1 - ch.enriched_share, ch.enriched: ch.enriched_share}
         parts = [f"SELECT s.uid, s.source, o.caption_id, {lit(v)} AS variant, {lit(float(w))}::DOUBLE AS share, {i} AS ord "
-                 f"FROM sel s JOIN {one_sql(v, seed)} o USING (uid)"
+                 f"FROM sel s JOIN {one(v)} o USING (uid)"
                  for i, (v, w) in enumerate(shares.items()) if w > 0]
         raw_cands = " UNION ALL ".join(parts)
     elif isinstance(ch, LaCLIP):

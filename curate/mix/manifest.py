@@ -46,7 +46,7 @@ EXT = {"parquet": "parquet", "csv": "csv", "tsv": "tsv", "json": "samples.jsonl"
 STAGE_OF = {"caption_stats": "text.caption_stats.v1", "caption_knowledge": "knowledge.spacy_ner.v1",
             "dedup_groups": "dedup.captions.v1", "caption_concepts": "concepts.text_match.v1"}
 
-UID_HEX = "replace(f.uid::VARCHAR, '-', '')"
+UID_HEX = "replace(uid::VARCHAR, '-', '')"
 
 
 def _q(path: Path) -> str:
@@ -60,16 +60,29 @@ def candidates_sql(res: MixResult) -> str:
     return "SELECT uid, caption_id, variant, 1.0::DOUBLE AS prob, 0 AS ord FROM _mix_final"
 
 
+def _late(inner: str, outer_cols: str) -> str:
+    """``inner`` (already in draw order) with ``outer_cols`` computed after the sort.
+
+    DuckDB sorts whole rows; formatting the 16-byte UUIDs as 32- and 36-character
+    strings before the sort doubled the bytes it moved and cost a third of the 10M
+    manifest's time (benchmarks/RESULTS.md, mixing). A projection keeps its input's
+    order, so converting after the ORDER BY gives the same rows in the same order."""
+    return f"SELECT {outer_cols} FROM ({inner})"
+
+
 def rows_sql(res: MixResult, candidates: bool) -> str:
-    cols = (f"{UID_HEX} AS uid, f.source, s.url, s.image_shard, s.image_key, s.image_path, "
-            "f.caption_id::VARCHAR AS caption_id, c.text AS caption, f.variant, f.weight")
+    inner_cols = ("f.uid, f.source, s.url, s.image_shard, s.image_key, s.image_path, f.caption_id, "
+                  "c.text AS caption, f.variant, f.weight")
+    outer = (f"{UID_HEX} AS uid, source, url, image_shard, image_key, image_path, "
+             "caption_id::VARCHAR AS caption_id, caption, variant, weight")
     joins = "FROM _mix_final f JOIN samples s USING (uid) JOIN captions c ON c.caption_id = f.caption_id"
     if candidates:
         agg = (f"SELECT k.uid, list(struct_pack(variant := k.variant, caption_id := k.caption_id::VARCHAR, "
                f"text := t.text, prob := k.prob::DOUBLE) ORDER BY k.ord, k.caption_id) AS captions "
                f"FROM ({candidates_sql(res)}) k JOIN captions t USING (caption_id) GROUP BY k.uid")
-        return f"SELECT {cols}, cand.captions {joins} LEFT JOIN ({agg}) cand ON cand.uid = f.uid ORDER BY f.key, f.uid"
-    return f"SELECT {cols} {joins} ORDER BY f.key, f.uid"
+        return _late(f"SELECT {inner_cols}, cand.captions {joins} LEFT JOIN ({agg}) cand ON cand.uid = f.uid "
+                     "ORDER BY f.key, f.uid", f"{outer}, captions")
+    return _late(f"SELECT {inner_cols} {joins} ORDER BY f.key, f.uid", outer)
 
 
 def json_keys(con: Any, res: MixResult) -> tuple[str, list[tuple[str, float]]]:
@@ -85,10 +98,12 @@ def json_keys(con: Any, res: MixResult) -> tuple[str, list[tuple[str, float]]]:
     probs = ", ".join(f"\"{k}\" := (max(k.prob) FILTER (WHERE k.key = {lit(k)}))::DOUBLE" for k, _ in keys)
     per = (f"SELECT k.uid, {pivot}, struct_pack({probs}) AS caption_probs FROM _mix_keyed k "
            f"JOIN captions t USING (caption_id) GROUP BY k.uid")
-    sql = (f"SELECT {UID_HEX} AS uid, f.source, s.url, s.image_path, c.text AS caption, f.variant, f.weight, "
-           + ", ".join(f"p.\"{k}\"" for k, _ in keys) + ", p.caption_probs "
-           f"FROM _mix_final f JOIN samples s USING (uid) JOIN captions c ON c.caption_id = f.caption_id "
-           f"JOIN ({per}) p ON p.uid = f.uid ORDER BY f.key, f.uid")
+    keycols = ", ".join(f"\"{k}\"" for k, _ in keys)
+    inner = (f"SELECT f.uid, f.source, s.url, s.image_path, c.text AS caption, f.variant, f.weight, "
+             + ", ".join(f"p.\"{k}\"" for k, _ in keys) + ", p.caption_probs "
+             f"FROM _mix_final f JOIN samples s USING (uid) JOIN captions c ON c.caption_id = f.caption_id "
+             f"JOIN ({per}) p ON p.uid = f.uid ORDER BY f.key, f.uid")
+    sql = _late(inner, f"{UID_HEX} AS uid, source, url, image_path, caption, variant, weight, {keycols}, caption_probs")
     return sql, [(k, float(p)) for k, p in keys]
 
 
@@ -108,6 +123,11 @@ def write_npy(con: Any, res: MixResult, path: Path) -> int:
     arr.sort()
     np.save(path, arr)
     return len(arr)
+
+
+def _sha256(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _copy(con: Any, sql: str, path: Path, options: str) -> None:
@@ -191,7 +211,7 @@ def write_manifest(store: Any, policy: Policy, path: Path | None = None, res: Mi
     versions, stages = input_versions(store, policy)
     sidecar = {
         "manifest": path.name, "format": fmt, "rows": rows,
-        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "sha256": _sha256(path),
         "policy": policy.to_dict(), "policy_hash": policy.hash(), "seed": policy.seed,
         "thresholds": res.thresholds, "resolved": res.resolved, "counts": res.counts,
         "inputs": versions, "stages": stages, **extra,

@@ -235,7 +235,7 @@ class Predicate:
 class OneVariant:
     """The sample's caption of one variant; samples without it are dropped. Of several
     captions of the variant (COCO's five human captions), the one with the smallest
-    ``hash(caption_id, seed)``."""
+    ``hash(caption_id, seed)`` (ties to the smaller caption_id)."""
 
     strategy: ClassVar[str] = "variant"
     variant: str = "raw"
