@@ -17,7 +17,7 @@ KNOWN = {
     "datasketch": ("datasketch", "dedup"),
     "matplotlib": ("matplotlib", "plot"),
     "img2dataset": ("img2dataset", "download"),
-    "ray": ("ray[data]", "ray"),
+    "ray": ("ray", "ray"),
 }
 
 

@@ -16,7 +16,7 @@ import duckdb
 
 from . import __version__
 from .errors import ConfigError, CurateError, QueryError
-from .cli_common import show_table, store_option
+from .cli_common import executor_options, show_table, store_option
 from .store import Store
 
 
@@ -278,11 +278,14 @@ def knowledge() -> None:
 @click.option("-c", "--config", "config", multiple=True, metavar="KEY=VALUE",
               help="Stage config, e.g. -c case_fix=none -c knowledge_labels=[PERSON,ORG].")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
+@executor_options
 def knowledge_score(store_path: Path, model: str | None, workers: int | None, batch_size: int, limit: int | None,
-                    config: tuple[str, ...], progress: bool | None) -> None:
+                    config: tuple[str, ...], progress: bool | None, executor: str, ray_address: str | None,
+                    gpus_per_worker: float) -> None:
     """Run knowledge.spacy_ner.v1 over the captions not scored yet (resumable)."""
+    from .cli_common import run_options
     from .registry import build_stage
-    from .runner import RunOptions, run_stage
+    from .runner import run_stage
 
     cfg = _pairs(config, "--config")
     if model:
@@ -293,7 +296,8 @@ def knowledge_score(store_path: Path, model: str | None, workers: int | None, ba
 
         workers = max(1, min(8, os.cpu_count() or 1))
     with Store.open(store_path) as s:
-        res = run_stage(s, stage, RunOptions(batch_size=batch_size, workers=workers, limit=limit, progress=progress))
+        res = run_stage(s, stage, run_options(executor, ray_address, gpus_per_worker, batch_size=batch_size,
+                                              workers=workers, limit=limit, progress=progress))
     click.echo(res.summary())
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .cli_common import show_table, store_option
+from .cli_common import executor_options, run_options, show_table, store_option
 from .store import Store
 
 
@@ -70,12 +70,12 @@ def download(store_path: Path, source: str, urls: Path | None, output: Path, img
 @click.option("--limit", type=int, help="Process at most this many pending rows (resumable).")
 @click.option("--finalize-only", is_flag=True, help="Only register the vectors of committed rows (after a pipeline run).")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
+@executor_options
 def embed(store_path: Path, model: str, pretrained: str, model_config: str | None, model_id: str | None,
           images_only: bool, device: str, precision: str, batch_size: int, model_batch_size: int,
           decode_workers: int, workers: int, threads: int | None, limit: int | None, finalize_only: bool,
-          progress: bool | None) -> None:
+          progress: bool | None, executor: str, ray_address: str | None, gpus_per_worker: float) -> None:
     """CLIP image/text embeddings and the CLIP score of every caption (clip.score.v1)."""
-    from .runner import RunOptions
     from .stages.clip import ClipImage, ClipScore, finalize_vectors
     from .stages.clip import embed as run
 
@@ -88,7 +88,8 @@ def embed(store_path: Path, model: str, pretrained: str, model_config: str | Non
         if finalize_only:
             sets = finalize_vectors(store, stage)
         else:
-            out = run(store, stage, RunOptions(batch_size=batch_size, workers=workers, progress=progress, limit=limit))
+            out = run(store, stage, run_options(executor, ray_address, gpus_per_worker, batch_size=batch_size,
+                                                workers=workers, progress=progress, limit=limit))
             click.echo(out["run"].summary())
             click.echo(f"{out['images']:,} images ({out['images_per_s']:,.1f} images/s), "
                        f"{out['texts']:,} texts ({out['texts_per_s']:,.1f} texts/s)")

@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from .errors import ConfigError
-from .cli_common import show_table, store_option
+from .cli_common import executor_options, run_options, show_table, store_option
 from .store import Store
 
 method_option = click.option("--method", default="lemmatized", show_default=True,
@@ -135,19 +135,22 @@ def vocab_show(name: str, store_path: Path, max_rows: int) -> None:
 @click.option("--limit", type=int, default=None, help="Count at most this many pending captions, then stop.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
 @click.option("--max-rows", default=15, show_default=True, help="Rows of the summary shown.")
+@executor_options
 def count_cmd(store_path: Path, vocabulary: str, mode: str, model: str | None, workers: int, batch_size: int,
-              limit: int | None, progress: bool | None, max_rows: int) -> None:
+              limit: int | None, progress: bool | None, max_rows: int, executor: str, ray_address: str | None,
+              gpus_per_worker: float) -> None:
     """Count a vocabulary's concepts in every caption not counted yet (concepts.text_match.v1),
     then print the long-tail summary per source and variant."""
     from .registry import build_stage
-    from .runner import RunOptions, run_stage
+    from .runner import run_stage
 
     cfg = {"vocabulary": vocabulary, "mode": mode}
     if model:
         cfg["model"] = model
     stage = build_stage("concepts.text_match.v1", cfg)
     with Store.open(store_path) as s:
-        res = run_stage(s, stage, RunOptions(batch_size=batch_size, workers=workers, limit=limit, progress=progress))
+        res = run_stage(s, stage, run_options(executor, ray_address, gpus_per_worker, batch_size=batch_size,
+                                              workers=workers, limit=limit, progress=progress))
         click.echo(res.summary())
         _show(s.query("concepts.text_summary", vocabulary=vocabulary, mode=mode).pl(), max_rows)
         top = s.query("concepts.text_counts_total", vocabulary=vocabulary, mode=mode).pl()

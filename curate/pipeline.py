@@ -16,6 +16,9 @@
     name = "text.caption_stats.v1"   # a registry name (`curate stages`)
     batch_size = 10000
     workers = 1
+    executor = "local"         # or "ray" (workers = Ray actors; see curate.runner)
+    # ray_address = "auto"     # executor = "ray": join a running cluster instead of starting Ray here
+    # gpus_per_worker = 1      # executor = "ray": GPUs per actor
     [stage.config]             # the stage's own fields
 
     [[dedup]]                  # zero or more caption dedup passes, after the stages
@@ -50,7 +53,7 @@ TOP_KEYS = {"pipeline", "ingest", "stage", "dedup", "mix"}
 MIX_KEYS = {"policy", "seed", "name"}
 PIPELINE_KEYS = {"name", "description"}
 INGEST_KEYS = {"format", "path", "source"}
-STAGE_KEYS = {"name", "config", "batch_size", "workers", "limit"}
+STAGE_KEYS = {"name", "config", "batch_size", "workers", "limit", "executor", "ray_address", "gpus_per_worker"}
 
 
 @dataclass
@@ -71,8 +74,7 @@ class StageStep:
 
     def resolved(self) -> dict[str, Any]:
         return {"name": self.stage.registry_name(), "config_hash": self.stage.config_hash(),
-                "batch_size": self.options.batch_size, "workers": self.options.workers,
-                "limit": self.options.limit, "config": self.stage.config()}
+                **self.options.resolved(), "config": self.stage.config()}
 
 
 @dataclass
@@ -180,8 +182,16 @@ def parse_pipeline(data: dict[str, Any], base: Path = Path("."), path: Path | No
                 raise ConfigError(f"{w}.limit: must be 0 or more, got {limit}")
         batch_size = _expect(f"{w}.batch_size", step.get("batch_size", RunOptions.batch_size), int, "an integer")
         workers = _expect(f"{w}.workers", step.get("workers", RunOptions.workers), int, "an integer")
+        executor = _expect(f"{w}.executor", step.get("executor", RunOptions.executor), str, "a string")
+        address = step.get("ray_address")
+        if address is not None:
+            _expect(f"{w}.ray_address", address, str, "a string")
+        gpus = step.get("gpus_per_worker", RunOptions.gpus_per_worker)
+        if isinstance(gpus, bool) or not isinstance(gpus, (int, float)):
+            raise ConfigError(f"{w}.gpus_per_worker: expected a number, got {gpus!r}")
         try:
-            options = RunOptions(batch_size=batch_size, workers=workers, limit=limit)
+            options = RunOptions(batch_size=batch_size, workers=workers, limit=limit, executor=executor,
+                                 ray_address=address, gpus_per_worker=float(gpus))
         except ConfigError as e:
             raise ConfigError(f"{w}: {e}") from None
         pipe.stages.append(StageStep(stage, options))

@@ -10,14 +10,24 @@
   status). Rows left ``running`` by a killed process are marked ``interrupted`` when
   the store is next written by a runner (DuckDB's file lock means no other writer can
   be alive then).
-* **Executors.** ``workers=1`` runs in-process; ``workers>1`` uses a local process pool
-  (spawned processes, ``setup()`` once per worker). Results are written by this process
-  only: DuckDB has one writer.
+* **Executors.** ``executor="local"``: ``workers=1`` runs in-process, ``workers>1`` a
+  local process pool (spawned processes, ``setup()`` once per worker).
+  ``executor="ray"``: ``workers`` Ray actors, each calling ``setup()`` once (a model
+  loads once per actor) and then the stage on the batches sent to it; Ray is started
+  on this machine for the run (``num_cpus=workers``) unless it is already initialised
+  or ``ray_address`` names a cluster (``"auto"`` or ``"ray://host:10001"``), and
+  ``gpus_per_worker`` reserves GPUs per actor (Ray sets ``CUDA_VISIBLE_DEVICES``, so a
+  stage with ``device="auto"`` finds its GPU). Either way this process reads the
+  pending rows, sends batches out with at most two per worker in flight, and writes
+  the results itself, in input order: DuckDB has one writer, and the resume and
+  commit guarantees above do not depend on the executor.
 """
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures as cf
+from concurrent.futures.process import BrokenProcessPool
 import datetime as _dt
 import json
 import logging
@@ -38,6 +48,7 @@ from .store import Store, check_identifier, quote_ident
 log = logging.getLogger("curate.runner")
 
 META_COLUMNS = ("stage", "config_hash", "run_id")
+EXECUTORS = ("local", "ray")
 
 
 @dataclass(frozen=True)
@@ -46,12 +57,28 @@ class RunOptions:
     workers: int = 1
     progress: bool | None = None  # None: a bar when stderr is a terminal
     limit: int | None = None  # process at most this many pending rows (then stop, resumable)
+    executor: str = "local"  # "local" (in-process or a process pool) or "ray"
+    ray_address: str | None = None  # executor="ray": None starts Ray here; "auto" or "ray://..." joins a cluster
+    gpus_per_worker: float = 0.0  # executor="ray": GPUs reserved per actor
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1, got {self.batch_size}")
         if self.workers < 1:
             raise ConfigError(f"workers must be at least 1, got {self.workers}")
+        if self.executor not in EXECUTORS:
+            raise ConfigError(f"executor must be one of {', '.join(EXECUTORS)}, got {self.executor!r}")
+        if not (self.gpus_per_worker >= 0):
+            raise ConfigError(f"gpus_per_worker must be 0 or more, got {self.gpus_per_worker}")
+        if self.executor != "ray" and (self.ray_address is not None or self.gpus_per_worker):
+            raise ConfigError("ray_address and gpus_per_worker need executor = \"ray\"")
+
+    def resolved(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"batch_size": self.batch_size, "workers": self.workers, "limit": self.limit,
+                               "executor": self.executor}
+        if self.executor == "ray":
+            out.update(ray_address=self.ray_address, gpus_per_worker=self.gpus_per_worker)
+        return out
 
 
 @dataclass
@@ -143,7 +170,7 @@ def run_stage(store: Store, stage: Stage, options: RunOptions | None = None) -> 
     ensure_output_table(store, stage)
     h = stage.config_hash()
     resolved = {"stage": stage.registry_name(), "config": stage.config(),
-                "options": {"batch_size": options.batch_size, "workers": options.workers, "limit": options.limit}}
+                "options": options.resolved()}
     run_id = con.execute("SELECT nextval('run_id_seq')").fetchall()[0][0]
     con.execute(
         "INSERT INTO runs (run_id, kind, stage, config, config_hash, status, started_at, curate_version) "
@@ -163,7 +190,9 @@ def run_stage(store: Store, stage: Stage, options: RunOptions | None = None) -> 
     try:
         reader = reader_cur.sql(sql, params={"config_hash": h}).to_arrow_reader(options.batch_size)
         batches = _limited(reader, options.limit)
-        for batch, result in _execute(stage, batches, options.workers):
+        execute = _execute_ray(stage, batches, options) if options.executor == "ray" else \
+            _execute(stage, batches, options.workers)
+        for batch, result in execute:
             out = _check_result(stage, batch, result)
             out = out.append_column("stage", pa.array([stage.registry_name()] * out.num_rows, pa.string()))
             out = out.append_column("config_hash", pa.array([h] * out.num_rows, pa.string()))
@@ -187,7 +216,7 @@ def run_stage(store: Store, stage: Stage, options: RunOptions | None = None) -> 
     except KeyboardInterrupt:
         status, message = "interrupted", "interrupted by the user; run again to resume"
         raise
-    except cf.process.BrokenProcessPool as e:
+    except BrokenProcessPool as e:
         status, message = "failed", f"a worker process died ({e})"
         raise CurateError(f"{stage.registry_name()}: a worker process died (out of memory or killed?); "
                           f"{rows_in:,} rows were committed, run again to resume, or with workers=1 "
@@ -273,3 +302,65 @@ def _execute(stage: Stage, batches: Iterator[pa.RecordBatch], workers: int):
                 yield done_b, fut.result()
         for done_b, fut in inflight:
             yield done_b, fut.result()
+
+
+class _RayWorker:
+    """A Ray actor holding one set-up stage (its model loaded once)."""
+
+    def __init__(self, stage: Stage) -> None:
+        stage.setup()
+        self.stage = stage
+
+    def apply(self, batch: pa.RecordBatch) -> pa.Table | pa.RecordBatch:
+        return self.stage(batch)
+
+
+def _execute_ray(stage: Stage, batches: Iterator[pa.RecordBatch], options: RunOptions):
+    from ._optional import require
+
+    ray = require("ray", purpose='executor = "ray"')
+    started = False
+    if not ray.is_initialized():
+        kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
+        if options.ray_address:
+            ray.init(address=options.ray_address, **kw)
+        else:
+            ray.init(num_cpus=options.workers, num_gpus=None if options.gpus_per_worker else 0, **kw)
+        started = True
+    actor = ray.remote(num_cpus=1, num_gpus=options.gpus_per_worker)(_RayWorker)
+    actors = [actor.remote(stage) for _ in range(options.workers)]
+    try:
+        inflight: collections.deque = collections.deque()
+        for i, b in enumerate(batches):
+            inflight.append((b, actors[i % len(actors)].apply.remote(b)))
+            if len(inflight) >= 2 * len(actors):
+                done_b, ref = inflight.popleft()
+                yield done_b, _ray_get(ray, stage, ref)
+        while inflight:
+            done_b, ref = inflight.popleft()
+            yield done_b, _ray_get(ray, stage, ref)
+    finally:
+        for a in actors:
+            ray.kill(a)
+        if started:
+            ray.shutdown()
+
+
+def _ray_get(ray: Any, stage: Stage, ref: Any) -> pa.Table | pa.RecordBatch:
+    """The result of one batch; a stage's own exception is raised as itself, a dead actor
+    (out of memory, killed, a failing ``setup()``) as one CurateError."""
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as e:
+        cause = getattr(e, "cause", None)
+        if isinstance(cause, BaseException):
+            raise cause from None
+        raise CurateError(f"{stage.registry_name()}: a Ray task failed: {_first(str(e))}") from None
+    except ray.exceptions.RayActorError as e:
+        raise CurateError(f"{stage.registry_name()}: a Ray worker died ({_first(str(e))}); the rows committed so far "
+                          "are kept, run again to resume") from None
+
+
+def _first(text: str) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return lines[-1][:300] if lines else text[:300]

@@ -427,7 +427,7 @@ def test_run_print_config_resolves_and_does_no_work(tmp_path, capsys, laion_file
     assert (step["format"], step["source"], step["preset"]) == ("table", "laion", "laion")
     [stage] = cfg["stage"]
     assert stage == {"name": "text.caption_stats.v1", "config_hash": CaptionStats().config_hash(),
-                     "batch_size": 4000, "workers": 1, "limit": None, "config": {}}
+                     "batch_size": 4000, "workers": 1, "limit": None, "executor": "local", "config": {}}
     assert not store.exists()
 
 

@@ -319,6 +319,28 @@ def test_two_workers_write_what_one_writes(tmp_path, capsfusion_300):
     assert len(out[0]) == 600 and out[0] == out[1]
 
 
+def test_ray_actors_through_the_cli_write_what_one_process_writes(tmp_path, capsfusion_300):
+    """`curate knowledge score --executor ray`: real Ray started for the run, two actors
+    each loading the spaCy pipeline once."""
+    import ray
+
+    with Store.init(tmp_path / "inline") as s:
+        ingest(s, "capsfusion", capsfusion_300, "capsfusion")
+        run_stage(s, build_stage("knowledge.spacy_ner.v1", {"model": MODEL}), RunOptions(batch_size=150))
+        want = s.execute("SELECT caption_id, status, entities, n_knowledge, density FROM caption_knowledge "
+                         "ORDER BY caption_id").fetchall()
+    store = tmp_path / "ray"
+    assert main(["ingest", "capsfusion", str(capsfusion_300), "--source", "capsfusion", "--store", str(store)]) == 0
+    assert main(["knowledge", "score", "--store", str(store), "--model", MODEL, "--executor", "ray", "--workers", "2",
+                 "--batch-size", "150"]) == 0
+    assert not ray.is_initialized()
+    with Store.open(store, read_only=True) as s:
+        got = s.execute("SELECT caption_id, status, entities, n_knowledge, density FROM caption_knowledge "
+                        "ORDER BY caption_id").fetchall()
+        executor = s.execute("SELECT config->'options'->>'executor' FROM runs WHERE kind = 'stage'").fetchall()
+    assert len(want) == 900 and got == want and executor == [("ray",)]
+
+
 # -- CLI --------------------------------------------------------------------------------
 def test_cli_score_and_report(tmp_path, capsys, capsfusion_300):
     store = tmp_path / "s"

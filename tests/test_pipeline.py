@@ -161,7 +161,17 @@ BAD_PIPELINES = {
         r"pipeline\.name: expected a string, got int 1"),
     "unknown stage key": (
         CC3M_STEP + STAGE + STAGE + "batchsize = 10\n",
-        r"stage\[1\]: unknown key\(s\) batchsize; valid: batch_size, config, limit, name, workers"),
+        r"stage\[1\]: unknown key\(s\) batchsize; valid: batch_size, config, executor, gpus_per_worker, limit, name, "
+        r"ray_address, workers"),
+    "unknown executor": (
+        CC3M_STEP + STAGE + 'executor = "spark"\n',
+        r"stage\[0\]: executor must be one of local, ray, got 'spark'"),
+    "ray address without the ray executor": (
+        CC3M_STEP + STAGE + 'ray_address = "auto"\n',
+        r"stage\[0\]: ray_address and gpus_per_worker need executor = \"ray\""),
+    "gpus_per_worker a string": (
+        CC3M_STEP + STAGE + 'executor = "ray"\ngpus_per_worker = "one"\n',
+        r"stage\[0\]\.gpus_per_worker: expected a number, got 'one'"),
     "batch_size a string": (
         CC3M_STEP + STAGE + 'batch_size = "10"\n',
         r"stage\[0\]\.batch_size: expected an integer, got str '10'"),
@@ -367,6 +377,8 @@ name = "test.knob.v1"
 batch_size = 500
 workers = 2
 limit = 1000
+executor = "ray"
+gpus_per_worker = 0.5
 [stage.config]
 n = 7
 upper = true
@@ -379,7 +391,7 @@ tags = ["a", "b"]
         "pipeline": {"name": "pipeline", "description": ""},
         "ingest": [{"format": "table", "path": str(cc3m_file), "source": "cc3m", "preset": "cc3m"}],
         "stage": [{"name": "test.knob.v1", "config_hash": expected_stage.config_hash(), "batch_size": 500,
-                   "workers": 2, "limit": 1000,
+                   "workers": 2, "limit": 1000, "executor": "ray", "ray_address": None, "gpus_per_worker": 0.5,
                    "config": {"n": 7, "upper": True, "suffix": "", "tags": ["a", "b"]}}],
         "dedup": [],
         "mix": [],

@@ -235,3 +235,115 @@ def test_a_dead_worker_is_a_clear_error_and_the_rerun_completes(store, laion_fil
     rest = run_stage(store, DieOnMarker(), RunOptions(batch_size=1000, workers=2))
     assert rest.rows_in == 9_999 - done
     assert store.con.execute("SELECT count(*), count(DISTINCT caption_id) FROM test_die").fetchall()[0] == (9_999, 9_999)
+
+
+# -- Ray executor (real Ray, started on this machine) --------------------------------
+@dataclasses.dataclass(frozen=True)
+class Boom(Stage):
+    """A test stage that raises on the batch holding the caption named by ``at``."""
+
+    name: ClassVar[str] = "test.boom"
+    version: ClassVar[int] = 1
+    reads: ClassVar[tuple[str, ...]] = ("text",)
+    input_order: ClassVar[str | None] = "caption_id"
+    output_table: ClassVar[str] = "test_boom"
+    output_schema: ClassVar[pa.Schema] = pa.schema([("n", pa.int32())])
+    at: str = ""
+
+    def __call__(self, batch):
+        if self.at in {str(x) for x in batch.column("caption_id").to_pylist()}:
+            raise ValueError(f"boom at {self.at}")
+        return pa.table({"caption_id": batch.column("caption_id"), "n": pa.array([2] * batch.num_rows, pa.int32())})
+
+
+@pytest.fixture
+def ray_session():
+    """A local Ray started by the test, as a user's script would; run_stage finds it
+    running and leaves it."""
+    import logging
+
+    import ray
+
+    assert not ray.is_initialized()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    yield ray
+    ray.shutdown()
+
+
+def test_ray_actors_give_the_same_rows_as_inline(tmp_path, shared_data, ray_session):
+    got = {}
+    for name, opts in (("inline", RunOptions(batch_size=2000)),
+                       ("ray", RunOptions(batch_size=2000, workers=2, executor="ray"))):
+        with Store.init(tmp_path / name) as s:
+            ingest(s, "table", shared_data / "laion400m-img2dataset-10k" / "test_10000.parquet", "laion", preset="laion")
+            a = run_stage(s, CaptionStats(), opts)
+            b = run_stage(s, Truncate(n=4, upper=True), opts)  # the configured stage object reaches the actors
+            assert a.rows_in == b.rows_in == 9_999
+            got[name] = (stats_rows(s), sorted(s.con.execute(
+                "SELECT caption_id::VARCHAR, head FROM test_truncate").fetchall()))
+            opts_row = s.con.execute("SELECT config->'options'->>'executor' FROM runs WHERE kind = 'stage' "
+                                     "ORDER BY run_id DESC LIMIT 1").fetchall()[0][0]
+            assert opts_row == ("ray" if name == "ray" else "local")
+    assert got["inline"] == got["ray"]
+    assert len(got["ray"][0]) == 9_999 and all(h == h.upper() and len(h) <= 4 for _, h in got["ray"][1])
+    assert ray_session.is_initialized()  # a Ray the caller started is left running
+
+
+def test_a_stage_error_in_a_ray_actor_is_raised_as_itself(store, laion_file, ray_session):
+    ingest(store, "table", laion_file, "laion", preset="laion")
+    ids = [str(r[0]) for r in store.con.execute("SELECT caption_id FROM captions ORDER BY caption_id").fetchall()]
+    with pytest.raises(ValueError, match=f"boom at {ids[4_200]}"):
+        run_stage(store, Boom(at=ids[4_200]), RunOptions(batch_size=1000, workers=2, executor="ray"))
+    status, message = store.con.execute("SELECT status, message FROM runs ORDER BY run_id DESC LIMIT 1").fetchall()[0]
+    assert status == "failed" and "boom" in message
+    assert store.count("test_boom") <= 4_000 and store.count("test_boom") % 1000 == 0
+
+
+def test_ray_started_for_a_run_a_dead_actor_is_a_clear_error_and_the_rerun_completes(store, laion_file, monkeypatch):
+    import ray
+
+    assert not ray.is_initialized()
+    ingest(store, "table", laion_file, "laion", preset="laion")
+    ids = [str(r[0]) for r in store.con.execute("SELECT caption_id FROM captions ORDER BY caption_id").fetchall()]
+    monkeypatch.setenv("CURATE_TEST_DIE_AT", ids[5_500])  # Ray starts inside run_stage and passes it on
+    with pytest.raises(CurateError, match=r"a Ray worker died .*run again to resume"):
+        run_stage(store, DieOnMarker(), RunOptions(batch_size=1000, workers=2, executor="ray"))
+    assert not ray.is_initialized()  # the Ray started for the run is stopped, also on failure
+    done = store.count("test_die")
+    assert done <= 5_000 and done % 1000 == 0
+    monkeypatch.delenv("CURATE_TEST_DIE_AT")
+    rest = run_stage(store, DieOnMarker(), RunOptions(batch_size=1000, workers=2, executor="ray"))
+    assert rest.rows_in == 9_999 - done and not ray.is_initialized()
+    assert store.con.execute("SELECT count(*), count(DISTINCT caption_id) FROM test_die").fetchall()[0] == (9_999, 9_999)
+
+
+def test_executor_options_are_validated():
+    with pytest.raises(ConfigError, match="executor must be one of local, ray, got 'spark'"):
+        RunOptions(executor="spark")
+    with pytest.raises(ConfigError, match="need executor"):
+        RunOptions(ray_address="auto")
+    with pytest.raises(ConfigError, match="gpus_per_worker must be 0 or more"):
+        RunOptions(executor="ray", gpus_per_worker=-1)
+
+
+def test_a_stage_error_in_a_fresh_process_is_raised_as_itself(tmp_path, laion_file):
+    """Regression: the runner's ``except`` named ``concurrent.futures.process``, which a
+    fresh interpreter has not imported, so any in-process stage error surfaced as an
+    AttributeError about that module instead of itself."""
+    script = f"""
+import sys
+from curate import Store
+from curate.ingest import ingest
+from curate.runner import RunOptions, run_stage
+from tests.test_runner import Boom
+with Store.init({str(tmp_path / 's')!r}) as s:
+    ingest(s, "table", {str(laion_file)!r}, "laion", preset="laion")
+    first = str(s.con.execute("SELECT min(caption_id) FROM captions").fetchall()[0][0])
+    try:
+        run_stage(s, Boom(at=first), RunOptions(batch_size=1000))
+    except ValueError as e:
+        print("raised:", e)
+"""
+    out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.startswith("raised: boom at "), out.stdout + out.stderr[-2000:]
