@@ -6,6 +6,12 @@ documentation. Parameters use DuckDB's ``$param`` binding; a doc line
 ``defaults: raw=raw, synthetic=synthetic`` gives parameters default (text) values. A query is addressed as
 ``DOMAIN.NAME`` where DOMAIN is the folder. ``sql/schema`` holds migrations, not named
 queries, and ``sql/checks`` holds invariants (queries that must return no rows).
+
+A query can use another as a subquery by writing ``{{DOMAIN.NAME}}`` where a table would
+go: the loader puts the other query's SQL there in parentheses, so a rule (what counts
+as a kept or a supported entity, say) is written once and every report built on it
+agrees. The included query's parameters become the including query's (same names, same
+values) and so do its defaults, unless the including query gives its own.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from .errors import QueryError
 
 _NAME = re.compile(r"^--\s*name:\s*([a-z_][a-z0-9_]*)\s*$", re.I)
 _PARAM = re.compile(r"(?<![:$\w])\$([a-z_][a-z0-9_]*)", re.I)
+_INCLUDE = re.compile(r"\{\{\s*([a-z_][a-z0-9_]*\.[a-z_][a-z0-9_]*)\s*\}\}", re.I)
 
 
 def sql_root() -> Path:
@@ -63,7 +70,7 @@ def parse_file(path: Path, domain: str) -> list[NamedQuery]:
             if line.lower().startswith("defaults:"):
                 for item in line.split(":", 1)[1].split(","):
                     k, sep, v = item.partition("=")
-                    if not sep or k.strip() not in params:
+                    if not sep or (k.strip() not in params and not _INCLUDE.search(sql)):  # includes: in _expand
                         raise QueryError(f"{path}: query {name!r} has a bad default {item.strip()!r}")
                     defaults.append((k.strip(), v.strip()))
         queries.append(NamedQuery(domain, name, "\n".join(doc).strip(), sql, params, path, tuple(defaults)))
@@ -91,7 +98,35 @@ def named_queries() -> dict[str, NamedQuery]:
                 if q.qualname in out:
                     raise QueryError(f"named query {q.qualname} is defined twice ({out[q.qualname].path}, {f})")
                 out[q.qualname] = q
-    return out
+    return {name: _expand(out, name, ()) for name in out}
+
+
+def _expand(queries: dict[str, NamedQuery], qualname: str, stack: tuple[str, ...]) -> NamedQuery:
+    """``qualname`` with every ``{{DOMAIN.NAME}}`` replaced by that query's (expanded) SQL."""
+    q = queries[qualname]
+    if qualname in stack:
+        raise QueryError(f"named query {qualname} includes itself ({' -> '.join((*stack, qualname))})")
+    if not _INCLUDE.search(q.sql):
+        return q
+    defaults = dict(q.defaults)
+    extra_defaults: dict[str, str] = {}
+
+    def sub(m: re.Match) -> str:
+        other = m.group(1)
+        if other not in queries:
+            raise QueryError(f"{q.path}: query {q.name!r} includes unknown named query {other!r}")
+        inc = _expand(queries, other, (*stack, qualname))
+        for k, v in inc.defaults:
+            extra_defaults.setdefault(k, v)
+        return "(\n" + inc.sql + "\n)"
+
+    sql = _INCLUDE.sub(sub, q.sql)
+    params = tuple(dict.fromkeys(_PARAM.findall(sql)))
+    bad = [k for k in defaults if k not in params]
+    if bad:
+        raise QueryError(f"{q.path}: query {q.name!r} has a default for {', '.join(bad)}, which it does not use")
+    merged = {**{k: v for k, v in extra_defaults.items() if k in params}, **defaults}
+    return NamedQuery(q.domain, q.name, q.doc, sql, params, q.path, tuple(merged.items()))
 
 
 def get_query(qualname: str) -> NamedQuery:

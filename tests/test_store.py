@@ -167,3 +167,48 @@ def test_missing_extra_names_the_install_command(monkeypatch):
     with pytest.raises(MissingExtraError, match=r"pip install 'other_missing_mod'"):
         _optional.require("other_missing_mod", purpose="x")
     assert _optional.require("json", purpose="parsing").dumps([1]) == "[1]"
+
+
+# -- named queries that include others ----------------------------------------------------
+def test_a_named_query_includes_another_with_its_parameters_and_defaults(tmp_path):
+    from curate.errors import QueryError
+    from curate.sqlfiles import _expand, parse_file
+
+    f = tmp_path / "t.sql"
+    f.write_text(
+        "-- name: base\n-- rows of x above a floor\n-- defaults: floor=2\nSELECT x FROM range(10) t(x) WHERE x >= $floor\n\n"
+        "-- name: top\n-- the base rows below a cap\nSELECT count(*) AS n FROM {{t.base}} b WHERE x < $cap\n\n"
+        "-- name: own\n-- its own default wins\n-- defaults: cap=4\nSELECT n FROM {{t.top}}\n", encoding="utf-8")
+    qs = {q.qualname: q for q in parse_file(f, "t")}
+    top = _expand(qs, "t.top", ())
+    assert set(top.params) == {"floor", "cap"} and dict(top.defaults) == {"floor": "2"}
+    assert "{{" not in top.sql and "range(10)" in top.sql
+    own = _expand(qs, "t.own", ())
+    assert dict(own.defaults) == {"floor": "2", "cap": "4"}
+    import duckdb
+
+    con = duckdb.connect()
+    assert con.execute(own.sql, {"floor": 2, "cap": 4}).fetchall() == [(2,)]  # x in {2, 3}
+    assert con.execute(top.sql, {"floor": 0, "cap": 7}).fetchall() == [(7,)]
+
+    f.write_text("-- name: a\n-- loops\nSELECT * FROM {{t.b}}\n\n-- name: b\n-- loops\nSELECT * FROM {{t.a}}\n\n"
+                 "-- name: c\n-- missing\nSELECT * FROM {{t.nope}}\n", encoding="utf-8")
+    qs = {q.qualname: q for q in parse_file(f, "t")}
+    with pytest.raises(QueryError, match=r"includes itself \(t\.a -> t\.b -> t\.a\)"):
+        _expand(qs, "t.a", ())
+    with pytest.raises(QueryError, match="includes unknown named query 't.nope'"):
+        _expand(qs, "t.c", ())
+
+
+def test_knowledge_reports_and_mixing_share_one_rule():
+    """knowledge.retention/lost and mix.caption_retention all expand knowledge.kept; the
+    hallucination reports and mix.caption_hallucinations expand knowledge.unsupported."""
+    from curate.sqlfiles import get_query
+
+    kept = get_query("knowledge.kept").sql
+    unsupported = get_query("knowledge.unsupported").sql
+    for name in ("knowledge.caption_retention", "knowledge.retention", "knowledge.lost", "mix.caption_retention"):
+        assert kept in get_query(name).sql, name
+    for name in ("knowledge.caption_hallucinations", "knowledge.hallucinations", "knowledge.hallucinated",
+                 "mix.caption_hallucinations"):
+        assert unsupported in get_query(name).sql, name

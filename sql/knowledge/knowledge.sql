@@ -56,69 +56,77 @@ GROUP BY norm
 ORDER BY spans DESC, norm
 LIMIT 50;
 
+-- name: kept
+-- The retention rule, once: one row per (caption with status ok, distinct knowledge entity
+-- of its sample's raw caption): kept when the caption's normalised text contains the
+-- entity (curate_occurs) or one of the caption's own knowledge entities is a partial form
+-- of it ("Obama" for "Barack Obama"); the raw caption keeps all of its own. entity and
+-- label are the raw caption's first span with that normal form. Every retention and
+-- loss figure below is built on this query.
+-- defaults: raw=raw
+WITH raw_ents AS (
+    SELECT uid, norm, first(text ORDER BY start_char) AS entity, first(label ORDER BY start_char) AS label
+    FROM caption_entities WHERE variant = $raw AND knowledge AND norm <> '' GROUP BY uid, norm
+),
+caps AS (
+    SELECT uid, source, variant, caption_id, curate_norm(text) AS ntext
+    FROM knowledge_latest WHERE status = 'ok'
+),
+cap_ents AS (
+    SELECT DISTINCT caption_id, norm FROM caption_entities WHERE knowledge AND norm <> ''
+)
+SELECT c.caption_id, c.uid, c.source, c.variant, r.norm, r.entity, r.label,
+       c.variant = $raw
+       OR curate_occurs(r.norm, c.ntext)
+       OR EXISTS (SELECT 1 FROM cap_ents e WHERE e.caption_id = c.caption_id AND curate_occurs(e.norm, r.norm))
+       AS kept
+FROM caps c JOIN raw_ents r USING (uid);
+
+-- name: caption_retention
+-- Per caption (status ok): raw_entities = distinct knowledge entities of the sample's raw
+-- caption, retained = how many of them the caption keeps (knowledge.kept), retention =
+-- retained / raw_entities, 1.0 when the raw caption has none (nothing to lose).
+SELECT k.caption_id, k.uid, k.source, k.variant,
+       count(p.norm) AS raw_entities,
+       coalesce(sum(p.kept::INT), 0)::BIGINT AS retained,
+       CASE WHEN count(p.norm) = 0 THEN 1.0 ELSE sum(p.kept::INT) / count(p.norm) END AS retention
+FROM knowledge_latest k LEFT JOIN {{knowledge.kept}} p USING (caption_id)
+WHERE k.status = 'ok'
+GROUP BY k.caption_id, k.uid, k.source, k.variant;
+
 -- name: retention
 -- Share of the raw caption's knowledge entities that each other variant of the same
 -- sample keeps, per source and variant. Only samples whose raw caption has a knowledge
 -- entity count. micro = kept / raw entities over all pairs; macro = mean over captions
 -- of each caption's share.
--- defaults: raw=raw
-WITH raw_ents AS (
-    SELECT DISTINCT uid, norm FROM caption_entities
-    WHERE variant = $raw AND knowledge AND norm <> ''
-),
-others AS (
-    SELECT uid, source, variant, caption_id, curate_norm(text) AS ntext
-    FROM knowledge_latest WHERE variant <> $raw AND status = 'ok'
-),
-other_ents AS (
-    SELECT DISTINCT caption_id, norm FROM caption_entities
-    WHERE variant <> $raw AND knowledge AND norm <> ''
-),
-pairs AS (
-    SELECT o.source, o.variant, o.caption_id, r.uid, r.norm,
-           curate_occurs(r.norm, o.ntext)
-           OR EXISTS (SELECT 1 FROM other_ents e WHERE e.caption_id = o.caption_id AND curate_occurs(e.norm, r.norm))
-           AS kept
-    FROM raw_ents r JOIN others o USING (uid)
-),
-per_caption AS (
-    SELECT source, variant, caption_id, count(*) AS raw_entities, sum(kept::INT) AS kept
-    FROM pairs GROUP BY ALL
-)
 SELECT source, variant,
        count(*) AS captions,
        sum(raw_entities)::BIGINT AS raw_entities,
-       sum(kept)::BIGINT AS kept,
-       round(sum(kept) / sum(raw_entities), 4) AS retention_micro,
-       round(avg(kept / raw_entities), 4) AS retention_macro,
-       round(avg((kept = raw_entities)::INT), 4) AS keeps_all
-FROM per_caption
+       sum(retained)::BIGINT AS kept,
+       round(sum(retained) / sum(raw_entities), 4) AS retention_micro,
+       round(avg(retained / raw_entities), 4) AS retention_macro,
+       round(avg((retained = raw_entities)::INT), 4) AS keeps_all
+FROM {{knowledge.caption_retention}}
+WHERE variant <> $raw AND raw_entities > 0
 GROUP BY source, variant
 ORDER BY source, variant;
 
 -- name: lost
--- Every raw knowledge entity a variant drops, with both captions (--param variant=synthetic).
--- defaults: raw=raw
-WITH raw_ents AS (
-    SELECT DISTINCT uid, norm, first(text ORDER BY start_char) AS entity, first(label ORDER BY start_char) AS label
-    FROM caption_entities WHERE variant = $raw AND knowledge AND norm <> '' GROUP BY uid, norm
-),
-v AS (SELECT uid, caption_id, text, curate_norm(text) AS ntext FROM knowledge_latest WHERE variant = $variant),
-v_ents AS (SELECT DISTINCT caption_id, norm FROM caption_entities WHERE variant = $variant AND knowledge)
-SELECT r.entity, r.label, v.text AS variant_caption, raw.text AS raw_caption
-FROM raw_ents r
-JOIN v USING (uid)
-JOIN knowledge_latest raw ON raw.uid = r.uid AND raw.variant = $raw
-WHERE NOT curate_occurs(r.norm, v.ntext)
-  AND NOT EXISTS (SELECT 1 FROM v_ents e WHERE e.caption_id = v.caption_id AND curate_occurs(e.norm, r.norm))
-ORDER BY r.uid, r.norm;
+-- Every raw knowledge entity a variant drops (knowledge.kept is false), with both
+-- captions (--param variant=synthetic).
+SELECT p.entity, p.label, v.text AS variant_caption, r.text AS raw_caption
+FROM {{knowledge.kept}} p
+JOIN knowledge_latest v USING (caption_id)
+JOIN knowledge_latest r ON r.uid = p.uid AND r.variant = $raw
+WHERE p.variant = $variant AND NOT p.kept
+ORDER BY p.uid, p.norm, p.caption_id;
 
--- name: hallucinations
--- Knowledge entities of a variant that neither the raw nor the synthetic caption of the
--- same sample supports, per source and variant (the raw and synthetic variants
--- themselves are the references, so they are not listed). Only samples with a raw or
--- synthetic caption count. rate = unsupported / entities; captions_hallucinating = share
--- of the variant's captions with at least one unsupported entity.
+-- name: unsupported
+-- The hallucination rule, once: one row per (caption with status ok that is neither the
+-- raw nor the synthetic caption, of a sample with a raw or synthetic caption with status
+-- ok; distinct knowledge entity of that caption): hallucinated when no reference caption
+-- contains it (curate_occurs on the normalised text) and no reference entity is a
+-- partial form of it. Every hallucination figure below is built on this query.
 -- defaults: raw=raw, synthetic=synthetic
 WITH refs AS (
     SELECT uid, curate_norm(text) AS ntext FROM knowledge_latest
@@ -128,55 +136,61 @@ ref_ents AS (
     SELECT DISTINCT uid, norm FROM caption_entities
     WHERE variant IN ($raw, $synthetic) AND knowledge AND norm <> ''
 ),
-cands AS (
-    SELECT k.uid, k.source, k.variant, k.caption_id, e.norm
-    FROM knowledge_latest k
-    LEFT JOIN (SELECT DISTINCT caption_id, norm FROM caption_entities WHERE knowledge AND norm <> '') e
-           USING (caption_id)
-    WHERE k.variant NOT IN ($raw, $synthetic) AND k.status = 'ok'
-      AND k.uid IN (SELECT uid FROM refs)
-),
-judged AS (
-    SELECT c.*,
-           c.norm IS NOT NULL
-           AND NOT EXISTS (SELECT 1 FROM refs r WHERE r.uid = c.uid AND curate_occurs(c.norm, r.ntext))
-           AND NOT EXISTS (SELECT 1 FROM ref_ents e WHERE e.uid = c.uid AND curate_occurs(e.norm, c.norm))
-           AS hallucinated
-    FROM cands c
-),
-per_caption AS (
-    SELECT source, variant, caption_id, count(norm) AS entities, sum(hallucinated::INT) AS hallucinated
-    FROM judged GROUP BY ALL
+ents AS (
+    SELECT DISTINCT e.caption_id, e.uid, e.source, e.variant, e.norm
+    FROM caption_entities e JOIN knowledge_latest k USING (caption_id)
+    WHERE e.knowledge AND e.norm <> '' AND k.status = 'ok' AND e.variant NOT IN ($raw, $synthetic)
+      AND e.uid IN (SELECT uid FROM refs)
 )
+SELECT e.caption_id, e.uid, e.source, e.variant, e.norm,
+       NOT EXISTS (SELECT 1 FROM refs r WHERE r.uid = e.uid AND curate_occurs(e.norm, r.ntext))
+       AND NOT EXISTS (SELECT 1 FROM ref_ents x WHERE x.uid = e.uid AND curate_occurs(x.norm, e.norm))
+       AS hallucinated
+FROM ents e;
+
+-- name: caption_hallucinations
+-- Per caption (status ok): judged = the caption is neither reference and its sample has
+-- a reference caption with status ok; entities = its distinct knowledge entities
+-- (n_knowledge); hallucinated = how many of them knowledge.unsupported flags (0 when not
+-- judged).
+-- defaults: raw=raw, synthetic=synthetic
+SELECT k.caption_id, k.uid, k.source, k.variant,
+       k.variant NOT IN ($raw, $synthetic) AND k.uid IN (
+           SELECT uid FROM knowledge_latest WHERE variant IN ($raw, $synthetic) AND status = 'ok') AS judged,
+       k.n_knowledge AS entities,
+       count(u.norm) AS judged_entities,
+       coalesce(sum(u.hallucinated::INT), 0)::BIGINT AS hallucinated
+FROM knowledge_latest k LEFT JOIN {{knowledge.unsupported}} u USING (caption_id)
+WHERE k.status = 'ok'
+GROUP BY k.caption_id, k.uid, k.source, k.variant, k.n_knowledge;
+
+-- name: hallucinations
+-- Knowledge entities of a variant that neither the raw nor the synthetic caption of the
+-- same sample supports, per source and variant (the raw and synthetic variants
+-- themselves are the references, so they are not listed). Only samples with a raw or
+-- synthetic caption count. rate = unsupported / entities; captions_hallucinating = share
+-- of the variant's captions with at least one unsupported entity.
 SELECT source, variant,
        count(*) AS captions,
-       sum(entities)::BIGINT AS entities,
+       sum(judged_entities)::BIGINT AS entities,
        sum(hallucinated)::BIGINT AS hallucinated,
-       round(sum(hallucinated) / nullif(sum(entities), 0), 4) AS rate,
+       round(sum(hallucinated) / nullif(sum(judged_entities), 0), 4) AS rate,
        round(avg((hallucinated > 0)::INT), 4) AS captions_hallucinating
-FROM per_caption
+FROM {{knowledge.caption_hallucinations}}
+WHERE judged
 GROUP BY source, variant
 ORDER BY source, variant;
 
 -- name: hallucinated
--- Every unsupported knowledge entity of one variant, with its caption and the
--- reference captions (--param variant=fused).
--- defaults: raw=raw, synthetic=synthetic
-WITH refs AS (
-    SELECT uid, curate_norm(text) AS ntext FROM knowledge_latest WHERE variant IN ($raw, $synthetic)
-),
-ref_ents AS (
-    SELECT DISTINCT uid, norm FROM caption_entities WHERE variant IN ($raw, $synthetic) AND knowledge
-)
+-- Every unsupported knowledge entity span of one variant (knowledge.unsupported), with
+-- its caption and the reference captions (--param variant=fused).
 SELECT e.text AS entity, e.label, k.text AS caption,
        (SELECT string_agg(r.text, ' | ') FROM knowledge_latest r
         WHERE r.uid = e.uid AND r.variant IN ($raw, $synthetic)) AS references
 FROM caption_entities e
-JOIN knowledge_latest k USING (caption_id)
-WHERE e.variant = $variant AND e.knowledge AND e.norm <> ''
-  AND e.uid IN (SELECT uid FROM refs)
-  AND NOT EXISTS (SELECT 1 FROM refs r WHERE r.uid = e.uid AND curate_occurs(e.norm, r.ntext))
-  AND NOT EXISTS (SELECT 1 FROM ref_ents x WHERE x.uid = e.uid AND curate_occurs(x.norm, e.norm))
+JOIN {{knowledge.unsupported}} u ON u.caption_id = e.caption_id AND u.norm = e.norm
+JOIN knowledge_latest k ON k.caption_id = e.caption_id
+WHERE e.variant = $variant AND e.knowledge AND u.hallucinated
 ORDER BY e.uid, e.start_char;
 
 -- name: status
