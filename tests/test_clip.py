@@ -191,6 +191,38 @@ def test_scores_equal_open_clip_and_bad_images_have_reasons(tmp_path, tiny):
         assert V.open_set(store, "clip.tiny-seed1234.image").count == 8
 
 
+def test_ray_actors_give_the_scores_and_vectors_of_one_process(tmp_path, tiny):
+    """The CPU twin of GPU actors (executor="ray", gpus_per_worker=0): two Ray actors each
+    load the model, write their vector parts, and the store's process commits."""
+    import ray
+
+    coco, _ = make_coco(tmp_path / "imgs")
+    got = {}
+    for name, opts in (("inline", RunOptions(batch_size=5, progress=False)),
+                       ("ray", RunOptions(batch_size=5, progress=False, workers=2, executor="ray"))):
+        with Store.init(tmp_path / name) as store:
+            ingest(store, "coco", coco, "coco")
+            out = embed(store, tiny_stage(tiny), opts)
+            assert out["run"].rows_in == 24 and out["images"] == 8
+            vecs = {}
+            for set_name in V.list_sets(store):
+                vs = V.open_set(store, set_name)
+                vecs[set_name] = dict(zip(vs.ids().to_pylist(), np.concatenate(vs.arrays()).tolist()))
+            got[name] = (scores(store), vecs)
+            assert not list((store.path / "vectors" / ".parts").rglob("*.npy"))
+    assert not ray.is_initialized()
+    assert got["ray"][0].keys() == got["inline"][0].keys()
+    for cid, (score, status, detail) in got["inline"][0].items():
+        r_score, r_status, r_detail = got["ray"][0][cid]
+        assert (r_status, r_detail) == (status, detail)
+        assert (score is None and r_score is None) or abs(score - r_score) < 1e-5
+    assert got["ray"][1].keys() == got["inline"][1].keys()
+    for set_name, vecs in got["inline"][1].items():
+        assert got["ray"][1][set_name].keys() == vecs.keys()
+        for k, v in vecs.items():
+            np.testing.assert_allclose(got["ray"][1][set_name][k], v, atol=1e-3)
+
+
 def test_img2dataset_shards_decode_workers_and_new_rows_extend_the_sets(tmp_path, tiny):
     """webdataset tars, parquet image bytes and files from real img2dataset output; a
     second source added later extends the registered sets."""
