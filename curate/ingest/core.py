@@ -201,17 +201,39 @@ def _ingest_in_transaction(con: duckdb.DuckDBPyConnection, plan: Prepared, param
         "CREATE OR REPLACE TEMP TABLE _in_rej (row_ref VARCHAR, reason VARCHAR, detail VARCHAR, record VARCHAR)"
     )
 
-    # 1. Repeated uids inside this input: keep the first by input order.
+    any_valid = " OR ".join(valid(v.column) for v in plan.variants)
+    if plan.long_captions_sql:
+        long_ok = f"uid IN (SELECT uid FROM _in_long WHERE {valid('text')})"
+        any_valid = f"({any_valid}) OR {long_ok}" if any_valid else long_ok
+    if plan.require_caption and not any_valid:
+        raise InputError(f"ingest {plan.fmt}: no caption column is mapped")
+
+    # 0. One narrow pass computes every row's uid and caption validity; the checks below
+    #    then read the few rows it flags (repeated uid, no uid, a bad caption) instead of
+    #    re-reading the input and re-hashing every uid twice more (benchmarks/RESULTS.md).
+    flags = [f"{valid(v.column)} AS _v{i}" for i, v in enumerate(plan.variants)]
+    q(f"CREATE OR REPLACE TEMP TABLE _in_keys AS SELECT row_ord, uid{''.join(', ' + f for f in flags)} FROM _in_rows")
+    con.execute("CREATE OR REPLACE TEMP TABLE _in_dupuids AS SELECT uid FROM _in_keys GROUP BY uid HAVING count(uid) > 1")
+    flagged = ["uid IS NULL", "uid IN (SELECT uid FROM _in_dupuids)"] + [f"NOT _v{i}" for i in range(len(plan.variants))]
+    if plan.require_caption:
+        flagged.append("NOT (" + (" OR ".join(f"_v{i}" for i in range(len(plan.variants))) or "false")
+                       + (f" OR {long_ok}" if plan.long_captions_sql else "") + ")")
+    q(f"CREATE OR REPLACE TEMP TABLE _in_flag AS SELECT row_ord, uid FROM _in_keys WHERE {' OR '.join(flagged)}")
+    cols = ", ".join(["r.row_ref", "r.row_ord", "f.uid", "r.url"] + [f'r."{v.column}"' for v in plan.variants])
+    q(f"CREATE OR REPLACE TEMP TABLE _in_det AS SELECT {cols} FROM _in_rows AS r JOIN _in_flag AS f USING (row_ord)")
+
+    # 1. Repeated uids inside this input: keep the first by input order. (_in_det holds
+    #    every row of a repeated uid.)
     fingerprint = " || chr(30) || ".join(
         ["coalesce(url, '')"] + [f"coalesce(\"{v.column}\", '')" for v in plan.variants]
     ) or "''"
     q(f"""
         CREATE OR REPLACE TEMP TABLE _in_dups AS
-        WITH d AS (SELECT uid FROM _in_rows GROUP BY uid HAVING count(uid) > 1),  -- count(uid) skips the NULL group
+        WITH d AS (SELECT uid FROM _in_dupuids),
         r AS (
             SELECT r.row_ref, r.row_ord, r.uid, {fingerprint} AS fp,
                    row_number() OVER (PARTITION BY r.uid ORDER BY r.row_ord) AS k
-            FROM _in_rows AS r SEMI JOIN d USING (uid)
+            FROM _in_det AS r SEMI JOIN d USING (uid)
         )
         SELECT r.row_ref, r.row_ord, r.uid,
                CASE WHEN r.fp = f.fp THEN 'duplicate row' ELSE 'duplicate id' END AS reason,
@@ -221,14 +243,7 @@ def _ingest_in_transaction(con: duckdb.DuckDBPyConnection, plan: Prepared, param
     """)
     q("INSERT INTO _in_rej SELECT row_ref, reason, detail, NULL FROM _in_dups")
 
-    any_valid = " OR ".join(valid(v.column) for v in plan.variants)
-    if plan.long_captions_sql:
-        long_ok = f"uid IN (SELECT uid FROM _in_long WHERE {valid('text')})"
-        any_valid = f"({any_valid}) OR {long_ok}" if any_valid else long_ok
-    if plan.require_caption and not any_valid:
-        raise InputError(f"ingest {plan.fmt}: no caption column is mapped")
-
-    # 2. Every per-row reject in one scan of the input: no identity, bad captions per
+    # 2. Every per-row reject, over the flagged rows: no identity, bad captions per
     #    variant, and (when captions are required) no valid caption at all.
     def item(cond: str, reason: str, detail: str, record: str) -> str:
         return (f"CASE WHEN {cond} THEN {{'reason': {reason}, 'detail': {detail}, "
@@ -251,7 +266,7 @@ def _ingest_in_transaction(con: duckdb.DuckDBPyConnection, plan: Prepared, param
         CREATE OR REPLACE TEMP TABLE _in_bad AS
         SELECT row_ref, row_ord, ({drop_cond}) AS dropped,
                list_filter([{', '.join(items)}], lambda x: x IS NOT NULL) AS reasons
-        FROM _in_rows
+        FROM _in_det
         WHERE ({' OR '.join(conds)}) AND row_ord NOT IN (SELECT row_ord FROM _in_dups)
     """)
     con.execute("INSERT INTO _in_rej SELECT row_ref, r.reason, r.detail, r.record "
@@ -339,7 +354,7 @@ def _ingest_in_transaction(con: duckdb.DuckDBPyConnection, plan: Prepared, param
          json.dumps({"samples": samples_added, "captions": captions_added, **extra}), run_id],
     )
     con.execute("DROP TABLE IF EXISTS _in_dups")
-    for t in ("_in_rej", "_in_bad", "_in_drop"):
+    for t in ("_in_rej", "_in_bad", "_in_drop", "_in_keys", "_in_dupuids", "_in_flag", "_in_det"):
         con.execute(f"DROP TABLE IF EXISTS {t}")
     return IngestResult(
         run_id=run_id, fmt=plan.fmt, source=plan.source, rows_in=rows_in, samples_added=samples_added,
