@@ -164,6 +164,10 @@ def run_stage(store: Store, stage: Stage, options: RunOptions | None = None) -> 
     if store.read_only:
         raise CurateError(f"store {store.path} is open read-only")
     con = store.con
+    if options.executor == "ray":
+        from ._optional import require
+
+        require("ray", purpose='executor = "ray"')  # before any work: a missing extra is a one-line error
     stage.preflight()
     stage = stage.prepare(store)
     mark_interrupted(store)
@@ -322,10 +326,14 @@ def _execute_ray(stage: Stage, batches: Iterator[pa.RecordBatch], options: RunOp
     started = False
     if not ray.is_initialized():
         kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
-        if options.ray_address:
-            ray.init(address=options.ray_address, **kw)
-        else:
-            ray.init(num_cpus=options.workers, num_gpus=None if options.gpus_per_worker else 0, **kw)
+        try:
+            if options.ray_address:
+                ray.init(address=options.ray_address, **kw)
+            else:
+                ray.init(num_cpus=options.workers, num_gpus=None if options.gpus_per_worker else 0, **kw)
+        except Exception as e:  # Ray raises ConnectionError, RuntimeError, ValueError here
+            where = f"the Ray cluster at {options.ray_address!r}" if options.ray_address else "a local Ray"
+            raise CurateError(f"{stage.registry_name()}: could not start or reach {where}: {_first(str(e))}") from None
         started = True
     actor = ray.remote(num_cpus=1, num_gpus=options.gpus_per_worker)(_RayWorker)
     actors = [actor.remote(stage) for _ in range(options.workers)]

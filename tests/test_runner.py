@@ -347,3 +347,15 @@ with Store.init({str(tmp_path / 's')!r}) as s:
     out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.startswith("raised: boom at "), out.stdout + out.stderr[-2000:]
+
+
+def test_the_ray_executor_without_ray_fails_before_any_work(laion_store, monkeypatch):
+    from curate.errors import MissingExtraError
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    runs_before = laion_store.con.execute("SELECT count(*) FROM runs").fetchall()[0][0]
+    with pytest.raises(MissingExtraError, match=r"executor = \"ray\" needs the Python package 'ray'.*pip install 'curate\[ray\]'"):
+        run_stage(laion_store, CaptionStats(), RunOptions(executor="ray", workers=2))
+    assert laion_store.con.execute("SELECT count(*) FROM runs").fetchall()[0][0] == runs_before
+    assert not laion_store.has_table("caption_stats")
+
