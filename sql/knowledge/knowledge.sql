@@ -60,13 +60,12 @@ LIMIT 50;
 -- The retention rule, once: one row per (caption with status ok, distinct knowledge entity
 -- of its sample's raw caption): kept when the caption's normalised text contains the
 -- entity (curate_occurs) or one of the caption's own knowledge entities is a partial form
--- of it ("Obama" for "Barack Obama"); the raw caption keeps all of its own. entity and
--- label are the raw caption's first span with that normal form. Every retention and
--- loss figure below is built on this query.
+-- of it ("Obama" for "Barack Obama"); the raw caption keeps all of its own. Every
+-- retention and loss figure below is built on this query.
 -- defaults: raw=raw
 WITH raw_ents AS (
-    SELECT uid, norm, first(text ORDER BY start_char) AS entity, first(label ORDER BY start_char) AS label
-    FROM caption_entities WHERE variant = $raw AND knowledge AND norm <> '' GROUP BY uid, norm
+    SELECT DISTINCT uid, norm FROM caption_entities
+    WHERE variant = $raw AND knowledge AND norm <> ''
 ),
 caps AS (
     SELECT uid, source, variant, caption_id, curate_norm(text) AS ntext
@@ -75,7 +74,7 @@ caps AS (
 cap_ents AS (
     SELECT DISTINCT caption_id, norm FROM caption_entities WHERE knowledge AND norm <> ''
 )
-SELECT c.caption_id, c.uid, c.source, c.variant, r.norm, r.entity, r.label,
+SELECT c.caption_id, c.uid, c.source, c.variant, r.norm,
        c.variant = $raw
        OR curate_occurs(r.norm, c.ntext)
        OR EXISTS (SELECT 1 FROM cap_ents e WHERE e.caption_id = c.caption_id AND curate_occurs(e.norm, r.norm))
@@ -113,9 +112,15 @@ ORDER BY source, variant;
 
 -- name: lost
 -- Every raw knowledge entity a variant drops (knowledge.kept is false), with both
--- captions (--param variant=synthetic).
-SELECT p.entity, p.label, v.text AS variant_caption, r.text AS raw_caption
+-- captions (--param variant=synthetic); entity and label are the raw caption's first
+-- span with that normal form.
+WITH spans AS (
+    SELECT uid, norm, first(text ORDER BY start_char) AS entity, first(label ORDER BY start_char) AS label
+    FROM caption_entities WHERE variant = $raw AND knowledge AND norm <> '' GROUP BY uid, norm
+)
+SELECT e.entity, e.label, v.text AS variant_caption, r.text AS raw_caption
 FROM {{knowledge.kept}} p
+JOIN spans e USING (uid, norm)
 JOIN knowledge_latest v USING (caption_id)
 JOIN knowledge_latest r ON r.uid = p.uid AND r.variant = $raw
 WHERE p.variant = $variant AND NOT p.kept
