@@ -176,8 +176,8 @@ def test_ingest_option_of_another_format(tmp_path, capsys, shared_data):
      "ingest format 'table' has no option(s) maxchars; valid options: caption_col"),
     (["ingest", "table", "{laion}", "--preset", "laoin"], 2, "unknown preset 'laoin'; choose one of laion"),
     (["ingest", "table", "{missing}", "--preset", "laion"], 3, "does not exist"),
-    (["ingest", "table", "{laion}", "--url-col", "url"], 3,
-     "column 'url' (the url column) is missing; the input has URL, TEXT"),
+    (["ingest", "table", "{laion}", "--url-col", "link"], 3,
+     "column 'link' (the url column) is missing; the input has URL, TEXT"),
 ])
 def test_ingest_errors_are_one_line(tmp_path, capsys, laion_file, argv, code, message):
     store = tmp_path / "s"

@@ -133,9 +133,21 @@ def test_missing_mapped_column_is_one_clear_error(store, laion, tmp_path):
     before = table_snapshot(store)
     with pytest.raises(InputError, match=r"column 'caption' \(the caption column\) is missing; the input has URL, TEXT"):
         ingest(store, "table", laion, "laion", url_col="URL")
-    with pytest.raises(InputError, match="column 'url'"):
-        ingest(store, "table", laion, "laion")
+    with pytest.raises(InputError, match=r"column 'caption' \(the caption column\) is missing"):
+        ingest(store, "table", laion, "laion")  # `url` finds `URL` (case ignored); `caption` has no match
     assert table_snapshot(store) == before
+
+
+def test_a_column_differing_only_in_case_is_found(store, tmp_path):
+    rows = [{"Url": f"https://example.org/{i}.jpg", "CAPTION": f"a photo of thing {i}"} for i in range(5)]
+    res = ingest(store, "table", _parquet(tmp_path, rows, "mixed.parquet"), "mixed")  # default url / caption
+    assert res.samples_added == 5 and res.captions_added == 5
+    assert sorted(r[0] for r in store.con.execute("SELECT url FROM samples").fetchall()) == sorted(r["Url"] for r in rows)
+    # two columns equal but for case: DuckDB reads the second as URL_1, and the exact name wins
+    both = [{"url": "https://example.org/a.jpg", "URL": "https://example.org/b.jpg", "caption": "x y"}]
+    res = ingest(store, "table", _parquet(tmp_path, both, "both.parquet"), "both")
+    assert res.samples_added == 1
+    assert store.con.execute("SELECT url FROM samples WHERE source = 'both'").fetchall() == [("https://example.org/a.jpg",)]
 
 
 def test_wrong_type_is_one_clear_error(store, tmp_path):

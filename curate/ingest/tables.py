@@ -121,10 +121,17 @@ def _check_columns(available: dict[str, str], mapping: TableMapping, files: list
             resolved[role] = None
             continue
         if col not in available:
+            # No exact match: take the column that differs only in case (`url` for `URL`).
+            # DuckDB's names are case-insensitive and it renames a second `url`/`URL`
+            # column of one file to `URL_1`, so there is at most one.
+            folded = [c for c in available if c.lower() == col.lower()]
+            if folded:
+                resolved[role] = folded[0]
+                continue
+            flag = "--" + role.replace("_", "-")
             if role in mapping.optional:
                 resolved[role] = None
                 continue
-            flag = "--" + role.replace("_", "-")
             raise InputError(
                 f"{files[0].name}: column {col!r} (the {role.replace('_col', '')} column) is missing; "
                 f"the input has {', '.join(available) or 'no columns'}; map another with {flag}"
