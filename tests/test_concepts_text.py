@@ -248,6 +248,29 @@ def test_tail_benchmark_takes_the_rarest_concepts_with_a_floor_and_a_cap(cc3m_st
     assert int(ov["in_train"].sum()) == 2 and int(ov["samples"].sum()) == rows.height
 
 
+def test_tail_command_writes_the_manifest_and_reports_the_overlap(cc3m_store, tmp_path, capsys):
+    """`curate concepts tail` end to end: the same rows as the Python API, and the overlap
+    with a training manifest printed."""
+    from curate.cli import main
+    from curate.concepts.tail import build_tail_benchmark
+
+    with Store.open(cc3m_store) as s:
+        count(s, "mini")
+        want = build_tail_benchmark(s, "mini", n=3, min_count=2, cap=2, out=tmp_path / "api.parquet")
+    train = tmp_path / "train.parquet"
+    pl.read_parquet(want.path).head(1).select("uid").write_parquet(train)
+    out = tmp_path / "cli.parquet"
+    capsys.readouterr()
+    assert main(["concepts", "tail", "--store", str(cc3m_store), "--vocabulary", "mini", "-n", "3", "--min-count", "2",
+                 "--cap", "2", "--out", str(out), "--train-manifest", str(train)]) == 0
+    printed = capsys.readouterr().out
+    assert out.read_bytes() == want.path.read_bytes()
+    assert f"overlap with {train}: 1 of {want.rows:,} tail samples are in the training manifest" in printed
+    for concept in want.concepts["concept"]:
+        assert concept in printed
+    assert main(["concepts", "tail", "--store", str(cc3m_store), "--vocabulary", "nope"]) != 0
+
+
 def test_every_concepts_query_runs(cc3m_store, shared_data):
     from curate.concepts.published import import_published
     from curate.sqlfiles import named_queries

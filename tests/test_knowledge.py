@@ -260,6 +260,36 @@ def test_retention_on_a_hand_checked_sample(scored):
     assert fused_lost.filter(pl.col("raw_caption").str.starts_with("Christ before")).height == 0
 
 
+def test_hallucinations_on_hand_checked_real_triples(tmp_path, shared_data):
+    """Two CapsFusion triples (records 8957 and 5383 of example_data.json), read by eye.
+    Dynamo Kyiv: raw "Dynamo Kyiv look for comeback victory against Brugge", synthetic "The
+    logos for Dynamo Kry and Club Bruce."; the fused caption adds "a Ukrainian football
+    club" and "a Belgian football club": Ukrainian and Belgian are in neither reference,
+    the clubs are in the raw one. Troy Dixon: raw "... Leadhill, Ark_War Image ...", fused
+    "... from Leadhill, Arkansas, ...": the expansion of "Ark" is flagged, because the rule
+    asks for the entity in a reference and "Arkansas" is not there (a right guess by the
+    LLM, still an invented word by this rule)."""
+    records = json.loads((shared_data / "capsfusion-examples" / "example_data.json").read_text(encoding="utf-8"))
+    f = tmp_path / "two.json"
+    f.write_text(json.dumps([records[8957], records[5383]]), encoding="utf-8")
+    assert "Dynamo Kyiv" in records[8957]["laion_2b"] and "Troy Dixon" in records[5383]["laion_2b"]
+    with Store.init(tmp_path / "s") as s:
+        ingest(s, "capsfusion", f, "capsfusion")
+        run_stage(s, build_stage("knowledge.spacy_ner.v1", {"model": MODEL}))
+        flagged = s.execute(
+            "SELECT u.norm, u.hallucinated FROM ({}) u JOIN captions c USING (caption_id) WHERE c.text LIKE 'Dynamo%' "
+            "ORDER BY u.norm".format(named_sql(s, "knowledge.unsupported"))).fetchall()
+        spans = sorted(r[0] for r in s.query("knowledge.hallucinated", variant="fused").fetchall())
+        per_caption = {r[0][:12]: r[1:] for r in s.execute(
+            "SELECT c.text, h.judged, h.hallucinated FROM ({}) h JOIN captions c USING (caption_id) "
+            "WHERE c.variant = 'fused'".format(named_sql(s, "knowledge.caption_hallucinations"))).fetchall()}
+    assert ("ukrainian", True) in flagged and ("belgian", True) in flagged
+    assert all(not h for norm, h in flagged if "dynamo" in norm or "brugge" in norm)
+    assert {"Ukrainian", "Belgian", "Arkansas"} <= set(spans)
+    assert not {"Dynamo Kyiv", "Brugge", "Troy Dixon", "Leadhill"} & set(spans)
+    assert per_caption["Dynamo Kyiv,"] == (True, 2) and per_caption["Pfc. Troy Di"][0] is True
+
+
 def test_bad_captions_get_a_row_with_a_status(tmp_path):
     texts = {"empty": "", "blank": " \t\n ", "emoji": "😀🎉🔥", "huge": "Paris " * 200_000,
              "german": "Der Kölner Dom steht in Köln am Rhein.", "chinese": "北京天安门广场的照片",
@@ -339,6 +369,12 @@ def test_ray_actors_through_the_cli_write_what_one_process_writes(tmp_path, caps
                         "ORDER BY caption_id").fetchall()
         executor = s.execute("SELECT config->'options'->>'executor' FROM runs WHERE kind = 'stage'").fetchall()
     assert len(want) == 900 and got == want and executor == [("ray",)]
+
+
+def named_sql(store, qualname: str, **params) -> str:
+    from curate.mix.attributes import named
+
+    return named(qualname, **params)
 
 
 # -- CLI --------------------------------------------------------------------------------
