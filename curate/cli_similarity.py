@@ -102,14 +102,33 @@ def _read_ids(path: Path):
 
 @vectors.command("export")
 @click.argument("name")
-@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path))
 @store_option
-def vectors_export(name: str, out: Path, store_path: Path) -> None:
-    """Write set NAME as a clip-retrieval embedding folder OUT (with uid, url, caption metadata)."""
-    from .vectors import export_clip_retrieval, open_set
+@click.option("--format", "fmt", type=click.Choice(["clip-retrieval", "datacomp"]), default="clip-retrieval",
+              show_default=True, help="clip-retrieval: a folder OUT; datacomp: OUT.npz plus OUT.parquet (uid, url, text).")
+@click.option("--key", default=None, help="datacomp: the array NAME becomes (b32_img, b32_txt, l14_img, l14_txt; "
+              "default l14_img, or l14_txt for a text set).")
+@click.option("--with", "also", multiple=True, metavar="KEY=SET",
+              help="datacomp: another set in the same shard, e.g. --with l14_txt=clip.x.text.raw (repeatable).")
+def vectors_export(name: str, out: Path, store_path: Path, fmt: str, key: str | None, also: tuple[str, ...]) -> None:
+    """Write set NAME as a clip-retrieval embedding folder OUT (with uid, url, caption metadata), or as a
+    DataComp embedding shard (--format datacomp)."""
+    from .vectors import export_clip_retrieval, export_datacomp, open_set
 
     with Store.open(store_path) as s:
         vs = open_set(s, name)
+        if fmt == "datacomp":
+            sets = {key or ("l14_txt" if vs.kind == "text" else "l14_img"): name}
+            for item in also:
+                k, sep, v = item.partition("=")
+                if not sep or not k or not v:
+                    raise ConfigError(f"--with expects KEY=SET, got {item!r}")
+                sets[k.strip()] = v.strip()
+            npz, meta, rows = export_datacomp(s, out, sets)
+            click.echo(f"exported {rows:,} samples ({', '.join(f'{k}={v}' for k, v in sets.items())}) to {npz} and {meta}")
+            return
+        if key or also:
+            raise ConfigError("--key and --with belong to --format datacomp")
         export_clip_retrieval(s, name, out)
     click.echo(f"exported {vs.count:,} {vs.kind} vectors of {name!r} to {out} ({len(vs.shards)} shard(s))")
 

@@ -640,6 +640,70 @@ def import_datacomp(store: Store, name: str, npz: str | os.PathLike, uids: str |
                      stage="vectors.import_datacomp.v1", config={"npz": str(npz), "uids": str(uids), "key": key})
 
 
+def export_datacomp(store: Store, out: str | os.PathLike, sets: dict[str, str]) -> tuple[Path, Path, int]:
+    """Write vector sets as one DataComp embedding shard: ``out`` (an ``.npz`` with one
+    float16 array per key of :data:`DATACOMP_KEYS`, e.g. ``{"l14_img": "clip.x.image",
+    "l14_txt": "clip.x.text.raw"}``) and, beside it, ``out`` with suffix ``.parquet``
+    holding the ``uid`` column (32 hex digits, DataComp's form), ``url`` and ``text`` in
+    the same row order, which is what :func:`import_datacomp` and DataComp's tooling read.
+
+    Rows are the samples every given set covers, in ascending uid. A text set maps each
+    caption to its sample; a sample with several captions in one text set is an error
+    (export a set of one variant). Returns (npz path, parquet path, rows)."""
+    if not sets:
+        raise ConfigError("export_datacomp needs at least one KEY=SET (keys: " + ", ".join(DATACOMP_KEYS) + ")")
+    out = Path(out)
+    if out.suffix.lower() != ".npz":
+        raise ConfigError(f"{out.name}: a DataComp shard is an .npz file")
+    meta_path = out.with_suffix(".parquet")
+    per_key: dict[str, tuple[np.ndarray, pa.Array]] = {}
+    texts: dict[str, str] = {}
+    cur = store.con.cursor()
+    try:
+        for key, name in sets.items():
+            if key not in DATACOMP_KEYS:
+                raise ConfigError(f"key must be one of {', '.join(DATACOMP_KEYS)}, got {key!r}")
+            vs = open_set(store, name)
+            want = DATACOMP_KEYS[key][0]
+            if vs.kind != want:
+                raise ConfigError(f"{key} holds {want} vectors, but set {name!r} holds {vs.kind} vectors")
+            ids = vs.ids()
+            if vs.kind == "text":
+                cur.register("_curate_vec_ids", pa.table({"caption_id": ids, "_row": np.arange(len(ids))}))
+                rows = cur.sql("SELECT c.uid::VARCHAR, c.text FROM _curate_vec_ids i JOIN captions c "
+                               "ON c.caption_id = i.caption_id::UUID ORDER BY i._row").fetchall()
+                cur.unregister("_curate_vec_ids")
+                if len(rows) != len(ids):
+                    raise ConfigError(f"set {name!r}: {len(ids) - len(rows):,} caption ids are not in the store")
+                uids = [r[0] for r in rows]
+                if len(set(uids)) != len(uids):
+                    raise ConfigError(f"set {name!r} has several captions of one sample; DataComp keeps one text "
+                                      "per sample: export a set of one variant")
+                texts.update({u: t for u, t in rows})
+                ids = pa.array(uids)
+            per_key[key] = (vs.matrix(np.float16), ids)
+        common = set.intersection(*(set(ids.to_pylist()) for _, ids in per_key.values()))
+        order = sorted(common, key=lambda u: uuid.UUID(u).int)
+        if not order:
+            raise ConfigError("the given sets share no sample")
+        arrays = {}
+        for key, (mat, ids) in per_key.items():
+            pos = {u: i for i, u in enumerate(ids.to_pylist())}
+            arrays[key] = mat[[pos[u] for u in order]]
+        cur.register("_curate_uids", pa.table({"uid": order, "_row": np.arange(len(order))}))
+        meta = cur.sql("SELECT replace(i.uid, '-', '') AS uid, s.url FROM _curate_uids i "
+                       "LEFT JOIN samples s ON s.uid = i.uid::UUID ORDER BY i._row").to_arrow_table()
+        cur.unregister("_curate_uids")
+    finally:
+        cur.close()
+    if texts:
+        meta = meta.append_column("text", pa.array([texts.get(u) for u in order], pa.string()))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(out, **arrays)
+    pq.write_table(meta, meta_path)
+    return out, meta_path, len(order)
+
+
 def export_clip_retrieval(store: Store, name: str, out: str | os.PathLike) -> Path:
     """Write the set as a clip-retrieval embedding folder: the float16 shards as they are,
     and ``metadata_<i>.parquet`` with the id column plus ``url`` and ``caption``

@@ -302,3 +302,46 @@ def test_datacomp_npz_image_and_text(store, tmp_path):
         import_datacomp(store, "x", tmp_path / "emb.npz", tmp_path / "meta.parquet", key="l14_txt")
     with pytest.raises(ConfigError, match="key must be one of"):
         import_datacomp(store, "x", tmp_path / "emb.npz", tmp_path / "meta.parquet", key="vit_img")
+
+
+def test_datacomp_export_round_trips_through_the_importer_and_the_cli(store, tmp_path, capsys):
+    from curate.cli import main
+    from curate.vectors import export_datacomp
+
+    uids = make_uids(12)
+    add_samples(store, uids)
+    rng = np.random.default_rng(11)
+    img = normalise(rng.standard_normal((12, 16)))
+    write_set(store, "img", img[::-1], uids[::-1], shard_rows=5)  # set order differs from uid order
+    caption_ids = dict(store.con.execute("SELECT uid::VARCHAR, caption_id::VARCHAR FROM captions").fetchall())
+    txt = normalise(rng.standard_normal((10, 16)))
+    write_set(store, "txt", txt, [caption_ids[u] for u in uids[:10]], kind="text", variant="raw")  # 2 samples lack text
+    npz, meta_path, rows = export_datacomp(store, tmp_path / "shard.npz", {"b32_img": "img", "b32_txt": "txt"})
+    assert rows == 10 and meta_path == tmp_path / "shard.parquet"
+    meta = pq.read_table(meta_path)
+    assert meta.column_names == ["uid", "url", "text"]
+    order = sorted(uids[:10], key=lambda u: uuid.UUID(u).int)
+    assert meta.column("uid").to_pylist() == [uuid.UUID(u).hex for u in order]
+    with np.load(npz) as z:
+        assert sorted(z.files) == ["b32_img", "b32_txt"] and z["b32_img"].dtype == np.float16
+        want_img = {u: v for u, v in zip(uids, img)}
+        np.testing.assert_allclose(z["b32_img"].astype(np.float32), np.stack([want_img[u] for u in order]), atol=2e-3)
+    back = import_datacomp(store, "img_back", npz, meta_path, key="b32_img")
+    assert back.count == 10 and open_set(store, "img_back").ids().to_pylist() == order
+    back_t = import_datacomp(store, "txt_back", npz, meta_path, key="b32_txt")
+    assert open_set(store, "txt_back").ids().to_pylist() == [caption_ids[u] for u in order] and back_t.count == 10
+    # bad requests are one-line errors
+    with pytest.raises(ConfigError, match="b32_txt holds text vectors, but set 'img' holds image vectors"):
+        export_datacomp(store, tmp_path / "x.npz", {"b32_txt": "img"})
+    with pytest.raises(ConfigError, match="key must be one of"):
+        export_datacomp(store, tmp_path / "x.npz", {"vit_img": "img"})
+    with pytest.raises(ConfigError, match="is an .npz file"):
+        export_datacomp(store, tmp_path / "x.parquet", {"b32_img": "img"})
+    # the CLI (with the store closed: one writer) writes the same shard
+    store.close()
+    assert main(["vectors", "export", "img", str(tmp_path / "cli.npz"), "--store", str(store.path), "--format", "datacomp",
+                 "--key", "b32_img", "--with", "b32_txt=txt"]) == 0
+    assert "exported 10 samples" in capsys.readouterr().out
+    with np.load(npz) as a, np.load(tmp_path / "cli.npz") as b:
+        assert all(np.array_equal(a[k], b[k]) for k in ("b32_img", "b32_txt"))
+    assert main(["vectors", "export", "img", str(tmp_path / "f"), "--store", str(store.path), "--key", "b32_img"]) != 0
