@@ -59,6 +59,29 @@ FROM n
 GROUP BY variant
 ORDER BY variant;
 
+-- name: distinct
+-- Distinct captions per variant in plain SQL: exact counts and DuckDB's HyperLogLog
+-- estimate (approx_count_distinct), of the stored text and of its SQL normal form (NFC,
+-- lower case, punctuation and symbols as spaces; see curate/dedup/normalize.py).
+-- `curate dedup distinct` is the datasketch-compatible HyperLogLog of the Python
+-- normal form (NFKC) with a chosen precision, and is the one to trust: DuckDB's estimate
+-- is coarser (6.9% high at 9,939 distinct texts in the test corpus, where curate's p = 14
+-- sketch is within 0.8%); this query is what any DuckDB client gets without curate.
+WITH n AS (
+    SELECT variant, text,
+           trim(regexp_replace(lower(nfc_normalize(text)), '[\pP\pS\pZ\pC]+', ' ', 'g')) AS norm
+    FROM captions
+)
+SELECT variant,
+       count(*) AS captions,
+       count(DISTINCT text) AS distinct_text,
+       approx_count_distinct(text) AS approx_distinct_text,
+       count(DISTINCT norm) FILTER (WHERE norm <> '') AS distinct_normalised,
+       approx_count_distinct(norm) FILTER (WHERE norm <> '') AS approx_distinct_normalised
+FROM n
+GROUP BY variant
+ORDER BY variant;
+
 -- name: repetition
 -- Repetition rate per variant from the latest caption dedup run covering it
 -- (`curate dedup captions`): the share of analysed captions that duplicate another
