@@ -280,6 +280,72 @@ def test_budget_proportions_per_variant(mix_store):
     assert res.counts["by_variant"] == {"fused": 51, "raw": 20, "synthetic": 30}  # 50.5 -> 51 (largest remainder)
 
 
+@pytest.mark.parametrize("choose, want", [
+    ({"strategy": "ratio", "ratios": {"raw": 0.7, "fused": 0.3}}, {"raw": 0.7, "fused": 0.3}),
+    ({"strategy": "ratio", "ratios": {"raw": 0.2, "synthetic": 0.2, "fused": 0.6}},
+     {"raw": 0.2, "synthetic": 0.2, "fused": 0.6}),
+    ({"strategy": "veclip", "alt": "raw", "enriched": "fused", "enriched_share": 0.25}, {"raw": 0.75, "fused": 0.25}),
+])
+def test_ratio_and_veclip_choose_variants_in_their_shares(mix_store, choose, want):
+    """500 CapsFusion samples, each with one caption of every variant: the chosen shares
+    sit within 4.5 binomial standard deviations of the asked ones, and a sample's pick
+    does not depend on the other samples (same pick in a 200-sample budget)."""
+    pol = policy_from_dict({"policy": {"name": "share", "seed": 5, "sources": ["capsfusion"]}, "choose": choose})
+    with Store.open(mix_store, read_only=True) as s:
+        res = run_policy(s, pol)
+        picks = dict(s.execute("SELECT uid, variant FROM _mix_final").fetchall())
+        probs = s.execute("SELECT variant, min(prob), max(prob) FROM _mix_cands GROUP BY 1").fetchall()
+    n = res.counts["samples"]
+    assert n == 500 and set(res.counts["by_variant"]) == set(want)
+    for variant, p in want.items():
+        got = res.counts["by_variant"][variant] / n
+        assert abs(got - p) <= 4.5 * math.sqrt(p * (1 - p) / n), (variant, got, p)
+    assert {v: (lo, hi) for v, lo, hi in probs} == {v: (pytest.approx(p), pytest.approx(p)) for v, p in want.items()}
+    part = policy_from_dict({**pol.to_dict(), "budget": {"samples": 200}})
+    with Store.open(mix_store, read_only=True) as s:
+        run_policy(s, part)
+        sub = dict(s.execute("SELECT uid, variant FROM _mix_final").fetchall())
+    assert len(sub) == 200 and all(picks[u] == v for u, v in sub.items())
+
+
+def test_laclip_lists_every_caption_uniformly_and_the_json_manifest_keys_them(mix_store, tmp_path):
+    """LaCLIP: every raw and rewrite caption of a sample is a candidate with probability
+    1/k. The per-sample JSON format has one key per candidate (rewrite_2, ... for more
+    rewrites), `caption_probs`, and open_clip arguments whose probabilities are the
+    keys' mean shares."""
+    base = load_policy(POLICIES / "laclip.toml").to_dict()
+    with Store.open(mix_store, read_only=True) as s:
+        side = write_manifest(s, policy_from_dict({**base, "output": {"format": "parquet", "candidates": True}}),
+                              path=tmp_path / "m.parquet")
+        want = {}
+        for uid, variant, text in s.execute(
+                "SELECT replace(uid::VARCHAR, '-', ''), variant, text FROM captions "
+                "WHERE variant IN ('raw', 'rewrite') AND uid IN (SELECT uid FROM _mix_final)").fetchall():
+            want.setdefault(uid, []).append((variant, text))
+        js = write_manifest(s, policy_from_dict({**base, "output": {"format": "json"}}), path=tmp_path / "m.jsonl")
+    rows = pq.read_table(side["path"]).to_pylist()
+    assert len(rows) == side["rows"] > 0
+    assert any(len(r["captions"]) >= 3 for r in rows)
+    for r in rows:
+        cands = r["captions"]
+        assert sorted((c["variant"], c["text"]) for c in cands) == sorted(want[r["uid"]])
+        assert all(c["prob"] == pytest.approx(1 / len(cands)) for c in cands)
+        assert (r["variant"], r["caption"]) in {(c["variant"], c["text"]) for c in cands}
+    lines = [json.loads(line) for line in Path(js["path"]).read_text(encoding="utf-8").splitlines()]
+    keys = js["open_clip"]["json_text_keys"]
+    assert keys[:2] == ["raw", "rewrite"] and len(lines) == len(rows)
+    args = js["open_clip"]["args"]
+    assert args[:2] == ["--json-text-key", ";".join(keys)] and args[2] == "--json-text-key-probs"
+    for line in lines:
+        present = [k for k in keys if line.get(k) is not None]
+        assert sorted(line[k] for k in present) == sorted(t for _, t in want[line["uid"]])
+        assert sum(v for v in line["caption_probs"].values() if v is not None) == pytest.approx(1.0)
+        assert all(line["caption_probs"][k] == pytest.approx(1 / len(present)) for k in present)
+    for k, p in zip(keys, args[3:]):
+        mean = sum(line["caption_probs"].get(k) or 0 for line in lines) / len(lines)
+        assert float(p) == pytest.approx(mean, rel=1e-5)
+
+
 def test_missing_attribute_table_fails_before_any_work(tmp_path, capsys):
     store = tmp_path / "bare"
     records = json.loads((EXAMPLES / "capsfusion" / "example_data.json").read_text(encoding="utf-8"))[:20]
