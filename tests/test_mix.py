@@ -346,6 +346,53 @@ def test_laclip_lists_every_caption_uniformly_and_the_json_manifest_keys_them(mi
         assert float(p) == pytest.approx(mean, rel=1e-5)
 
 
+@pytest.mark.parametrize("weight", [
+    {"method": "metaclip", "vocabulary": "cifar10", "t": 5, "captions": "any", "unmatched_weight": 0.5},
+    {"method": "metaclip", "vocabulary": "cifar10", "t": 3, "captions": "chosen", "drop_unmatched": True},
+    {"method": "temperature", "vocabulary": "cifar10", "temperature": 2.0, "captions": "chosen"},
+])
+def test_weights_equal_a_python_oracle_over_the_concept_hits(mix_store, weight):
+    """MetaCLIP: w = 1 - prod over the sample's concepts of (1 - t / max(n, t)), n = selected
+    samples naming the concept; temperature: w = max over its concepts of
+    (n_max / n)^(1 - 1/T). Recomputed here from concept_hits in plain Python."""
+    pol = policy_from_dict({"policy": {"name": "w", "seed": 0, "sources": ["capsfusion"]},
+                            "choose": {"strategy": "variant", "variant": "raw"}, "weight": weight})
+    with Store.open(mix_store, read_only=True) as s:
+        chosen = dict(s.execute(
+            "SELECT c.uid::VARCHAR, c.caption_id::VARCHAR FROM captions c JOIN samples p USING (uid) "
+            "WHERE p.source = 'capsfusion' AND c.variant = 'raw'").fetchall())
+        hits = s.execute("SELECT uid::VARCHAR, caption_id::VARCHAR, concept FROM concept_hits "
+                         "WHERE vocabulary = 'cifar10' AND mode = 'phrase'").fetchall()
+        run_policy(s, pol)
+        got = dict(s.execute("SELECT uid::VARCHAR, weight FROM _mix_final").fetchall())
+    concepts: dict[str, set[str]] = {}
+    for uid, cid, concept in hits:
+        if uid in chosen and (weight["captions"] == "any" or cid == chosen[uid]):
+            concepts.setdefault(uid, set()).add(concept)
+    n: dict[str, int] = {}
+    for cs in concepts.values():
+        for c in cs:
+            n[c] = n.get(c, 0) + 1
+    assert len(concepts) >= 10 and len(n) >= 4
+    want = {}
+    for uid in chosen:
+        cs = concepts.get(uid)
+        if not cs:
+            if weight.get("drop_unmatched"):
+                continue
+            want[uid] = weight.get("unmatched_weight", 1.0)
+        elif weight["method"] == "metaclip":
+            t = weight["t"]
+            want[uid] = 1 - math.prod(1 - t / max(n[c], t) for c in cs)
+        else:
+            top = max(n.values())
+            want[uid] = max((top / n[c]) ** (1 - 1 / weight["temperature"]) for c in cs)
+    assert got.keys() == want.keys()
+    for uid, w in want.items():
+        assert got[uid] == pytest.approx(w, rel=1e-9), uid
+    assert len(set(round(w, 9) for w in want.values())) >= 2  # the weights differ between samples
+
+
 def test_missing_attribute_table_fails_before_any_work(tmp_path, capsys):
     store = tmp_path / "bare"
     records = json.loads((EXAMPLES / "capsfusion" / "example_data.json").read_text(encoding="utf-8"))[:20]
