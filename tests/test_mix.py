@@ -393,6 +393,29 @@ def test_weights_equal_a_python_oracle_over_the_concept_hits(mix_store, weight):
     assert len(set(round(w, 9) for w in want.values())) >= 2  # the weights differ between samples
 
 
+def test_dedup_kept_follows_the_latest_dedup_run_of_each_scope(tmp_path):
+    """A synthetic (BLIP) caption dropped by an aggressive first run (threshold 0.5) and
+    kept by a later run at 0.95 is selected again: only the latest run of a scope counts."""
+    from curate.dedup import dedup_captions
+    from curate.ingest import ingest
+
+    records = json.loads((EXAMPLES / "capsfusion" / "example_data.json").read_text(encoding="utf-8"))[:1500]
+    (tmp_path / "c.json").write_text(json.dumps(records), encoding="utf-8")
+    pol = policy_from_dict({"policy": {"name": "k"}, "choose": {"strategy": "variant", "variant": "synthetic"},
+                            "select": [{"attribute": "dedup_kept", "variant": "synthetic", "op": "=", "value": True}]})
+    with Store.init(tmp_path / "s") as s:
+        ingest(s, "capsfusion", tmp_path / "c.json", "capsfusion")
+        counts = []
+        for threshold in (0.5, 0.95):
+            dedup_captions(s, variant=["synthetic"], threshold=threshold)
+            dropped = s.execute("SELECT count(*) FROM dedup_groups WHERE NOT kept AND run_id = "
+                                "(SELECT max(run_id) FROM dedup_summary)").fetchall()[0][0]
+            counts.append((dropped, run_policy(s, pol).counts["samples"]))
+    (drop_a, kept_a), (drop_b, kept_b) = counts
+    assert drop_a > drop_b >= 0
+    assert kept_a == 1500 - drop_a and kept_b == 1500 - drop_b
+
+
 def test_missing_attribute_table_fails_before_any_work(tmp_path, capsys):
     store = tmp_path / "bare"
     records = json.loads((EXAMPLES / "capsfusion" / "example_data.json").read_text(encoding="utf-8"))[:20]

@@ -106,12 +106,20 @@ class Attribute:
         n = self.name
         if n == "source":
             return "(SELECT uid, source AS value FROM samples)"
+        # Only the latest run of each (kind, scope) counts: a rerun at another threshold
+        # replaces the earlier verdicts instead of adding to them. Caption dedup records
+        # every run in dedup_summary (also one that found no group); image dedup runs
+        # are known by their groups.
         if n == "image_dedup_kept":
-            return ("(SELECT member_id AS uid, bool_and(kept) AS value FROM dedup_groups "
-                    "WHERE member_kind = 'uid' GROUP BY member_id)")
+            return ("(SELECT g.member_id AS uid, bool_and(g.kept) AS value FROM dedup_groups g "
+                    "JOIN (SELECT kind, scope, max(run_id) AS run_id FROM dedup_groups WHERE member_kind = 'uid' "
+                    "GROUP BY kind, scope) l USING (kind, scope, run_id) "
+                    "WHERE g.member_kind = 'uid' GROUP BY g.member_id)")
         if n == "dedup_kept":
-            return ("(SELECT member_id AS caption_id, bool_and(kept) AS value FROM dedup_groups "
-                    "WHERE member_kind = 'caption_id' GROUP BY member_id)")
+            return ("(SELECT g.member_id AS caption_id, bool_and(g.kept) AS value FROM dedup_groups g "
+                    "JOIN (SELECT kind, scope, max(run_id) AS run_id FROM dedup_summary GROUP BY kind, scope) l "
+                    "USING (kind, scope, run_id) "
+                    "WHERE g.member_kind = 'caption_id' GROUP BY g.member_id)")
         if n in ("words", "chars"):
             return f"(SELECT caption_id, {n} AS value FROM {stats_latest()})"
         if n == "clip_score":
@@ -136,9 +144,11 @@ _A = Attribute
 ATTRIBUTES: dict[str, Attribute] = {a.name: a for a in (
     _A("source", "sample", "str", None, "the sample's source (ingest --source)"),
     _A("image_dedup_kept", "sample", "bool", "dedup_groups",
-       "false when the sample is a dropped member of an image duplicate group (member_kind 'uid')", default=True),
+       "false when the sample is a dropped member of an image duplicate group (member_kind 'uid') "
+       "of the latest image dedup run of its kind and scope", default=True),
     _A("dedup_kept", "caption", "bool", "dedup_groups",
-       "false when the caption is a dropped member of a caption duplicate group", default=True),
+       "false when the caption is a dropped member of a caption duplicate group of the latest "
+       "caption dedup run of its scope", default=True),
     _A("words", "caption", "number", "caption_stats", "words of the caption (caption_stats)"),
     _A("chars", "caption", "number", "caption_stats", "characters of the caption (caption_stats)"),
     _A("clip_score", "caption", "number", "clip_scores", "CLIP image-caption similarity (clip_scores.score)"),
