@@ -39,6 +39,7 @@ class TargetResult:
     count: int
     run_id: int | None = None
     seconds: float = 0.0
+    centroids: np.ndarray | None = None  # the k-means centres the run used (not stored)
 
     def summary(self) -> str:
         return (f"{STAGE}: {self.reference_set!r} ({self.clusters_hit:,} of {self.n_clusters:,} clusters hit) selects "
@@ -76,6 +77,6 @@ def target_filter(store: Store, set_name: str, reference_set: str, *, n_clusters
                       [set_name, run.hash, run.id])
             w.unregister("_curate_target")
             res = TargetResult(set_name, reference_set, n_clusters, int((hits > 0).sum()), int((per > 0).sum()),
-                               vs.count, run.id, time.perf_counter() - t0)
+                               vs.count, run.id, time.perf_counter() - t0, centroids=cl.centroids)
             run.commit_ok(w, vs.count, vs.count, 0, f"{res.selected} selected")
     return res
