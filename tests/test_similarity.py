@@ -98,6 +98,31 @@ def test_range_pairs_equal_brute_force(sim_store, factory, params):
     assert np.allclose(ps, sim[pi, pj], atol=1e-12)
 
 
+def test_a_gpu_index_without_range_search_falls_back_to_the_cpu_index(sim_store):
+    """The CPU twin of the GPU path: FAISS GPU indexes refuse range_search for some
+    types (RuntimeError). No GPU here, so the GPU index is a stand-in that refuses
+    exactly that; the answer must equal the CPU index's."""
+
+    class RefusesRange:
+        def __init__(self, cpu):
+            self.cpu = cpu
+
+        def search(self, q, k):
+            return self.cpu.search(q, k)
+
+        def range_search(self, q, r):
+            raise RuntimeError("range search not implemented for this GPU index")
+
+    s, x, uids, info = sim_store
+    vs = open_set(s, "img")
+    plain = build_index(vs, "Flat")
+    want = [tuple(map(np.ndarray.tolist, part)) for part in plain.range(x[:300], THR, batch=100)]
+    gpu = build_index(vs, "Flat")
+    gpu._gpu = RefusesRange(gpu.cpu_index)
+    got = [tuple(map(np.ndarray.tolist, part)) for part in gpu.range(x[:300], THR, batch=100)]
+    assert got == want and sum(len(p[0]) for p in want) > 0
+
+
 def test_knn_pads_when_k_exceeds_the_set(store):
     uids = make_uids(3)
     add_samples(store, uids)

@@ -162,7 +162,15 @@ class Index:
                 qi, rows = self._range_by_knn(q, float(threshold) - RANGE_MARGIN)
                 qi = qi + s
             else:
-                lims, _, rows = idx.range_search(q, float(threshold) - RANGE_MARGIN)
+                try:
+                    lims, _, rows = idx.range_search(q, float(threshold) - RANGE_MARGIN)
+                except RuntimeError:
+                    if idx is self.cpu_index:
+                        raise
+                    # a GPU index that has no range search: the CPU index answers, for
+                    # this batch and the rest (the results are the same; only slower)
+                    idx = self.cpu_index
+                    lims, _, rows = idx.range_search(q, float(threshold) - RANGE_MARGIN)
                 qi = np.repeat(np.arange(len(q), dtype=np.int64), np.diff(lims).astype(np.int64)) + s
             rows = rows.astype(np.int64)
             if len(rows):
