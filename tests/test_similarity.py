@@ -378,6 +378,40 @@ def test_exact_duplicates_and_placeholders(store):
     assert ph[0][:4] == ("placeholder", 25, 25, 7)
 
 
+def test_mixing_policies_read_placeholders_and_target_selection(store):
+    """The decisions these tables leave to a policy: `placeholder_image` drops the samples
+    whose image is a placeholder; `target_selected` keeps the samples whose cluster the
+    reference chose (latest runs)."""
+    from curate.mix import policy_from_dict, run_policy
+
+    uids = make_uids(60)
+    sha = [f"img{i}" for i in range(60)]
+    for i in range(10, 35):
+        sha[i] = "placeholder"                 # 25 urls, one picture
+    add_samples(store, uids, sha=sha)
+    x = normalise(np.random.default_rng(4).standard_normal((60, 32)))
+    write_set(store, "img", x, uids)
+    write_set(store, "ref", x[:2] + 0.01, ["r0", "r1"], kind="concept")
+    exact_duplicates(store, min_urls=20)
+    res = target_filter(store, "img", "ref", n_clusters=4, niter=10)
+    selected = {u for (u,) in store.con.execute(
+        "SELECT uid::VARCHAR FROM target_selection WHERE selected AND run_id = ?", [res.run_id]).fetchall()}
+
+    def chosen(select):
+        pol = policy_from_dict({"policy": {"name": "p"}, "choose": {"strategy": "variant", "variant": "raw"},
+                                "select": select})
+        run_policy(store, pol)
+        return {u for (u,) in store.con.execute("SELECT uid::VARCHAR FROM _mix_final").fetchall()}
+
+    no_ph = chosen([{"attribute": "placeholder_image", "op": "=", "value": False}])
+    assert no_ph == set(uids[:10] + uids[35:])
+    tgt = chosen([{"attribute": "target_selected", "op": "=", "value": True}])
+    assert tgt == selected and 0 < len(tgt) < 60
+    both = chosen([{"attribute": "target_selected", "op": "=", "value": True},
+                   {"attribute": "placeholder_image", "op": "=", "value": False}])
+    assert both == selected & no_ph
+
+
 def test_merged_captions_view(sim_store):
     s, x, uids, info = sim_store
     before = s.con.execute("SELECT * FROM captions ORDER BY caption_id").fetchall()

@@ -27,6 +27,8 @@ PRODUCERS = {
     "dedup_groups": "caption dedup (curate dedup captions)",
     "caption_concepts": "the stage concepts.text_match.v1 (curate concepts count --vocabulary NAME)",
     "clip_scores": "the CLIP embedding stage (curate embed ...); see docs/mixing.md for the table it must write",
+    "target_selection": "the target-distribution filter (curate similarity target SET REFERENCE)",
+    "image_placeholders": "the exact-duplicate and placeholder scan (curate similarity exact)",
 }
 #: the columns the CLIP stage will write (at least)
 CLIP_CONTRACT = {"caption_id": "UUID", "uid": "UUID", "model": "VARCHAR", "score": "DOUBLE"}
@@ -110,6 +112,12 @@ class Attribute:
         # replaces the earlier verdicts instead of adding to them. Caption dedup records
         # every run in dedup_summary (also one that found no group); image dedup runs
         # are known by their groups.
+        if n == "target_selected":
+            return ("(SELECT uid, selected AS value FROM target_selection "
+                    "WHERE run_id = (SELECT max(run_id) FROM target_selection))")
+        if n == "placeholder_image":
+            return ("(SELECT s.uid, true AS value FROM samples s JOIN image_placeholders p ON p.sha256 = s.sha256 "
+                    "AND p.run_id = (SELECT max(run_id) FROM image_placeholders))")
         if n == "image_dedup_kept":
             return ("(SELECT g.member_id AS uid, bool_and(g.kept) AS value FROM dedup_groups g "
                     "JOIN (SELECT kind, scope, max(run_id) AS run_id FROM dedup_groups WHERE member_kind = 'uid' "
@@ -143,6 +151,12 @@ class Attribute:
 _A = Attribute
 ATTRIBUTES: dict[str, Attribute] = {a.name: a for a in (
     _A("source", "sample", "str", None, "the sample's source (ingest --source)"),
+    _A("target_selected", "sample", "bool", "target_selection",
+       "true when the sample's cluster was chosen by the latest target-distribution filter run "
+       "(curate similarity target)"),
+    _A("placeholder_image", "sample", "bool", "image_placeholders",
+       "true when the sample's image bytes (sha256) are a placeholder of the latest placeholder scan",
+       default=False),
     _A("image_dedup_kept", "sample", "bool", "dedup_groups",
        "false when the sample is a dropped member of an image duplicate group (member_kind 'uid') "
        "of the latest image dedup run of its kind and scope", default=True),

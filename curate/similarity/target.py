@@ -8,7 +8,8 @@ cluster centre; keep the samples whose cluster was chosen by at least one refere
 vector. Writes ``target_selection`` (``uid``, ``cluster``, ``cluster_hits``,
 ``selected``) for every sample and ``vector_clusters`` (purpose ``target``), in one
 transaction with its runs row; a rerun of the same config replaces its rows. The
-decision to use ``selected`` belongs to a mixing policy.
+decision to use ``selected`` belongs to a mixing policy: the attribute
+``target_selected`` (``curate.mix.attributes``) reads the latest run.
 """
 
 from __future__ import annotations
