@@ -233,6 +233,22 @@ def similarity_exact(store_path: Path, min_urls: int, keep: str, score: str | No
     click.echo(res.summary())
 
 
+@similarity.command("merge-captions")
+@store_option
+@click.option("--kind", default="image_semantic", show_default=True,
+              help="Group kind: image_semantic (semdedup), image_near (neardup) or image_exact (exact).")
+@click.option("--run-id", type=int, default=None, help="One grouping run (default: the latest of --kind).")
+@click.option("--suffix", default="_dup", show_default=True, help="Merged captions get variant <variant><suffix>.")
+def similarity_merge_captions(store_path: Path, kind: str, run_id: int | None, suffix: str) -> None:
+    """Caption-aware merge: the captions of dropped duplicate images join the kept sample as extra variants."""
+    from .similarity.near import merge_captions
+
+    with Store.open(store_path) as s:
+        res = merge_captions(s, kind, run_id, suffix=suffix)
+    click.echo(f"{res['added']:,} captions merged into kept samples ({res['candidates']:,} captions of dropped "
+               f"duplicates, {res['already_on_kept']:,} already on the kept sample)")
+
+
 @similarity.command("tag")
 @click.argument("set_name", metavar="SET")
 @click.argument("concept_set", metavar="CONCEPTS")

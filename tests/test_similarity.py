@@ -5,6 +5,8 @@ writes nothing."""
 
 from __future__ import annotations
 
+import json
+
 import uuid
 
 import numpy as np
@@ -426,6 +428,31 @@ def test_merged_captions_view(sim_store):
     assert summary[0][:2] == ("raw", res.groups.removed)
 
 
+def test_caption_aware_merge_adds_the_duplicates_captions_to_the_kept_sample(sim_store):
+    from curate.similarity import merge_captions
+
+    s, x, uids, info = sim_store
+    res = near_duplicates(s, "img", threshold=THR)
+    view = merged_captions(s, "image_near", res.run_id).to_pylist()
+    before = s.con.execute("SELECT caption_id, uid, variant, text FROM captions ORDER BY caption_id").fetchall()
+    out = merge_captions(s, "image_near")
+    assert out["candidates"] == len(view) > 0 and out["added"] == sum(1 for r in view if not r["already_on_kept"])
+    new = s.con.execute("SELECT uid::VARCHAR, variant, text, generator, provenance FROM captions "
+                        "WHERE variant = 'raw_dup' ORDER BY uid, text").fetchall()
+    want = sorted((str(r["kept_uid"]), "raw_dup", r["text"]) for r in view if not r["already_on_kept"])
+    assert [row[:3] for row in new] == want
+    src, dst = info["near"][0]
+    mine = [row for row in new if row[0] == uids[src]]
+    assert mine and all(row[3] == "merge:image_near" for row in mine)
+    assert uids[dst] in {json.loads(row[4])["duplicate_uid"] for row in mine}
+    old = s.con.execute("SELECT caption_id, uid, variant, text FROM captions WHERE variant <> 'raw_dup' "
+                        "ORDER BY caption_id").fetchall()
+    assert old == before  # nothing removed or changed
+    assert merge_captions(s, "image_near")["added"] == 0  # a rerun adds nothing
+    with pytest.raises(ConfigError, match="suffix must be"):
+        merge_captions(s, "image_near", suffix="-x y")
+
+
 # -- tags and the target filter ------------------------------------------------------------
 @pytest.mark.parametrize("factory", ["Flat", "HNSW16"])
 def test_tags_equal_brute_force(sim_store, factory):
@@ -526,6 +553,11 @@ def test_cli_end_to_end(sim_store, tmp_path):
     assert out.exit_code == 0 and "51 groups" in out.output, out.output
     out = r.invoke(root, ["similarity", "report", "--store", path])
     assert out.exit_code == 0 and "image_semantic" in out.output and "image_near" in out.output
+    out = r.invoke(root, ["similarity", "merge-captions", "--store", path, "--kind", "image_near"])
+    assert out.exit_code == 0 and "51 captions merged into kept samples (51 captions of dropped duplicates" in out.output, \
+        out.output
+    out = r.invoke(root, ["similarity", "merge-captions", "--store", path, "--kind", "image_near"])
+    assert out.exit_code == 0 and out.output.startswith("0 captions merged"), out.output
     out = r.invoke(root, ["vectors", "export", "img", str(tmp_path / "exp"), "--store", path])
     assert out.exit_code == 0 and "exported 600 image vectors" in out.output
     out = r.invoke(root, ["vectors", "import", "img2", str(tmp_path / "exp"), "--store", path])

@@ -7,10 +7,10 @@ Importing this package imports nothing heavy; FAISS is imported when an index is
 """
 
 from .index import Index, build_index, create_index, exact_scores, load_index, resolve_device, save_index
-from .near import exact_duplicates, merged_captions, near_duplicates
+from .near import exact_duplicates, merge_captions, merged_captions, near_duplicates
 from .semdedup import kmeans, semdedup
 from .tags import tag
 from .target import target_filter
 
 __all__ = ["Index", "build_index", "create_index", "exact_scores", "load_index", "resolve_device", "save_index",
-           "exact_duplicates", "merged_captions", "near_duplicates", "kmeans", "semdedup", "tag", "target_filter"]
+           "exact_duplicates", "merge_captions", "merged_captions", "near_duplicates", "kmeans", "semdedup", "tag", "target_filter"]

@@ -206,3 +206,47 @@ def merged_captions(store: Store, kind: str = "image_semantic", run_id: int | No
         run_id = got
     return store.arrow("SELECT * FROM duplicate_captions WHERE kind = $kind AND run_id = $run_id "
                        "ORDER BY group_id, duplicate_uid, variant, caption_id", {"kind": kind, "run_id": run_id})
+
+
+def merge_captions(store: Store, kind: str = "image_semantic", run_id: int | None = None, *,
+                   suffix: str = "_dup") -> dict[str, int]:
+    """Caption-aware merge: the captions of an image group's dropped duplicates join the
+    kept sample as extra caption variants (``<variant><suffix>``, e.g. ``raw_dup``), in
+    one transaction with a runs row. Nothing is removed. A text the kept sample already
+    has in that variant, or in the merged variant, is not added twice; a rerun adds
+    nothing (caption ids follow the usual rule on the kept uid, new variant and text).
+    Each new row's ``generator`` is ``merge:<kind>`` and its ``provenance`` names the
+    duplicate sample, its caption and the run that grouped them. Returns counts."""
+    from ..ids import caption_id_sql
+
+    if not suffix or not suffix.replace("_", "").isalnum():
+        raise ConfigError(f"suffix must be letters, digits or _, got {suffix!r}")
+    rows = merged_captions(store, kind, run_id)
+    if rows.num_rows == 0:
+        return {"candidates": 0, "added": 0, "already_on_kept": 0}
+    run = int(rows.column("run_id")[0].as_py())
+    cid = caption_id_sql("m.kept_uid", "m.variant || $suffix", "m.text")
+    with start_run(store, "similarity", "similarity.merge_captions.v1",
+                   {"kind": kind, "run_id": run, "suffix": suffix}) as r:
+        with r.transaction() as w:
+            w.register("_curate_merge", rows)
+            before = w.execute("SELECT count(*) FROM captions").fetchall()[0][0]
+            w.execute(f"""
+                INSERT INTO captions (caption_id, uid, variant, text, generator, provenance, source, run_id)
+                SELECT DISTINCT ON (n.caption_id) n.* FROM (
+                    SELECT {cid} AS caption_id, m.kept_uid AS uid, m.variant || $suffix AS variant, m.text,
+                           'merge:' || m.kind AS generator,
+                           json_object('duplicate_uid', m.duplicate_uid::VARCHAR, 'caption_id', m.caption_id::VARCHAR,
+                                       'group_run_id', m.run_id, 'group_id', m.group_id,
+                                       'similarity', m.similarity) AS provenance,
+                           s.source, $run_id AS run_id
+                    FROM _curate_merge m JOIN samples s ON s.uid = m.kept_uid
+                    WHERE NOT m.already_on_kept
+                ) n ANTI JOIN captions c USING (caption_id)
+                ORDER BY n.caption_id, n.provenance::VARCHAR
+            """, {"suffix": suffix, "run_id": r.id})
+            added = w.execute("SELECT count(*) FROM captions").fetchall()[0][0] - before
+            w.unregister("_curate_merge")
+            on_kept = sum(1 for v in rows.column("already_on_kept").to_pylist() if v)
+            r.commit_ok(w, rows.num_rows, added, 0, f"{added} captions merged into kept samples")
+    return {"candidates": rows.num_rows, "added": added, "already_on_kept": on_kept}
