@@ -113,6 +113,27 @@ def _input_format(path: Path) -> str:
     return fmt
 
 
+def _url_file_columns(path: Path) -> list[str] | None:
+    """The column names img2dataset will see in a url file (None for .txt). Asking
+    img2dataset for a column the file lacks fails only after its workers start."""
+    fmt = _input_format(path)
+    if fmt == "txt":
+        return None
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_schema(path).names
+    import duckdb
+
+    q = "'" + str(path).replace("'", "''") + "'"
+    reader = {"csv": f"read_csv({q}, header=true, delim=',')", "tsv": f"read_csv({q}, header=true, delim='\t')",
+              "json": f"read_json_auto({q})", "jsonl": f"read_json_auto({q})"}[fmt]
+    try:
+        return [r[0] for r in duckdb.connect().execute(f"DESCRIBE SELECT * FROM {reader}").fetchall()]
+    except duckdb.Error as e:
+        raise InputError(f"{path.name}: cannot read its columns ({' '.join(str(e).split())[:200]})") from None
+
+
 def download(store: Store, output: str | os.PathLike, *, source: str, urls: str | os.PathLike | None = None,
              url_col: str = "url", caption_col: str | None = "caption", uid_col: str | None = "uid",
              img2dataset_python: str | None = None, options: dict[str, Any] | None = None,
@@ -142,10 +163,10 @@ def download(store: Store, output: str | os.PathLike, *, source: str, urls: str 
         if not url_file.is_file():
             raise InputError(f"{url_file} does not exist")
         extra = [uid_col] if uid_col else []
-        if url_file.suffix == ".parquet":
-            import pyarrow.parquet as pq
-
-            names = pq.read_schema(url_file).names
+        names = _url_file_columns(url_file)
+        if names is None:  # .txt: one url per line, nothing else
+            caption_col, extra = None, []
+        else:
             if url_col not in names:
                 raise InputError(f"{url_file.name} has no column {url_col!r}; columns: {', '.join(names)}")
             if caption_col and caption_col not in names:

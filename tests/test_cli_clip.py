@@ -283,3 +283,29 @@ def test_cli_download_store_samples_and_a_url_file_then_resume(tmp_path, server,
     with Store.open(store, read_only=True) as s:
         assert _tables(s) == before
 
+
+
+def test_cli_download_a_csv_url_file_without_uid(tmp_path, server, i2d_python, capsys, monkeypatch):
+    """A CSV url file with url and caption only: curate asks img2dataset only for the
+    columns the file has (before the fix it asked for `uid` and img2dataset failed with
+    KeyError after its workers started)."""
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    store = tmp_path / "s"
+    assert cli(capsys, "init", "--store", store)[0] == 0
+    csv = tmp_path / "urls.csv"
+    csv.write_text("url,caption\n" + "".join(f"{server}/{n},caption of {n}\n" for n in ("a.jpg", "missing.jpg")),
+                   encoding="utf-8")
+    rc, out, err = cli(capsys, "download", "--store", store, "--source", "csvfile", "--urls", csv,
+                       "--out", tmp_path / "imgs", "--img2dataset-python", i2d_python, *DL_OPTS)
+    assert rc == 0, err
+    assert "success: 1" in out and "1 samples and 1 captions added" in out
+    with Store.open(store, read_only=True) as s:
+        rows = _outcomes(s, "csvfile")
+        assert rows["a.jpg"] == ("success", None) and rows["missing.jpg"][0] == "failed_to_download"
+        assert s.execute("SELECT text FROM captions").fetchall() == [("caption of a.jpg",)]
+    bad = tmp_path / "nourl.csv"
+    bad.write_text("link,caption\nx,y\n", encoding="utf-8")
+    rc, _, err = cli(capsys, "download", "--store", store, "--source", "csvfile", "--urls", bad,
+                     "--out", tmp_path / "imgs2", "--img2dataset-python", i2d_python)
+    assert rc != 0 and "nourl.csv has no column 'url'; columns: link, caption" in err
