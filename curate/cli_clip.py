@@ -23,7 +23,7 @@ def _pairs(items: tuple[str, ...]) -> dict:
 @click.option("--urls", type=click.Path(dir_okay=False, exists=True, path_type=Path),
               help="A URL file (parquet/csv/tsv/jsonl with url[, caption, uid]) instead of the store's samples.")
 @click.option("--out", "output", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="img2dataset output folder (webdataset shards); rerun the command to resume.")
+              help="img2dataset output folder (webdataset shards in list-<hash>/ per URL list); rerun the command to resume.")
 @click.option("--img2dataset-python", envvar="CURATE_IMG2DATASET_PYTHON",
               help="Python with img2dataset installed, e.g. .venv-img2dataset/bin/python "
                    "(env CURATE_IMG2DATASET_PYTHON; default: this Python).")

@@ -14,11 +14,15 @@ Steps:
 * **URL table.** Either the samples of a store ``source`` (``url``, the smallest
   ``raw`` caption, and the ``uid`` as 32 hex digits, so the download's rows link back
   to those samples), or a file (parquet, CSV, TSV, JSONL: img2dataset's input formats)
-  with ``url`` and optionally ``caption`` and ``uid`` columns. A store URL table is
-  written to ``<output>/_curate_input/urls.parquet`` (outside img2dataset's shard names).
-* **Download** into ``output`` with img2dataset's ``incremental_mode="incremental"``:
-  a shard whose ``_stats.json`` exists is skipped, so running the same command again
-  after a kill or a crash finishes only the missing shards.
+  with ``url`` and optionally ``caption`` and ``uid`` columns. A store URL table holds
+  only the source's samples with no ``downloads`` row yet (pending), and is written to
+  ``<output>/_curate_input/urls-<hash>.parquet``; when nothing is pending, nothing runs.
+* **Download** into ``<output>/list-<hash>/``, one folder per URL list (the hash of the
+  list file), with img2dataset's ``incremental_mode="incremental"``: a shard whose
+  ``_stats.json`` exists is skipped, so running the same command again after a kill or
+  a crash finishes only the missing shards of the same list. A source that grew gets a
+  new list of its new samples and a new folder; resuming by shard number across two
+  different lists would skip new URLs and fetch old ones again.
 * **Ingest** the folder with the ``img2dataset`` format (:mod:`curate.ingest.img2dataset`)
   under the given ``source``: every input row's status and error go to ``downloads``,
   successes become or link samples. Shards img2dataset did not finish are skipped.
@@ -65,6 +69,8 @@ class DownloadResult:
     errors: dict[str, int] = field(default_factory=dict)
 
     def summary(self) -> str:
+        if not self.statuses and isinstance(self.ingest, str):
+            return f"{self.ingest} (output {self.output})"
         total = sum(self.statuses.values())
         st = ", ".join(f"{k}: {v:,}" for k, v in sorted(self.statuses.items(), key=lambda kv: -kv[1]))
         return (f"downloaded {total:,} urls into {self.output} ({st}) with img2dataset {self.img2dataset_version} "
@@ -86,23 +92,37 @@ def find_python(img2dataset_python: str | None = None) -> tuple[str, str]:
     return exe, p.stdout.strip()
 
 
-def store_url_table(store: Store, source: str, path: Path) -> int:
-    """Write the samples of ``source`` (url, raw caption, uid as 32 hex) to ``path``."""
+def pending_urls(store: Store, source: str) -> Any:
+    """The samples of ``source`` with a url and no ``downloads`` row yet (url, raw
+    caption, uid as 32 hex), in uid order, as an Arrow table."""
     n = store.con.execute("SELECT count(*) FROM samples WHERE source = ? AND url IS NOT NULL", [source]).fetchall()[0][0]
     if not n:
         have = [r[0] for r in store.con.execute("SELECT DISTINCT source FROM samples ORDER BY 1").fetchall()]
         raise ConfigError(f"source {source!r} has no samples with a url; sources: {', '.join(have) or 'none'}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    import pyarrow.parquet as pq
-
-    table = store.arrow(
+    return store.arrow(
         "SELECT s.url, (SELECT min(c.text) FROM captions c WHERE c.uid = s.uid AND c.variant = 'raw') AS caption, "
         "replace(s.uid::VARCHAR, '-', '') AS uid FROM samples s WHERE s.source = $source AND s.url IS NOT NULL "
+        "AND NOT EXISTS (SELECT 1 FROM downloads d WHERE d.uid = s.uid AND d.source = $source) "
         "ORDER BY s.uid", {"source": source})
+
+
+def store_url_table(store: Store, source: str, path: Path) -> int:
+    """Write the pending samples of ``source`` (:func:`pending_urls`) to ``path``."""
+    import pyarrow.parquet as pq
+
+    table = pending_urls(store, source)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.parquet")
     pq.write_table(table, tmp)
     os.replace(tmp, path)
-    return n
+    return table.num_rows
+
+
+def _list_hash(path: Path) -> str:
+    import hashlib
+
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()[:12]
 
 
 def _input_format(path: Path) -> str:
@@ -152,11 +172,20 @@ def download(store: Store, output: str | os.PathLike, *, source: str, urls: str 
     clash = sorted(set(options) & set(OWN_OPTIONS))
     if clash:
         raise ConfigError(f"img2dataset option(s) {', '.join(clash)} are set by curate download")
-    out = Path(output).resolve()
+    root = Path(output).resolve()
     exe, version = find_python(img2dataset_python)
     if urls is None:
-        url_file = out / INPUT_DIR / "urls.parquet"
-        store_url_table(store, source, url_file)
+        pending = pending_urls(store, source)
+        if pending.num_rows == 0:
+            return DownloadResult(root, exe, version, {}, f"nothing to download: every sample of source {source!r} "
+                                  "with a url has a download row (see the downloads table)", time.perf_counter() - t0)
+        import pyarrow.parquet as pq
+
+        staged = root / INPUT_DIR / "pending.tmp.parquet"
+        staged.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pending, staged)
+        url_file = root / INPUT_DIR / f"urls-{_list_hash(staged)}.parquet"
+        os.replace(staged, url_file)
         url_col, caption_col, extra = "url", "caption", ["uid"]
     else:
         url_file = Path(urls).resolve()
@@ -172,6 +201,10 @@ def download(store: Store, output: str | os.PathLike, *, source: str, urls: str 
             if caption_col and caption_col not in names:
                 caption_col = None
             extra = [c for c in extra if c in names]
+    # One img2dataset folder per url list: its incremental mode resumes a killed run by
+    # shard number, which is only right for the same list. A store source that grew
+    # gets a new list (its pending samples) and so a new folder (RESULTS: issue 5 bug).
+    out = root / f"list-{_list_hash(url_file)}"
     args: dict[str, Any] = {
         "url_list": str(url_file), "output_folder": str(out), "input_format": _input_format(url_file),
         "url_col": url_col, "incremental_mode": "incremental", "output_format": "webdataset",

@@ -6,6 +6,8 @@ second store, and its download outcomes against what the server serves."""
 
 from __future__ import annotations
 
+import os
+
 import collections
 from pathlib import Path
 
@@ -213,7 +215,7 @@ def test_cli_download_store_samples_and_a_url_file_then_resume(tmp_path, server,
     web = tmp_path / "web-images"
     rc, out, err = cli(capsys, "download", "--store", store, "--source", "web", "--out", web, *py, *DL_OPTS)
     assert rc == 0, err
-    assert f"downloaded 7 urls into {web}" in out and "success: 4" in out and "img2dataset 1.47.0" in out
+    assert f"downloaded 7 urls into {web}{os.sep}list-" in out and "success: 4" in out and "img2dataset 1.47.0" in out
     assert "4 linked; 7 downloads; 3 failed downloads; 3 shards" in out
     assert "HTTP Error 404: Not Found" in out  # the error table
     assert all(routes.hits[f"/{n}"] == 1 for n in names), routes.hits
@@ -232,16 +234,16 @@ def test_cli_download_store_samples_and_a_url_file_then_resume(tmp_path, server,
         assert linked == {n: n in GOOD_IMAGES for n in names}
         web_rows = rows
         before = _tables(s)
-    shards = {p.name: p.stat().st_mtime_ns for p in web.glob("*.tar")}
+    shards = {p.name: p.stat().st_mtime_ns for p in web.glob("list-*/*.tar")}
     assert sorted(shards) == ["00000.tar", "00001.tar", "00002.tar"]
 
-    # resume: the same command downloads nothing and adds no rows
+    # the same command again: every sample has a download row, so nothing runs
     routes.hits.clear()
     rc, out, err = cli(capsys, "download", "--store", store, "--source", "web", "--out", web, *py, *DL_OPTS)
     assert rc == 0, err
-    assert "0 linked; 0 downloads; 0 failed downloads; 0 shards" in out
+    assert "nothing to download: every sample of source 'web' with a url has a download row" in out
     assert not routes.hits, routes.hits
-    assert {p.name: p.stat().st_mtime_ns for p in web.glob("*.tar")} == shards
+    assert {p.name: p.stat().st_mtime_ns for p in web.glob("list-*/*.tar")} == shards
     with Store.open(store, read_only=True) as s:
         assert _tables(s) == before
 

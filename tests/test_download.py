@@ -128,16 +128,43 @@ def test_download_records_every_outcome_links_samples_and_resumes(tmp_path, serv
             "SELECT regexp_extract(url, '[^/]+$'), image_shard IS NOT NULL AND image_key IS NOT NULL FROM samples"
         ).fetchall())
         assert linked == {n: n in ("a.jpg", "b.jpg", "c.png", "d.jpg") for n in names}
-        assert sorted(p.name for p in out.glob("*.tar")) == ["00000.tar", "00001.tar", "00002.tar"]
+        (lst,) = out.glob("list-*")  # one img2dataset folder per url list
+        assert res.output == lst
+        assert sorted(p.name for p in lst.glob("*.tar")) == ["00000.tar", "00001.tar", "00002.tar"]
+        before_rows = store.con.execute("SELECT * FROM downloads ORDER BY url").fetchall()
+        before_links = store.con.execute("SELECT url, image_key FROM samples ORDER BY url").fetchall()
 
-        # resume: a shard lost in a crash (no _stats.json) is downloaded again, nothing else
-        (out / "00001_stats.json").unlink()
-        (out / "00001.tar").unlink()
-        before = store.count("downloads")
+        # resume: a crash inside img2dataset leaves some shards finished and the store
+        # untouched (the ingest never ran). Emulate it: drop shard 1 and what the ingest wrote.
+        (lst / "00001_stats.json").unlink()
+        (lst / "00001.tar").unlink()
+        stamp = {p.name: p.stat().st_mtime_ns for p in lst.glob("*.tar")}
+        store.execute("DELETE FROM downloads")
+        store.execute("DELETE FROM download_shards")
+        store.execute("UPDATE samples SET image_shard = NULL, image_key = NULL, sha256 = NULL, width = NULL, height = NULL")
         again = download(store, out, source="web", img2dataset_python=i2d_python, options=opts)
-        assert (out / "00001_stats.json").exists() and (out / "00001.tar").exists()
-        assert store.count("downloads") == before and store.count("samples") == 8
-        assert sum(again.statuses.values()) == 8
+        assert again.output == lst  # the same pending list, so the same folder
+        assert (lst / "00001_stats.json").exists() and (lst / "00001.tar").exists()
+        assert all(lst.joinpath(n).stat().st_mtime_ns == t for n, t in stamp.items())  # finished shards kept
+        assert store.count("samples") == 8 and sum(again.statuses.values()) == 8
+        assert store.con.execute("SELECT url, image_key FROM samples ORDER BY url").fetchall() == before_links
+        assert len(store.con.execute("SELECT * FROM downloads").fetchall()) == len(before_rows)
+
+        # nothing pending: nothing runs
+        done = download(store, out, source="web", img2dataset_python=i2d_python, options=opts)
+        assert done.statuses == {} and "nothing to download" in done.summary()
+
+        # the source grows: only its new samples are fetched, into a new folder; none twice
+        more = tmp_path / "more.parquet"
+        pq.write_table(pa.table({"url": [f"{server}/{n}#v2" for n in ("a.jpg", "b.jpg", "missing.jpg")],
+                                 "caption": ["x", "y", "z"]}), more)
+        ingest(store, "table", more, "web")
+        grown = download(store, out, source="web", img2dataset_python=i2d_python, options=opts)
+        assert grown.output != lst and sum(grown.statuses.values()) == 3
+        per_url = store.con.execute("SELECT url, count(*) FROM downloads GROUP BY 1 HAVING count(*) > 1").fetchall()
+        assert per_url == [] and store.count("downloads") == 11
+        assert store.con.execute("SELECT count(*) FROM samples WHERE url LIKE '%#v2' AND image_key IS NOT NULL"
+                                 ).fetchall()[0][0] == 2
 
 
 def test_a_python_without_img2dataset_names_the_install(tmp_path, store):
