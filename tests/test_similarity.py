@@ -414,6 +414,27 @@ def test_mixing_policies_read_placeholders_and_target_selection(store):
     assert both == selected & no_ph
 
 
+def test_image_dedup_kept_follows_the_latest_image_dedup_run(sim_store):
+    """mix attribute image_dedup_kept: after a strict near-dup run (0.99) the loose run's
+    (0.95) extra drops no longer count; only the latest run of the kind and scope does."""
+    from curate.mix import policy_from_dict, run_policy
+
+    s, x, uids, info = sim_store
+    pol = policy_from_dict({"policy": {"name": "d"}, "choose": {"strategy": "variant", "variant": "raw"},
+                            "select": [{"attribute": "image_dedup_kept", "op": "=", "value": True}]})
+    kept = []
+    for threshold in (0.95, 0.99):
+        res = near_duplicates(s, "img", threshold=threshold)
+        dropped = {u for (u,) in s.con.execute(
+            "SELECT member_id::VARCHAR FROM dedup_groups WHERE kind = 'image_near' AND NOT kept AND run_id = ?",
+            [res.run_id]).fetchall()}
+        run_policy(s, pol)
+        chosen = {u for (u,) in s.con.execute("SELECT uid::VARCHAR FROM _mix_final").fetchall()}
+        assert chosen == set(uids) - dropped
+        kept.append(len(chosen))
+    assert kept[0] < kept[1] < len(uids)
+
+
 def test_merged_captions_view(sim_store):
     s, x, uids, info = sim_store
     before = s.con.execute("SELECT * FROM captions ORDER BY caption_id").fetchall()
