@@ -6,9 +6,8 @@ second store, and its download outcomes against what the server serves."""
 
 from __future__ import annotations
 
-import os
-
 import collections
+import os
 from pathlib import Path
 
 import pyarrow as pa
@@ -16,29 +15,13 @@ import pyarrow.parquet as pq
 
 import tests.test_download as td
 from curate import Store
-from curate.cli import main
 from curate.ingest import ingest
 from curate.runner import RunOptions
+from tests.test_cli import curate as cli, one_error_line
 from tests.test_clip import make_coco, scores, tiny, tiny_stage  # noqa: F401 - `tiny` is a fixture
 from tests.test_download import i2d_python, server  # noqa: F401 - fixtures
 
 from curate.stages.clip import embed  # noqa: E402 - after test_clip's importorskip of torch/open_clip
-
-
-def cli(capsys, *argv) -> tuple[int, str, str]:
-    """Run the CLI in-process; returns (exit code, stdout, stderr)."""
-    capsys.readouterr()
-    rc = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def one_error_line(err: str) -> str:
-    """An expected failure's stderr: exactly one ``error: ...`` line, no traceback."""
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "Traceback" not in err
-    return lines[0]
 
 
 # -- curate embed ---------------------------------------------------------------------------
