@@ -37,16 +37,19 @@ HAVING count(DISTINCT variant) > 1
 ORDER BY captions DESC, norm
 LIMIT 100;
 
+-- name: normal_forms
+-- Every caption with its SQL normal form (NFC, lower case, punctuation and symbols as
+-- spaces; the SQL twin of curate/dedup/normalize.py, which says where the two differ).
+-- The exact-repetition and distinct-count queries read it.
+SELECT variant, text,
+       trim(regexp_replace(lower(nfc_normalize(text)), '[\pP\pS\pZ\pC]+', ' ', 'g')) AS norm
+FROM captions;
+
 -- name: exact_repetition
 -- Exact repetition per variant in plain SQL (no dedup run needed): captions, distinct
 -- stored texts, distinct normal forms (SQL twin), and the share of captions that repeat
 -- an earlier one exactly: 1 - distinct / analysed. Captions with no words after
 -- normalisation are counted in no_words and left out of the rates.
-WITH n AS (
-    SELECT variant, text,
-           trim(regexp_replace(lower(nfc_normalize(text)), '[\pP\pS\pZ\pC]+', ' ', 'g')) AS norm
-    FROM captions
-)
 SELECT variant,
        count(*) AS captions,
        count(*) FILTER (WHERE norm = '') AS no_words,
@@ -55,7 +58,7 @@ SELECT variant,
        round(1 - count(DISTINCT text) / count(*), 4) AS raw_rate,
        round(1 - (count(DISTINCT norm) FILTER (WHERE norm <> ''))
                  / nullif(count(*) FILTER (WHERE norm <> ''), 0), 4) AS exact_rate
-FROM n
+FROM {{dedup.normal_forms}} n
 GROUP BY variant
 ORDER BY variant;
 
@@ -67,18 +70,13 @@ ORDER BY variant;
 -- normal form (NFKC) with a chosen precision, and is the one to trust: DuckDB's estimate
 -- is coarser (6.9% high at 9,939 distinct texts in the test corpus, where curate's p = 14
 -- sketch is within 0.8%); this query is what any DuckDB client gets without curate.
-WITH n AS (
-    SELECT variant, text,
-           trim(regexp_replace(lower(nfc_normalize(text)), '[\pP\pS\pZ\pC]+', ' ', 'g')) AS norm
-    FROM captions
-)
 SELECT variant,
        count(*) AS captions,
        count(DISTINCT text) AS distinct_text,
        approx_count_distinct(text) AS approx_distinct_text,
        count(DISTINCT norm) FILTER (WHERE norm <> '') AS distinct_normalised,
        approx_count_distinct(norm) FILTER (WHERE norm <> '') AS approx_distinct_normalised
-FROM n
+FROM {{dedup.normal_forms}} n
 GROUP BY variant
 ORDER BY variant;
 
