@@ -174,17 +174,15 @@ def download(store: Store, output: str | os.PathLike, *, source: str, urls: str 
         raise ConfigError(f"img2dataset option(s) {', '.join(clash)} are set by curate download")
     root = Path(output).resolve()
     exe, version = find_python(img2dataset_python)
+    list_hash = None
     if urls is None:
-        pending = pending_urls(store, source)
-        if pending.num_rows == 0:
+        staged = root / INPUT_DIR / "pending.parquet"
+        if store_url_table(store, source, staged) == 0:
+            staged.unlink()
             return DownloadResult(root, exe, version, {}, f"nothing to download: every sample of source {source!r} "
                                   "with a url has a download row (see the downloads table)", time.perf_counter() - t0)
-        import pyarrow.parquet as pq
-
-        staged = root / INPUT_DIR / "pending.tmp.parquet"
-        staged.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(pending, staged)
-        url_file = root / INPUT_DIR / f"urls-{_list_hash(staged)}.parquet"
+        list_hash = _list_hash(staged)
+        url_file = root / INPUT_DIR / f"urls-{list_hash}.parquet"
         os.replace(staged, url_file)
         url_col, caption_col, extra = "url", "caption", ["uid"]
     else:
@@ -204,7 +202,7 @@ def download(store: Store, output: str | os.PathLike, *, source: str, urls: str 
     # One img2dataset folder per url list: its incremental mode resumes a killed run by
     # shard number, which is only right for the same list. A store source that grew
     # gets a new list (its pending samples) and so a new folder (RESULTS: issue 5 bug).
-    out = root / f"list-{_list_hash(url_file)}"
+    out = root / f"list-{list_hash or _list_hash(url_file)}"
     args: dict[str, Any] = {
         "url_list": str(url_file), "output_folder": str(out), "input_format": _input_format(url_file),
         "url_col": url_col, "incremental_mode": "incremental", "output_format": "webdataset",
