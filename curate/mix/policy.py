@@ -229,6 +229,20 @@ class Predicate:
         if self.model is not None and self.attribute != "clip_score":
             raise ConfigError(f"{self.attribute} takes no model (only clip_score does)")
 
+    def to_expr(self) -> Any:
+        """The same predicate as a polars expression over :func:`curate.mix.attribute_frame`
+        (``curate.mix.expr``); :meth:`from_expr` reads it back."""
+        from .expr import predicate_expr
+
+        return predicate_expr(self)
+
+    @staticmethod
+    def from_expr(expr: Any) -> tuple["Predicate", ...]:
+        """Predicates from a polars expression (``&`` of several gives several)."""
+        from .expr import predicates_from_expr
+
+        return predicates_from_expr(expr)
+
 
 # -- choose ----------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
@@ -351,6 +365,17 @@ Choose = OneVariant | Ratio | Nguyen | LaCLIP | VeCLIP | CapsFusion | KnowledgeA
 
 
 # -- weight ----------------------------------------------------------------------------
+def _check_counts(where: str, w: Any) -> None:
+    if w.counts == "matched":
+        if not (w.image_set and w.concept_set):
+            raise ConfigError(f"{where}: counts = \"matched\" needs image_set and concept_set (the image vector set "
+                              "and the concept vector set of concept_tags, from curate concepts image-count)")
+        if w.k < 1:
+            raise ConfigError(f"{where}: k must be at least 1, got {w.k}")
+    elif w.image_set or w.concept_set:
+        raise ConfigError(f"{where}: image_set and concept_set apply to counts = \"matched\" only")
+
+
 @dataclasses.dataclass(frozen=True)
 class NoWeight:
     """Every sample weighs 1."""
@@ -365,7 +390,13 @@ class MetaCLIPWeight:
     several concepts is kept if any of them keeps it: ``w = 1 - prod(1 - t/max(count, t))``.
     Counts are samples per concept among the selected samples' ``captions`` (the chosen
     caption, or any caption). Samples naming no concept get ``unmatched_weight``, or
-    are dropped with ``drop_unmatched`` (MetaCLIP's pool has only matched texts)."""
+    are dropped with ``drop_unmatched`` (MetaCLIP's pool has only matched texts).
+
+    ``counts = "matched"`` counts a concept for a sample only when its image shows it
+    too: the concept is also among the image's top ``k`` zero-shot tags (score at least
+    ``min_score``) in ``concept_tags`` of ``image_set`` and ``concept_set``, the
+    matched frequency of Udandarao et al. 2024 (arXiv 2404.04125), as in
+    ``curate concepts image-count``."""
 
     method: ClassVar[str] = "metaclip"
     vocabulary: str = ""
@@ -374,10 +405,16 @@ class MetaCLIPWeight:
     captions: Literal["chosen", "any"] = "chosen"
     unmatched_weight: float = 1.0
     drop_unmatched: bool = False
+    counts: Literal["text", "matched"] = "text"
+    image_set: str | None = None
+    concept_set: str | None = None
+    k: int = 5
+    min_score: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.vocabulary:
             raise ConfigError("metaclip: needs vocabulary = NAME")
+        _check_counts("metaclip", self)
         if self.t < 1:
             raise ConfigError(f"metaclip: t must be at least 1, got {self.t}")
         if not self.unmatched_weight > 0:
@@ -390,17 +427,24 @@ class TemperatureWeight:
     Arivazhagan et al. 2019, arXiv 1907.05019): concept c with share q_c is drawn with
     p_c proportional to q_c^(1/T); a sample's weight is p_c / q_c for its rarest concept,
     scaled so the most frequent concept weighs 1: ``w = (max_count / count)^(1 - 1/T)``.
-    T > 1 up-weights the tail; samples naming no concept weigh 1."""
+    T > 1 up-weights the tail; samples naming no concept weigh 1. ``counts`` and its
+    options as for :class:`MetaCLIPWeight`."""
 
     method: ClassVar[str] = "temperature"
     vocabulary: str = ""
     temperature: float = 2.0
     mode: str = "phrase"
     captions: Literal["chosen", "any"] = "chosen"
+    counts: Literal["text", "matched"] = "text"
+    image_set: str | None = None
+    concept_set: str | None = None
+    k: int = 5
+    min_score: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.vocabulary:
             raise ConfigError("temperature: needs vocabulary = NAME")
+        _check_counts("temperature", self)
         if not self.temperature > 0:
             raise ConfigError(f"temperature: must be positive, got {self.temperature}")
 
@@ -485,11 +529,23 @@ class Policy:
     def __post_init__(self) -> None:
         if not self.name:
             raise ConfigError("a policy needs a name")
+        if not (isinstance(self.select, tuple) and all(isinstance(p, Predicate) for p in self.select)):
+            # polars expressions (curate.mix.expr) become the same typed predicates as TOML
+            from .expr import predicates_from_expr
+
+            object.__setattr__(self, "select", predicates_from_expr(self.select))
         if self.budget.by == "variant" and self.budget.proportions:
             unknown = sorted(set(self.budget.proportions) - set(self.choose.emits()))
             if unknown:
                 raise ConfigError(f"budget.proportions names variant(s) {', '.join(unknown)} that "
                                   f"choose ({self.choose.strategy}) never emits; it emits {', '.join(self.choose.emits())}")
+
+    def select_expr(self) -> Any:
+        """The select predicates as one polars expression (``&`` of each), to filter
+        :func:`curate.mix.attribute_frame` the way the policy's SQL selects."""
+        from .expr import conjunction
+
+        return conjunction(self.select)
 
     def with_seed(self, seed: int) -> "Policy":
         return dataclasses.replace(self, seed=seed)
