@@ -56,6 +56,18 @@ def mix_store(tmp_path_factory) -> Path:
             0.15 + 0.25 * (md5_number(caption_id::VARCHAR) % 1000000)::DOUBLE / 1e6
                  + CASE WHEN variant = 'synthetic' THEN 0.03 ELSE 0 END AS score
             FROM captions""")
+        # stand-in zero-shot image tags (the real ones come from CLIP embeddings): every
+        # CIFAR-10 concept ranked per image by a seeded hash, score falling with rank; an
+        # older tagging run (config h0) ranks everything first and must be ignored
+        from curate.similarity.groups import TABLES_SQL
+        s.execute(TABLES_SQL)
+        s.execute("""INSERT INTO concept_tags
+            SELECT 'imgs', 'cifar10@stand-in', uid, concept, 0.30 - 0.01 * r, r::INT, 'h1', 2 FROM (
+                SELECT p.uid, v.concept, row_number() OVER (PARTITION BY p.uid ORDER BY hash(p.uid, v.concept)) AS r
+                FROM samples p, (SELECT DISTINCT concept FROM concepts WHERE vocabulary = 'cifar10') v)
+            UNION ALL
+            SELECT 'imgs', 'cifar10@stand-in', uid, concept, 0.9, 1, 'h0', 1
+            FROM samples, (SELECT DISTINCT concept FROM concepts WHERE vocabulary = 'cifar10')""")
     return path
 
 
@@ -350,11 +362,17 @@ def test_laclip_lists_every_caption_uniformly_and_the_json_manifest_keys_them(mi
     {"method": "metaclip", "vocabulary": "cifar10", "t": 5, "captions": "any", "unmatched_weight": 0.5},
     {"method": "metaclip", "vocabulary": "cifar10", "t": 3, "captions": "chosen", "drop_unmatched": True},
     {"method": "temperature", "vocabulary": "cifar10", "temperature": 2.0, "captions": "chosen"},
+    {"method": "metaclip", "vocabulary": "cifar10", "t": 2, "captions": "any", "counts": "matched",
+     "image_set": "imgs", "concept_set": "cifar10@stand-in", "k": 7},
+    {"method": "temperature", "vocabulary": "cifar10", "temperature": 3.0, "captions": "any",
+     "counts": "matched", "image_set": "imgs", "concept_set": "cifar10@stand-in", "k": 9, "min_score": 0.235},
 ])
 def test_weights_equal_a_python_oracle_over_the_concept_hits(mix_store, weight):
     """MetaCLIP: w = 1 - prod over the sample's concepts of (1 - t / max(n, t)), n = selected
     samples naming the concept; temperature: w = max over its concepts of
-    (n_max / n)^(1 - 1/T). Recomputed here from concept_hits in plain Python."""
+    (n_max / n)^(1 - 1/T). Recomputed here from concept_hits in plain Python; for
+    ``counts = "matched"`` a concept counts only when the latest tagging run puts it in
+    the image's top k with score >= min_score."""
     pol = policy_from_dict({"policy": {"name": "w", "seed": 0, "sources": ["capsfusion"]},
                             "choose": {"strategy": "variant", "variant": "raw"}, "weight": weight})
     with Store.open(mix_store, read_only=True) as s:
@@ -363,10 +381,18 @@ def test_weights_equal_a_python_oracle_over_the_concept_hits(mix_store, weight):
             "WHERE p.source = 'capsfusion' AND c.variant = 'raw'").fetchall())
         hits = s.execute("SELECT uid::VARCHAR, caption_id::VARCHAR, concept FROM concept_hits "
                          "WHERE vocabulary = 'cifar10' AND mode = 'phrase'").fetchall()
+        tags = s.execute("SELECT uid::VARCHAR, concept, score, rank, run_id FROM concept_tags").fetchall()
         run_policy(s, pol)
         got = dict(s.execute("SELECT uid::VARCHAR, weight FROM _mix_final").fetchall())
+    latest = max(t[4] for t in tags)
+    shown = {(u, c) for u, c, score, rank, run in tags
+             if run == latest and rank <= weight.get("k", 5) and score >= weight.get("min_score", 0.0)}
     concepts: dict[str, set[str]] = {}
+    unseen = 0
     for uid, cid, concept in hits:
+        if weight.get("counts") == "matched" and (uid, concept) not in shown:
+            unseen += 1
+            continue
         if uid in chosen and (weight["captions"] == "any" or cid == chosen[uid]):
             concepts.setdefault(uid, set()).add(concept)
     n: dict[str, int] = {}
@@ -374,6 +400,7 @@ def test_weights_equal_a_python_oracle_over_the_concept_hits(mix_store, weight):
         for c in cs:
             n[c] = n.get(c, 0) + 1
     assert len(concepts) >= 10 and len(n) >= 4
+    assert (unseen > 0) == (weight.get("counts") == "matched")  # the image side removed some text hits
     want = {}
     for uid in chosen:
         cs = concepts.get(uid)
@@ -441,6 +468,11 @@ def test_missing_attribute_table_fails_before_any_work(tmp_path, capsys):
     ({"choose": {"strategy": "magic"}}, "choose.strategy: expected one of variant, ratio"),
     ({"budget": {"samples": 10, "by": "source"}}, "by and proportions go together"),
     ({"weight": {"method": "metaclip"}}, "metaclip: needs vocabulary"),
+    ({"weight": {"method": "metaclip", "vocabulary": "cifar10", "counts": "matched", "image_set": "imgs"}},
+     'counts = "matched" needs image_set and concept_set'),
+    ({"weight": {"method": "temperature", "vocabulary": "cifar10", "image_set": "imgs", "concept_set": "c"}},
+     'image_set and concept_set apply to counts = "matched" only'),
+    ({"weight": {"method": "metaclip", "vocabulary": "cifar10", "counts": "image"}}, "expected 'text' or 'matched'"),
     ({"output": {"format": "csv", "repeat_factor": 2.0}}, "repeat_factor applies to the npy format only"),
     ({"choose": {"strategy": "variant", "variant": "raw"}, "budget": {"by": "variant", "proportions": {"fused": 1.0}}},
      "never emits"),
@@ -450,6 +482,15 @@ def test_policy_validation_names_the_problem(bad, message):
     with pytest.raises(ConfigError, match=None) as e:
         policy_from_dict({"policy": {"name": "x"}, **bad})
     assert message in str(e.value)
+
+
+def test_matched_weights_name_the_tag_sets_the_store_has(mix_store):
+    pol = policy_from_dict({"policy": {"name": "m"}, "weight": {
+        "method": "metaclip", "vocabulary": "cifar10", "counts": "matched", "image_set": "imgs", "concept_set": "cifar"}})
+    with Store.open(mix_store, read_only=True) as s, pytest.raises(ConfigError) as e:
+        run_policy(s, pol)
+    assert ("concept_tags has no tags of image_set 'imgs' and concept_set 'cifar'; it has image_set 'imgs', "
+            "concept_set 'cifar10@stand-in'") in str(e.value)
 
 
 def test_toml_is_a_serialisation_of_the_objects():

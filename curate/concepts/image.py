@@ -85,6 +85,15 @@ class ImageCounts:
                 f"{self.samples_both:,} samples with both")
 
 
+#: (uid, concept) of every image whose top-$k tags of the latest tagging run of ($iset,
+#: $cset) include the concept with score >= $min_score: the image side of the image and
+#: matched counts, here and in the mixing weights (curate.mix.compile.weight_sql)
+IMAGE_TAGS_SQL = """SELECT DISTINCT t.uid, t.concept FROM concept_tags t
+    WHERE t.set_name = $iset AND t.concept_set = $cset AND t.rank <= $k AND t.score >= $min_score
+      AND t.config_hash = (SELECT arg_max(config_hash, run_id) FROM concept_tags
+                           WHERE set_name = $iset AND concept_set = $cset)"""
+
+
 def image_counts(store: Store, vocabulary: str, concept_set: str, image_set: str, *, k: int = 5,
                  min_score: float = 0.0, variant: str | None = None, mode: str = "phrase") -> ImageCounts:
     """Text, image and matched counts per concept (zeros included) and the misalignment
@@ -101,15 +110,7 @@ def image_counts(store: Store, vocabulary: str, concept_set: str, image_set: str
                 f"AND h.mode = $mode {text_filter}") if has_hits else \
         "SELECT NULL::UUID AS uid, NULL::VARCHAR AS concept WHERE false"
     ctes = f"""
-        WITH latest AS (
-            SELECT arg_max(config_hash, run_id) AS config_hash FROM concept_tags
-            WHERE set_name = $iset AND concept_set = $cset
-        ),
-        img AS (
-            SELECT DISTINCT t.uid, t.concept FROM concept_tags t
-            WHERE t.set_name = $iset AND t.concept_set = $cset AND t.config_hash = (SELECT config_hash FROM latest)
-              AND t.rank <= $k AND t.score >= $min_score
-        ),
+        WITH img AS ({IMAGE_TAGS_SQL}),
         txt AS ({text_cte})"""
     counts = store.df(ctes + """,
         vocab AS (SELECT DISTINCT concept FROM concepts WHERE vocabulary = $vocabulary),

@@ -29,6 +29,7 @@ PRODUCERS = {
     "clip_scores": "the CLIP embedding stage (curate embed ...); see docs/mixing.md for the table it must write",
     "target_selection": "the target-distribution filter (curate similarity target SET REFERENCE)",
     "image_placeholders": "the exact-duplicate and placeholder scan (curate similarity exact)",
+    "concept_tags": "zero-shot image tagging (curate concepts image-count, or curate similarity tag)",
 }
 #: the columns the CLIP stage will write (at least)
 CLIP_CONTRACT = {"caption_id": "UUID", "uid": "UUID", "model": "VARCHAR", "score": "DOUBLE"}
@@ -204,6 +205,8 @@ def required_tables(policy: Any) -> dict[str, str]:
         need.setdefault("caption_knowledge", f"choose strategy {ch.strategy}")
     if isinstance(policy.weight, (MetaCLIPWeight, TemperatureWeight)):
         need.setdefault("caption_concepts", f"weight method {policy.weight.method}")
+        if policy.weight.counts == "matched":
+            need.setdefault("concept_tags", f"weight method {policy.weight.method} with counts = \"matched\"")
     return need
 
 
@@ -269,6 +272,14 @@ def check_policy(store: Any, policy: Any) -> dict[str, Any]:
         if not n:
             raise ConfigError(f"no concept matches for vocabulary {vocab!r} (mode {mode}); run the stage "
                               f"concepts.text_match.v1 with vocabulary = {vocab!r}")
+
+    w = policy.weight
+    if isinstance(w, (MetaCLIPWeight, TemperatureWeight)) and w.counts == "matched":
+        pairs = store.execute("SELECT DISTINCT set_name, concept_set FROM concept_tags ORDER BY 1, 2").fetchall()
+        if (w.image_set, w.concept_set) not in pairs:
+            have = "; ".join(f"image_set {a!r}, concept_set {b!r}" for a, b in pairs) or "none"
+            raise ConfigError(f"weight {w.method}: concept_tags has no tags of image_set {w.image_set!r} and "
+                              f"concept_set {w.concept_set!r}; it has {have}")
 
     if isinstance(policy.choose, (CapsFusion, KnowledgeAware)):
         vs = policy.choose.emits()

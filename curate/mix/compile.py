@@ -23,7 +23,7 @@ import time
 from typing import Any
 
 from ..errors import ConfigError
-from .attributes import ATTRIBUTES, check_policy, clip_rel, lit, named, source_cond
+from .attributes import ATTRIBUTES, bind, check_policy, clip_rel, lit, named, source_cond
 from .policy import (CapsFusion, KnowledgeAware, LaCLIP, MetaCLIPWeight, Nguyen, OneVariant, Policy, Predicate, Ratio,
                      TemperatureWeight, VeCLIP)
 
@@ -201,11 +201,19 @@ def choose_sql(policy: Policy, clip_model: str | None) -> tuple[str, str | None]
 # -- weight ------------------------------------------------------------------------------
 def weight_sql(policy: Policy) -> str:
     """SELECT uid, weight FROM ... over ``_mix_chosen`` (samples without a row weigh 1
-    unless dropped)."""
+    unless dropped). Counts are samples per concept among the chosen rows: text hits,
+    or with ``counts = "matched"`` text hits the image's tags confirm."""
     w = policy.weight
     if isinstance(w, (MetaCLIPWeight, TemperatureWeight)):
         on = "h.caption_id = ch.caption_id" if w.captions == "chosen" else "h.uid = ch.uid"
-        hits = (f"SELECT DISTINCT ch.uid, h.concept FROM _mix_chosen ch JOIN concept_hits h ON {on} "
+        matched = ""
+        if w.counts == "matched":
+            from ..concepts.image import IMAGE_TAGS_SQL
+
+            img = bind(IMAGE_TAGS_SQL, {"iset": w.image_set, "cset": w.concept_set, "k": w.k,
+                                        "min_score": float(w.min_score)})
+            matched = f"SEMI JOIN ({img}) i ON i.uid = ch.uid AND i.concept = h.concept "
+        hits = (f"SELECT DISTINCT ch.uid, h.concept FROM _mix_chosen ch JOIN concept_hits h ON {on} {matched}"
                 f"WHERE h.vocabulary = {lit(w.vocabulary)} AND h.mode = {lit(w.mode)}")
         if isinstance(w, MetaCLIPWeight):
             t = lit(float(w.t))
