@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .attributes import lit, named, source_cond
+from .attributes import ATTRIBUTES, lit, named, source_cond
 from .compile import MixResult
 
 
@@ -23,6 +23,17 @@ def _views(store: Any, res: MixResult) -> None:
     con.execute(f"CREATE OR REPLACE TEMP VIEW mix_pool AS SELECT c.uid, c.source, c.caption_id, c.variant "
                 f"FROM captions c WHERE {source_cond(p, 'c')} AND c.variant IN ({variants})")
     con.execute("CREATE OR REPLACE TEMP VIEW mix_manifest AS SELECT uid, source, caption_id, variant, weight FROM _mix_final")
+
+
+def _dropped_view(store: Any, tables: set[str]) -> None:
+    """``mix_dropped(member_kind, member_id)``: the dropped members of the latest dedup
+    runs, by the very relations the attributes ``dedup_kept`` (captions; needs
+    ``dedup_summary``) and ``image_dedup_kept`` (samples) select on."""
+    parts = [f"SELECT 'uid' AS member_kind, uid AS member_id FROM {ATTRIBUTES['image_dedup_kept'].relation(None)} "
+             "WHERE NOT value"]
+    if "dedup_summary" in tables:
+        parts.append(f"SELECT 'caption_id', caption_id FROM {ATTRIBUTES['dedup_kept'].relation(None)} WHERE NOT value")
+    store.con.execute("CREATE OR REPLACE TEMP VIEW mix_dropped AS " + " UNION ALL ".join(parts))
 
 
 def audit(store: Any, res: MixResult, vocabulary: str | None = None) -> list[tuple[str, Any]]:
@@ -83,6 +94,7 @@ def _run_audits(store: Any, res: MixResult, vocabulary: str | None) -> list[tupl
             run(f"CLIP score ({model})", "audit_clip", model=model)
     run("Duplicates left", "audit_duplicates")
     if "dedup_groups" in tables:
+        _dropped_view(store, tables)
         run("Dropped duplicates left (dedup_groups)", "audit_dedup_left")
     if "caption_knowledge" in tables:
         store.con.execute(f"CREATE OR REPLACE TEMP VIEW mix_retention AS {named('mix.caption_retention')}")

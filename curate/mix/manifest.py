@@ -43,8 +43,12 @@ from .compile import MixResult, run_policy
 from .policy import Policy
 
 EXT = {"parquet": "parquet", "csv": "csv", "tsv": "tsv", "json": "samples.jsonl", "jsonl": "jsonl", "npy": "npy"}
+#: table -> the one stage that writes it (the sidecar records its latest ok run). Tables
+#: several runs write side by side are not here: for dedup_groups (dedup.captions.v1,
+#: similarity.semdedup.v1 / near.v1 / exact.v1) and concept_tags (similarity.tags.v1)
+#: input_versions records the runs whose rows count.
 STAGE_OF = {"caption_stats": "text.caption_stats.v1", "caption_knowledge": "knowledge.spacy_ner.v1",
-            "dedup_groups": "dedup.captions.v1", "caption_concepts": "concepts.text_match.v1"}
+            "caption_concepts": "concepts.text_match.v1"}
 
 UID_HEX = "replace(uid::VARCHAR, '-', '')"
 
@@ -138,22 +142,56 @@ def _copy(con: Any, sql: str, path: Path, options: str) -> None:
 
 
 def input_versions(store: Any, policy: Policy) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Rows and latest run id of every table the policy reads; the latest run of each
-    stage behind them (config hash, config)."""
+    """Rows and latest run id of every table the policy reads; the stage runs behind
+    them (run id, stage, config hash, config).
+
+    A table of one stage gets that stage's latest ok run. ``dedup_groups`` gets the runs
+    whose verdicts the policy's dedup attributes read, by their rule (only the latest
+    run of each kind and scope counts): for ``dedup_kept`` the latest caption dedup run
+    of each scope in ``dedup_summary``, for ``image_dedup_kept`` the latest image dedup
+    run (``member_kind`` 'uid') of each kind and scope; each entry lists its
+    ``scopes`` (kind, scope). ``concept_tags`` gets the latest tagging run of the
+    (``set_name``, ``concept_set``) the weight names (``image_set``, ``concept_set``;
+    every pair when it names none), with its ``config_hash``."""
     tables = ["samples", "captions", *sorted(required_tables(policy))]
+    have = set(store.tables())
+    attrs = {p.attribute for p in policy.select}
     versions: dict[str, Any] = {}
     stages = []
+
+    def run_entry(t: str, run_id: int, **extra: Any) -> dict[str, Any]:
+        r = store.execute("SELECT stage, config_hash, config FROM runs WHERE run_id = ?", [run_id]).fetchall()
+        stage, config_hash, config = r[0] if r else (None, None, None)
+        return {"table": t, "run_id": run_id, "stage": stage, "config_hash": config_hash,
+                "config": json.loads(config) if isinstance(config, str) else config, **extra}
+
     for t in tables:
         cols = store.columns(t)
         row = store.execute(f"SELECT count(*), {'max(run_id)' if 'run_id' in cols else 'NULL'} FROM {t}").fetchall()[0]
         versions[t] = {"rows": row[0], "latest_run_id": row[1]}
-        if t in STAGE_OF:
-            run = store.execute("SELECT run_id, stage, config_hash, config FROM runs WHERE stage = ? AND status = 'ok' "
+        if t == "dedup_groups":
+            latest = []  # (kind, scope, run_id), as attributes.py selects them for the rule
+            if "dedup_kept" in attrs and "dedup_summary" in have:
+                latest += store.execute("SELECT kind, scope, max(run_id) FROM dedup_summary GROUP BY ALL").fetchall()
+            if "image_dedup_kept" in attrs:
+                latest += store.execute("SELECT kind, scope, max(run_id) FROM dedup_groups WHERE member_kind = 'uid' "
+                                        "GROUP BY ALL").fetchall()
+            for run_id in sorted({r for _, _, r in latest}):
+                scopes = sorted({(k, s) for k, s, r in latest if r == run_id})
+                stages.append(run_entry(t, run_id, scopes=[{"kind": k, "scope": s} for k, s in scopes]))
+        elif t == "concept_tags":
+            pair = [getattr(policy.weight, "image_set", None), getattr(policy.weight, "concept_set", None)]
+            where = "WHERE set_name = ? AND concept_set = ? " if all(pair) else ""
+            for set_name, concept_set, run_id, config_hash in store.execute(
+                    "SELECT set_name, concept_set, max(run_id), arg_max(config_hash, run_id) FROM concept_tags "
+                    f"{where}GROUP BY ALL ORDER BY 1, 2", pair if all(pair) else None).fetchall():
+                stages.append({**run_entry(t, run_id), "set_name": set_name, "concept_set": concept_set,
+                               "config_hash": config_hash})
+        elif t in STAGE_OF:
+            run = store.execute("SELECT run_id FROM runs WHERE stage = ? AND status = 'ok' "
                                 "ORDER BY run_id DESC LIMIT 1", [STAGE_OF[t]]).fetchall()
             if run:
-                r = run[0]
-                stages.append({"table": t, "run_id": r[0], "stage": r[1], "config_hash": r[2],
-                               "config": json.loads(r[3]) if isinstance(r[3], str) else r[3]})
+                stages.append(run_entry(t, run[0][0]))
         if t == "clip_scores":
             models = [m[0] for m in store.execute("SELECT DISTINCT model FROM clip_scores ORDER BY 1").fetchall()]
             stages.append({"table": t, "stage": "clip (contract)", "models": models,

@@ -1,9 +1,11 @@
--- Manifest audit: the pool versus the manifest, side by side. The queries read two temp
+-- Manifest audit: the pool versus the manifest, side by side. The queries read temp
 -- views that `curate mix` creates on its connection (they do not exist in a bare
 -- `curate sql` session): mix_pool (uid, source, caption_id, variant: every caption of
 -- the policy's sources and variants) and mix_manifest (uid, source, caption_id, variant,
 -- weight: the manifest rows); audit_knowledge also reads mix_retention
--- (mix.caption_retention).
+-- (mix.caption_retention) and audit_dedup_left mix_dropped (member_kind, member_id: the
+-- dropped members of the latest dedup runs, as the attributes dedup_kept and
+-- image_dedup_kept read them).
 
 -- name: audit_size
 -- Samples and captions in the pool and in the manifest, with the manifest's weight sum.
@@ -67,22 +69,59 @@ FROM mix_manifest JOIN s USING (caption_id) GROUP BY variant
 ORDER BY side DESC, variant;
 
 -- name: audit_duplicates
--- Duplicates left in the manifest: chosen captions whose exact text another manifest
--- row also has, and (when dedup_groups exists, else 0) chosen captions that are dropped
--- members of a caption duplicate group.
-WITH t AS (SELECT m.caption_id, c.text FROM mix_manifest m JOIN captions c USING (caption_id)),
-rep AS (SELECT text, count(*) AS n FROM t GROUP BY text HAVING count(*) > 1)
-SELECT (SELECT count(*) FROM t) AS manifest_captions,
-       coalesce((SELECT sum(n) FROM rep), 0)::BIGINT AS rows_with_repeated_text,
-       coalesce((SELECT sum(n - 1) FROM rep), 0)::BIGINT AS extra_copies,
-       (SELECT count(DISTINCT text) FROM t) AS distinct_texts;
+-- Exact duplicates per side: captions whose exact text another caption of the same side
+-- also has, the extra copies (captions - distinct texts) and the distinct texts; samples
+-- whose image bytes (samples.sha256, when not NULL) another sample of the same side also
+-- has, and the extra image copies (samples with a sha256 - distinct sha256). The pool
+-- counts every caption and sample of mix_pool, the manifest its chosen captions.
+WITH r AS (
+    SELECT 'pool' AS side, uid, caption_id FROM mix_pool
+    UNION ALL
+    SELECT 'manifest', uid, caption_id FROM mix_manifest
+),
+n AS (SELECT side, count(*) AS captions, count(DISTINCT uid) AS samples FROM r GROUP BY side),
+txt AS (SELECT r.side, c.text, count(*) AS n FROM r JOIN captions c USING (caption_id) GROUP BY r.side, c.text),
+img AS (
+    SELECT r.side, s.sha256, count(*) AS n
+    FROM (SELECT DISTINCT side, uid FROM r) r JOIN samples s USING (uid)
+    WHERE s.sha256 IS NOT NULL GROUP BY r.side, s.sha256
+),
+t AS (SELECT side, sum(n) FILTER (WHERE n > 1) AS repeated, sum(n - 1) AS extra, count(*) AS texts
+      FROM txt GROUP BY side),
+i AS (SELECT side, sum(n) FILTER (WHERE n > 1) AS repeated, sum(n - 1) AS extra FROM img GROUP BY side)
+SELECT side, coalesce(n.captions, 0) AS captions,
+       coalesce(t.repeated, 0)::BIGINT AS with_repeated_text,
+       coalesce(t.extra, 0)::BIGINT AS extra_text_copies,
+       coalesce(t.texts, 0) AS distinct_texts,
+       coalesce(n.samples, 0) AS samples,
+       coalesce(i.repeated, 0)::BIGINT AS with_repeated_sha256,
+       coalesce(i.extra, 0)::BIGINT AS extra_image_copies
+FROM (VALUES ('pool'), ('manifest')) sides(side) LEFT JOIN n USING (side) LEFT JOIN t USING (side)
+     LEFT JOIN i USING (side)
+ORDER BY side DESC;
 
 -- name: audit_dedup_left
--- Chosen captions that caption dedup marked as dropped duplicates (needs dedup_groups).
-SELECT count(*) AS manifest_captions,
-       count(*) FILTER (WHERE caption_id IN (SELECT member_id FROM dedup_groups
-                                             WHERE member_kind = 'caption_id' AND NOT kept)) AS dropped_duplicates_left
-FROM mix_manifest;
+-- Dropped duplicates left per side, by the rules of the select attributes dedup_kept and
+-- image_dedup_kept (only the latest run of each dedup kind and scope counts): captions
+-- that caption dedup dropped (pool: every caption; manifest: the chosen captions) and
+-- samples that image dedup (semdedup, near or exact duplicates: member_kind 'uid')
+-- dropped. Reads the temp view mix_dropped (member_kind, member_id), which `curate mix`
+-- creates from dedup_groups (caption verdicts only when dedup_summary exists); a kind
+-- without a run counts 0.
+WITH r AS (
+    SELECT 'pool' AS side, uid, caption_id FROM mix_pool
+    UNION ALL
+    SELECT 'manifest', uid, caption_id FROM mix_manifest
+)
+SELECT side, count(r.caption_id) AS captions,
+       count(r.caption_id) FILTER (WHERE r.caption_id IN (SELECT member_id FROM mix_dropped
+                                                          WHERE member_kind = 'caption_id')) AS dropped_captions_left,
+       count(DISTINCT r.uid) AS samples,
+       count(DISTINCT r.uid) FILTER (WHERE r.uid IN (SELECT member_id FROM mix_dropped
+                                                     WHERE member_kind = 'uid')) AS dropped_samples_left
+FROM (VALUES ('pool'), ('manifest')) sides(side) LEFT JOIN r USING (side)
+GROUP BY side
+ORDER BY side DESC;
 
 -- name: audit_knowledge
 -- Knowledge per side: for the pool, every caption of the pool's variants; for the
