@@ -11,6 +11,9 @@ A :class:`Policy` is four parts plus its output, all frozen dataclasses:
 * ``budget``: :class:`Budget`, a number of samples and/or proportions per source or
   variant, with a stated rounding rule (largest remainder).
 
+In Python, ``select`` may also be given as polars expressions (``col("clip_score",
+"raw") >= 0.3``, :mod:`curate.mix.expr`); they become the same predicates.
+
 The TOML form (``pipelines/policies/*.toml``) is a serialisation of the same objects:
 :func:`policy_from_dict` builds them and :meth:`Policy.to_dict` writes them back, so
 ``policy_from_dict(p.to_dict()) == p``. Every value is checked when the objects are
