@@ -203,6 +203,7 @@ def prepare_table(store: Store, files: list[Path], fmt: str, source: str, mappin
     file_list = [str(f.resolve()) for f in files]
     config = {"input": file_list, "input_format": fmt, "mapping": {k: v for k, v in mapping.__dict__.items()}}
     reader_rejects = None
+    rows_where_ord = None
     register: dict[str, Any] = {}
     if fmt == "parquet":
         for f in files:
@@ -214,6 +215,8 @@ def prepare_table(store: Store, files: list[Path], fmt: str, source: str, mappin
         row_ref = "parse_filename(filename) || ':' || file_row_number"
         row_ord = "(list_position($files, filename)::BIGINT << 40) + file_row_number"
         rows_sql = _row_select(resolved, extras, row_ref, row_ord) + f" FROM {src}"
+        # the row number inside its file (a superset across files; rows are matched on row_ord)
+        rows_where_ord = "file_row_number IN (SELECT row_ord & ((1::BIGINT << 40) - 1) FROM ({ords}))"
     elif fmt in ("csv", "tsv"):
         delim = "\t" if fmt == "tsv" else ","
         quote = "''" if fmt == "tsv" else "'\"'"
@@ -295,7 +298,7 @@ def prepare_table(store: Store, files: list[Path], fmt: str, source: str, mappin
     return Prepared(
         fmt="table", source=source, config=config, rows_sql=rows_sql, variants=variants,
         reader_rejects_sql=reader_rejects, params={"files": file_list}, register=register,
-        require_caption=bool(variants),
+        require_caption=bool(variants), rows_where_ord=rows_where_ord,
         **({"max_caption_chars": max_caption_chars} if max_caption_chars else {}),
     )
 
