@@ -155,3 +155,23 @@ def test_largest_remainder_sums_to_total_within_one(total, props):
     q = largest_remainder(total, props)
     assert sum(q.values()) == total
     assert all(abs(q[g] - total * p) < 1 for g, p in props.items())
+
+
+@settings(max_examples=60, deadline=None)
+@given(values=st.lists(st.integers(0, 20), min_size=1, max_size=300), data=st.data(), desc=st.booleans(),
+       wrong=st.booleans())
+def test_kth_value_is_the_order_statistic_even_from_a_wrong_candidate(values, data, desc, wrong):
+    """``kth_value`` (the fraction threshold) against sorted() in Python. With ``wrong``
+    the quantile candidate is taken at a random position, so the check-and-fallback
+    path must still return the k-th value."""
+    import duckdb
+
+    from curate.mix.compile import kth_value
+
+    k = data.draw(st.integers(1, len(values)))
+    con = duckdb.connect()
+    con.execute("CREATE TABLE v (value DOUBLE)")
+    con.executemany("INSERT INTO v VALUES (?)", [[float(x)] for x in values])
+    pos = data.draw(st.floats(0, 1)) if wrong else None
+    want = sorted(values, reverse=desc)[k - 1]
+    assert kth_value(con, "v", len(values), k, desc, pos) == want
