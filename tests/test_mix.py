@@ -508,3 +508,31 @@ def test_print_policy_needs_no_store(tmp_path, capsys):
     assert not (tmp_path / "none").exists()
 
 
+
+
+@pytest.mark.parametrize("seed", [0, 7])
+def test_one_caption_of_several_is_the_smallest_hash_then_caption_id(tmp_path, seed):
+    """COCO's images have 5-7 human captions each. The variant strategy takes, per
+    sample, the caption with the smallest hash(caption_id, seed) (ties: smaller
+    caption_id); samples with one caption of the variant pass without the ranking
+    window. Checked against min() in Python over hashes DuckDB computes per caption,
+    with one image cut to a single caption so both paths meet in one pool."""
+    from curate.ingest import ingest
+
+    with Store.init(tmp_path / "s") as s:
+        ingest(s, "coco", EXAMPLES / "coco" / "captions_val2017_first1000.json", "coco")
+        first = s.execute("SELECT min(uid) FROM captions").fetchall()[0][0]
+        s.execute("DELETE FROM captions WHERE uid = ? AND caption_id <> (SELECT min(caption_id) FROM captions "
+                  "WHERE uid = ?)", [first, first])
+        rows = s.execute(f"SELECT uid::VARCHAR, caption_id::VARCHAR, hash(caption_id, {seed}) FROM captions "
+                         "WHERE variant = 'human'").fetchall()
+        pol = policy_from_dict({"policy": {"name": "one", "seed": seed},
+                                "choose": {"strategy": "variant", "variant": "human"}})
+        run_policy(s, pol)
+        got = dict(s.execute("SELECT uid::VARCHAR, caption_id::VARCHAR FROM _mix_final").fetchall())
+    by_uid: dict[str, list[tuple[int, str]]] = {}
+    for uid, cid, h in rows:
+        by_uid.setdefault(uid, []).append((h, cid))
+    sizes = sorted({len(v) for v in by_uid.values()})
+    assert len(by_uid) == 1000 and sizes[0] == 1 and 5 in sizes
+    assert got == {uid: min(v)[1] for uid, v in by_uid.items()}
