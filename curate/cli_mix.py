@@ -46,8 +46,10 @@ def _counts(res) -> None:
 @click.option("--name", help="Manifest file stem (default: output.name, else the policy name).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write here instead of STORE/manifests/.")
 @click.option("--print-policy", is_flag=True, help="Print the resolved policy (JSON) and exit; no store needed.")
+@click.option("--vocabulary", default=None,
+              help="Audit concept coverage for this vocabulary (default: the policy's, else the store's only one).")
 def mix(policy_file: Path, store_path: Path, dry_run: bool, show_audit: bool, seed: int | None, fmt: str | None,
-        name: str | None, out: Path | None, print_policy: bool) -> None:
+        name: str | None, out: Path | None, print_policy: bool, vocabulary: str | None) -> None:
     """Run the mixing policy POLICY_FILE (TOML) and write a training manifest with its sidecar."""
     from .mix import load_policy, run_policy, write_manifest
     from .mix.audit import audit
@@ -72,7 +74,7 @@ def mix(policy_file: Path, store_path: Path, dry_run: bool, show_audit: bool, se
             side = write_manifest(s, policy, path=out, res=res)
             click.echo(f"wrote {side['rows']:,} rows to {side['path']} ({policy.output.format}); sidecar {side['sidecar']}")
         if dry_run or show_audit:
-            for title, df in audit(s, res):
+            for title, df in audit(s, res, vocabulary):
                 click.echo(f"\n{title}")
                 _show(df)
         if dry_run:
@@ -82,7 +84,8 @@ def mix(policy_file: Path, store_path: Path, dry_run: bool, show_audit: bool, se
 @click.command("manifest-audit")
 @click.argument("manifest", type=click.Path(dir_okay=False, path_type=Path))
 @store_option
-@click.option("--vocabulary", default=None, help="Concept coverage for this vocabulary (counted in the store).")
+@click.option("--vocabulary", default=None,
+              help="Concept coverage for this vocabulary (default: the policy's, else the store's only one).")
 @click.option("--max-rows", default=40, show_default=True)
 def manifest_audit(manifest: Path, store_path: Path, vocabulary: str | None, max_rows: int) -> None:
     """Audit a manifest written earlier (parquet or JSONL + its sidecar) against its pool."""

@@ -191,6 +191,44 @@ def test_scores_equal_open_clip_and_bad_images_have_reasons(tmp_path, tiny):
         assert V.open_set(store, "clip.tiny-seed1234.image").count == 8
 
 
+def test_mix_reads_the_latest_clip_scores(tmp_path, tiny):
+    """A CLIP-score policy on real clip.score.v1 output: the top half of the human
+    captions' scores, after a rescore with another checkpoint under the same model label.
+    clip_scores then holds both runs; the policy must read only the latest one and only
+    images that loaded, so its threshold, selection and sidecar are those of that run."""
+    from curate.mix import OneVariant, Policy, col, keep_fraction, run_policy, write_manifest
+
+    coco, files = make_coco(tmp_path / "imgs")
+    torch.manual_seed(99)
+    other = tmp_path / "other.bin"
+    torch.save(open_clip.create_model(tiny["model"], pretrained=None).state_dict(), other)
+    with Store.init(tmp_path / "s") as store:
+        ingest(store, "coco", coco, "coco")
+        embed(store, tiny_stage(tiny), RunOptions(batch_size=8, progress=False))
+        embed(store, tiny_stage({**tiny, "pretrained": str(other)}), RunOptions(batch_size=8, progress=False))
+        runs = store.con.execute("SELECT run_id, config_hash FROM runs WHERE stage = 'clip.score.v1' "
+                                 "ORDER BY run_id").fetchall()
+        assert len(runs) == 2 and runs[0][1] != runs[1][1]
+        rows = store.con.execute("SELECT caption_id::VARCHAR, uid::VARCHAR, score, config_hash FROM clip_scores "
+                                 "WHERE status = 'ok'").fetchall()
+        assert len(rows) == 32  # 8 good images x 2 captions x 2 runs
+        latest = {cid: (uid, score) for cid, uid, score, h in rows if h == runs[1][1]}
+        first = {cid: score for cid, uid, score, h in rows if h == runs[0][1]}
+        assert len(latest) == 16 and any(abs(first[c] - latest[c][1]) > 1e-4 for c in latest)
+
+        pol = Policy("top-half", choose=OneVariant("human"), select=keep_fraction(col("clip_score", "human"), 0.5))
+        res = run_policy(store, pol)
+        thr = res.thresholds[0]
+        want_thr = sorted((sc for _, sc in latest.values()), reverse=True)[7]
+        assert (thr["pool_values"], thr["keep"], thr["threshold"]) == (16, 8, want_thr)
+        got = {r[0] for r in store.con.execute("SELECT uid::VARCHAR FROM _mix_final").fetchall()}
+        assert got == {uid for uid, sc in latest.values() if sc >= want_thr}
+        side = write_manifest(store, pol, path=tmp_path / "m.parquet")
+    clip = [st for st in side["stages"] if st["table"] == "clip_scores"]
+    assert [(st["stage"], st["model"], st["run_id"], st["config_hash"]) for st in clip] == \
+        [("clip.score.v1", tiny["model_id"], runs[1][0], runs[1][1])]
+
+
 def test_ray_actors_give_the_scores_and_vectors_of_one_process(tmp_path, tiny):
     """The CPU twin of GPU actors (executor="ray", gpus_per_worker=0): two Ray actors each
     load the model, write their vector parts, and the store's process commits."""

@@ -2,9 +2,11 @@
 LaCLIP pairs (examples/data), with caption statistics, knowledge scores (spaCy),
 CIFAR-10 concept matches and caption dedup, through the CLI in-process.
 
-``clip_scores`` are stand-ins until the CLIP stage lands: a seeded function of
-caption_id (md5), in [0.15, 0.40), synthetic captions 0.03 higher. The DataComp and
-Nguyen policies run on them to test the rules, not to reproduce the papers' numbers.
+``clip_scores`` here are stand-ins written to the table contract (the bundled records have
+no images): a seeded function of caption_id (md5), in [0.15, 0.40), synthetic captions
+0.03 higher. The DataComp and Nguyen policies run on them to test the rules, not to
+reproduce the papers' numbers; ``tests/test_clip.py::test_mix_reads_the_latest_clip_scores``
+runs a CLIP-score policy on the output of ``clip.score.v1``.
 """
 
 from __future__ import annotations
@@ -282,6 +284,19 @@ def test_dry_run_writes_nothing_and_prints_concept_coverage(mix_store, capsys):
     assert sorted(p.name for p in (mix_store / "manifests").iterdir()) == before
 
 
+def test_dry_run_shows_concept_coverage_for_a_policy_naming_no_vocabulary(mix_store, capsys):
+    """capsfusion_guard names no vocabulary; the store counts one (cifar10), so the dry run
+    audits its coverage; an unknown --vocabulary is an error naming the ones there are."""
+    code, out, err = run_cli("mix", str(POLICIES / "capsfusion_guard.toml"), "--store", str(mix_store),
+                             "--dry-run", capsys=capsys)
+    assert code == 0, err
+    assert "Concept coverage (cifar10) (mix.audit_concepts)" in out
+    code, out, err = run_cli("mix", str(POLICIES / "capsfusion_guard.toml"), "--store", str(mix_store),
+                             "--dry-run", "--vocabulary", "imagenet", capsys=capsys)
+    assert code == ConfigError.exit_code
+    assert "no concept matches for vocabulary 'imagenet'; the store has cifar10" in err
+
+
 def test_budget_proportions_per_variant(mix_store):
     pol = policy_from_dict({"policy": {"name": "r", "seed": 3, "sources": ["capsfusion"]},
                             "choose": {"strategy": "ratio", "ratios": {"raw": 0.25, "synthetic": 0.25, "fused": 0.5}},
@@ -477,11 +492,24 @@ def test_missing_attribute_table_fails_before_any_work(tmp_path, capsys):
     ({"choose": {"strategy": "variant", "variant": "raw"}, "budget": {"by": "variant", "proportions": {"fused": 1.0}}},
      "never emits"),
     ({"select": [{"attribute": "words", "value": 3, "colour": "red"}]}, "unknown key(s) colour"),
+    ({"policy": {"name": "x", "sources": ["capsfusion"]},
+      "budget": {"by": "source", "proportions": {"capsfusion": 0.5, "coco": 0.5}}},
+     "budget.proportions names source(s) coco outside policy.sources (capsfusion)"),
 ])
 def test_policy_validation_names_the_problem(bad, message):
     with pytest.raises(ConfigError, match=None) as e:
         policy_from_dict({"policy": {"name": "x"}, **bad})
     assert message in str(e.value)
+
+
+def test_a_budget_source_the_store_lacks_fails_before_work(mix_store):
+    """Without the check, a share for a missing source made N = floor(0 / p) = 0 and an
+    empty manifest with exit code 0."""
+    pol = policy_from_dict({"policy": {"name": "b"}, "budget": {"by": "source",
+                                                               "proportions": {"capsfusion": 0.5, "coco": 0.5}}})
+    with Store.open(mix_store, read_only=True) as s, pytest.raises(ConfigError) as e:
+        run_policy(s, pol)
+    assert "budget.proportions: unknown source(s) coco; the store has capsfusion, laclip" in str(e.value)
 
 
 def test_matched_weights_name_the_tag_sets_the_store_has(mix_store):
@@ -493,11 +521,23 @@ def test_matched_weights_name_the_tag_sets_the_store_has(mix_store):
             "concept_set 'cifar10@stand-in'") in str(e.value)
 
 
-def test_toml_is_a_serialisation_of_the_objects():
-    for path in sorted(POLICIES.glob("*.toml")):
-        pol = load_policy(path)
+def test_toml_is_a_serialisation_of_the_objects(tmp_path):
+    from curate.mix import save_policy
+
+    odd = policy_from_dict({
+        "policy": {"name": "odd \"quoted\" naïve\tname", "sources": ["laion-400m", "cc 3m", "ü.x"], "seed": 12},
+        "select": [{"attribute": "concept", "variant": "raw", "vocabulary": "cifar10", "op": "not_in",
+                    "value": ["cat", "it's \\ odd"]},
+                   {"attribute": "clip_score", "variant": "raw", "op": ">=", "fraction": 1e-05, "model": "ViT-B/32"}],
+        "choose": {"strategy": "ratio", "ratios": {"raw": 0.25, "gbc short": 0.75}},
+        "weight": {"method": "metaclip", "vocabulary": "cifar10", "counts": "matched", "image_set": "imgs",
+                   "concept_set": "concepts.cifar10.ViT-B-32_openai", "k": 3, "min_score": -0.5},
+        "budget": {"by": "source", "proportions": {"laion-400m": 0.5, "cc 3m": 0.25, "ü.x": 0.25}},
+        "output": {"format": "npy", "repeat_factor": 2.5}})
+    for i, pol in enumerate([*(load_policy(p) for p in sorted(POLICIES.glob("*.toml"))), odd]):
         assert policy_from_dict(pol.to_dict()) == pol
         assert policy_from_dict(json.loads(json.dumps(pol.to_dict()))).hash() == pol.hash()
+        assert load_policy(save_policy(pol, tmp_path / f"p{i}.toml")) == pol
 
 
 def test_print_policy_needs_no_store(tmp_path, capsys):

@@ -4,7 +4,7 @@ below it, a seed gives the same selection, weights are positive and finite.
 
 The store is synthetic and built in SQL: 3 sources, raw and synthetic captions, a
 ``clip_scores`` table and concept hits. The CLIP scores are stand-ins (a seeded function
-of caption_id) until the CLIP stage lands; the properties do not depend on their values.
+of caption_id) written to the table contract; the properties do not depend on their values.
 """
 
 from __future__ import annotations
@@ -175,3 +175,11 @@ def test_kth_value_is_the_order_statistic_even_from_a_wrong_candidate(values, da
     pos = data.draw(st.floats(0, 1)) if wrong else None
     want = sorted(values, reverse=desc)[k - 1]
     assert kth_value(con, "v", len(values), k, desc, pos) == want
+
+
+def test_a_temperature_that_underflows_is_a_config_error_naming_it(pstore):
+    pol = Policy("t", choose=OneVariant("raw"), weight=TemperatureWeight(vocabulary="toy", temperature=0.001))
+    with pytest.raises(Exception) as e:
+        run_policy(pstore, pol)
+    assert type(e.value).__name__ == "ConfigError"
+    assert "weights are not positive and finite; temperature 0.001 makes" in str(e.value)

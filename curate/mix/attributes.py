@@ -6,9 +6,11 @@ Each attribute is a relation keyed by ``caption_id`` (a caption attribute) or ``
 the table that holds it. A policy naming an attribute whose table is missing fails
 with the stage (or command) that produces it.
 
-The CLIP stage has not landed yet; its contract is :data:`CLIP_CONTRACT`: a table
-``clip_scores(caption_id UUID, uid UUID, model VARCHAR, score DOUBLE, ...)`` with one
-row per caption and model (cosine similarity of the image and caption embeddings).
+CLIP scores come from ``clip.score.v1`` (``curate embed``), read through its view
+``clip_scores_latest``; a ``clip_scores`` table from another tool works when it meets
+:data:`CLIP_CONTRACT`: ``clip_scores(caption_id UUID, uid UUID, model VARCHAR, score
+DOUBLE, ...)`` with one row per caption and model (cosine similarity of the image and
+caption embeddings).
 """
 
 from __future__ import annotations
@@ -26,12 +28,12 @@ PRODUCERS = {
     "caption_knowledge": "the stage knowledge.spacy_ner.v1 (curate knowledge score)",
     "dedup_groups": "caption dedup (curate dedup captions)",
     "caption_concepts": "the stage concepts.text_match.v1 (curate concepts count --vocabulary NAME)",
-    "clip_scores": "the CLIP embedding stage (curate embed ...); see docs/mixing.md for the table it must write",
+    "clip_scores": "the CLIP embedding stage (curate embed ...), clip.score.v1; see docs/mixing.md for the table contract",
     "target_selection": "the target-distribution filter (curate similarity target SET REFERENCE)",
     "image_placeholders": "the exact-duplicate and placeholder scan (curate similarity exact)",
     "concept_tags": "zero-shot image tagging (curate concepts image-count, or curate similarity tag)",
 }
-#: the columns the CLIP stage will write (at least)
+#: the columns a clip_scores table must have (clip.score.v1 writes more)
 CLIP_CONTRACT = {"caption_id": "UUID", "uid": "UUID", "model": "VARCHAR", "score": "DOUBLE"}
 
 
@@ -72,7 +74,26 @@ def stats_latest() -> str:
 
 
 def clip_rel(model: str) -> str:
-    return f"(SELECT caption_id, score AS value FROM clip_scores WHERE model = {lit(model)})"
+    """Scores of one model from ``clip_scores_latest``: the latest configuration run of
+    each model label, rows whose image loaded (``status = 'ok'``); see
+    :func:`ensure_clip_view` for stores whose ``clip_scores`` came from elsewhere."""
+    return f"(SELECT caption_id, score AS value FROM clip_scores_latest WHERE model = {lit(model)} AND status = 'ok')"
+
+
+def ensure_clip_view(store: Any) -> None:
+    """Make ``clip_scores_latest`` readable on this connection. ``clip.score.v1`` creates
+    it in the store (latest config per model, with a status per row). A ``clip_scores``
+    table written to the contract by other tools (:data:`CLIP_CONTRACT`: one row per
+    caption and model) gets a temporary view of the same name over it, every row
+    ``ok`` unless the table has a ``status`` column; nothing is written to the store."""
+    persistent = store.execute(
+        "SELECT count(*) FROM duckdb_views() WHERE NOT internal AND NOT temporary AND view_name = 'clip_scores_latest' "
+        "AND database_name = current_database()").fetchall()[0][0]
+    if persistent:
+        return
+    status = "status" if "status" in store.columns("clip_scores") else "'ok'"
+    store.con.execute("CREATE OR REPLACE TEMP VIEW clip_scores_latest AS "
+                      f"SELECT caption_id, uid, model, score, {status} AS status FROM clip_scores")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -211,7 +232,8 @@ def required_tables(policy: Any) -> dict[str, str]:
 
 
 def clip_model(store: Any, model: str | None, where: str) -> str:
-    models = [r[0] for r in store.execute("SELECT DISTINCT model FROM clip_scores ORDER BY 1").fetchall()]
+    ensure_clip_view(store)
+    models = [r[0] for r in store.execute("SELECT DISTINCT model FROM clip_scores_latest ORDER BY 1").fetchall()]
     if model is None:
         if len(models) != 1:
             raise ConfigError(f"{where}: clip_scores holds {len(models)} models ({', '.join(models) or 'none'}); "
@@ -242,6 +264,8 @@ def check_policy(store: Any, policy: Any) -> dict[str, Any]:
         if missing:
             raise ConfigError(f"clip_scores lacks column(s) {', '.join(missing)}; the CLIP stage writes "
                               f"{', '.join(f'{k} {v}' for k, v in CLIP_CONTRACT.items())}")
+    if "clip_scores" in required_tables(policy):
+        ensure_clip_view(store)
     resolved: dict[str, Any] = {"clip_models": {}}
     for i, p in enumerate(policy.select):
         if p.attribute == "clip_score":
@@ -249,11 +273,16 @@ def check_policy(store: Any, policy: Any) -> dict[str, Any]:
     if isinstance(policy.choose, Nguyen):
         resolved["clip_models"]["choose"] = clip_model(store, policy.choose.model, "choose nguyen")
 
+    known = {r[0] for r in store.execute("SELECT DISTINCT source FROM samples").fetchall()}
     if policy.sources is not None:
-        known = {r[0] for r in store.execute("SELECT DISTINCT source FROM samples").fetchall()}
         unknown = sorted(set(policy.sources) - known)
         if unknown:
             raise ConfigError(f"policy.sources: unknown source(s) {', '.join(unknown)}; "
+                              f"the store has {', '.join(sorted(known)) or 'none'}")
+    if policy.budget.by == "source":
+        unknown = sorted(set(policy.budget.proportions) - known)
+        if unknown:
+            raise ConfigError(f"budget.proportions: unknown source(s) {', '.join(unknown)}; "
                               f"the store has {', '.join(sorted(known)) or 'none'}")
     have_variants = {r[0] for r in store.execute(
         f"SELECT DISTINCT variant FROM captions c WHERE {source_cond(policy, 'c')}").fetchall()}

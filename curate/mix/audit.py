@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .attributes import ATTRIBUTES, lit, named, source_cond
+from .attributes import ATTRIBUTES, ensure_clip_view, lit, named, source_cond
 from .compile import MixResult
 
 
@@ -85,10 +85,11 @@ def _run_audits(store: Any, res: MixResult, vocabulary: str | None) -> list[tupl
     if "caption_stats" in tables:
         run("Caption words", "audit_words")
     if "clip_scores" in tables:
+        ensure_clip_view(store)
         models = res.resolved.get("clip_models", {})
         model = next(iter(models.values()), None)
         if model is None:
-            ms = [r[0] for r in store.execute("SELECT DISTINCT model FROM clip_scores ORDER BY 1").fetchall()]
+            ms = [r[0] for r in store.execute("SELECT DISTINCT model FROM clip_scores_latest ORDER BY 1").fetchall()]
             model = ms[0] if ms else None
         if model is not None:
             run(f"CLIP score ({model})", "audit_clip", model=model)
@@ -99,9 +100,24 @@ def _run_audits(store: Any, res: MixResult, vocabulary: str | None) -> list[tupl
     if "caption_knowledge" in tables:
         store.con.execute(f"CREATE OR REPLACE TEMP VIEW mix_retention AS {named('mix.caption_retention')}")
         run("Knowledge", "audit_knowledge")
-    vocab = vocabulary or getattr(res.policy.weight, "vocabulary", None)
-    if vocab is None:
-        vocab = next((p.vocabulary for p in res.policy.select if p.vocabulary), None)
-    if vocab and "caption_concepts" in tables:
-        run(f"Concept coverage ({vocab})", "audit_concepts", vocabulary=vocab)
+    if "caption_concepts" in tables:
+        # the vocabulary asked for, else the policy's, else the store's only one
+        vocab = vocabulary or getattr(res.policy.weight, "vocabulary", None)
+        if vocab is None:
+            vocab = next((p.vocabulary for p in res.policy.select if p.vocabulary), None)
+        have = [r[0] for r in store.execute("SELECT DISTINCT vocabulary FROM caption_concepts ORDER BY 1").fetchall()]
+        if vocab is None and len(have) == 1:
+            vocab = have[0]
+        if vocab is not None and vocab not in have:
+            from ..errors import ConfigError
+
+            raise ConfigError(f"concept coverage: no concept matches for vocabulary {vocab!r}; the store has "
+                              f"{', '.join(have) or 'none'}")
+        if vocab is not None:
+            run(f"Concept coverage ({vocab})", "audit_concepts", vocabulary=vocab)
+        elif have:
+            import polars as pl
+
+            out.append(("Concept coverage: name one with --vocabulary (the store counts several)",
+                        pl.DataFrame({"vocabulary": have})))
     return out

@@ -342,8 +342,15 @@ def run_policy(store: Any, policy: Policy) -> MixResult:
     else:
         con.execute("ALTER TABLE _mix_chosen ADD COLUMN weight DOUBLE DEFAULT 1.0")
     bad = con.execute("SELECT count(*) FROM _mix_chosen WHERE NOT (weight > 0 AND isfinite(weight))").fetchall()[0][0]
-    if bad:  # pragma: no cover - the weight rules cannot produce these
-        raise ConfigError(f"{bad} weights are not positive and finite")
+    if bad:
+        # the rules give weights in (0, 1] (metaclip) or >= 1 (temperature >= 1); a
+        # temperature below 1 raises the rare-concept ratio to a negative power, which
+        # underflows to 0 when the power is large enough
+        hint = ""
+        if isinstance(policy.weight, TemperatureWeight):
+            hint = (f"; temperature {policy.weight.temperature:g} makes (max_count / count)^(1 - 1/T) underflow "
+                    "for rare concepts: use a temperature nearer 1, or above 1 to up-weight the tail")
+        raise ConfigError(f"weight {policy.weight.method}: {bad:,} weights are not positive and finite{hint}")
 
     key = key_sql(policy)
     b = policy.budget

@@ -141,7 +141,8 @@ def _copy(con: Any, sql: str, path: Path, options: str) -> None:
         raise QueryError(" ".join(str(e).split())[:500]) from None
 
 
-def input_versions(store: Any, policy: Policy) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def input_versions(store: Any, policy: Policy,
+                   resolved: dict[str, Any] | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Rows and latest run id of every table the policy reads; the stage runs behind
     them (run id, stage, config hash, config).
 
@@ -187,16 +188,47 @@ def input_versions(store: Any, policy: Policy) -> tuple[dict[str, Any], list[dic
                     f"{where}GROUP BY ALL ORDER BY 1, 2", pair if all(pair) else None).fetchall():
                 stages.append({**run_entry(t, run_id), "set_name": set_name, "concept_set": concept_set,
                                "config_hash": config_hash})
+        elif t == "caption_concepts":
+            # the latest run of each vocabulary the policy reads (runs of other vocabularies
+            # write other rows)
+            for vocab in sorted(_vocabularies(policy)):
+                run = store.execute(
+                    "SELECT run_id FROM runs WHERE stage = ? AND status = 'ok' "
+                    "AND json_extract_string(config, '$.config.vocabulary') = ? ORDER BY run_id DESC LIMIT 1",
+                    [STAGE_OF[t], vocab]).fetchall()
+                if run:
+                    stages.append(run_entry(t, run[0][0]))
         elif t in STAGE_OF:
             run = store.execute("SELECT run_id FROM runs WHERE stage = ? AND status = 'ok' "
                                 "ORDER BY run_id DESC LIMIT 1", [STAGE_OF[t]]).fetchall()
             if run:
                 stages.append(run_entry(t, run[0][0]))
         if t == "clip_scores":
-            models = [m[0] for m in store.execute("SELECT DISTINCT model FROM clip_scores ORDER BY 1").fetchall()]
-            stages.append({"table": t, "stage": "clip (contract)", "models": models,
-                           "producer": PRODUCERS["clip_scores"]})
+            models = sorted(set(res_models)) if (res_models := _clip_models(policy, resolved)) else [
+                m[0] for m in store.execute("SELECT DISTINCT model FROM clip_scores_latest ORDER BY 1").fetchall()]
+            for model in models:
+                # the run clip_scores_latest reads for the model (clip.score.v1), else the contract
+                run = store.execute(
+                    "SELECT run_id FROM runs WHERE stage = 'clip.score.v1' "
+                    "AND json_extract_string(config, '$.config.model_id') = ? ORDER BY run_id DESC LIMIT 1",
+                    [model]).fetchall()
+                if run:
+                    stages.append({**run_entry(t, run[0][0]), "model": model})
+                else:
+                    stages.append({"table": t, "stage": "clip (contract)", "model": model,
+                                   "producer": PRODUCERS["clip_scores"]})
     return versions, stages
+
+
+def _vocabularies(policy: Policy) -> set[str]:
+    out = {p.vocabulary for p in policy.select if p.vocabulary}
+    if getattr(policy.weight, "vocabulary", None):
+        out.add(policy.weight.vocabulary)
+    return out
+
+
+def _clip_models(policy: Policy, resolved: dict[str, Any] | None) -> list[str]:
+    return list(((resolved or {}).get("clip_models") or {}).values())
 
 
 def manifest_path(store: Any, policy: Policy) -> Path:
@@ -246,7 +278,7 @@ def write_manifest(store: Any, policy: Policy, path: Path | None = None, res: Mi
                              "use": f"python resharder.py -i POOL -o OUT -s {path.name}"}
     else:  # pragma: no cover
         raise ConfigError(f"unknown format {fmt}")
-    versions, stages = input_versions(store, policy)
+    versions, stages = input_versions(store, policy, res.resolved)
     sidecar = {
         "manifest": path.name, "format": fmt, "rows": rows,
         "sha256": _sha256(path),

@@ -537,6 +537,11 @@ class Policy:
             from .expr import predicates_from_expr
 
             object.__setattr__(self, "select", predicates_from_expr(self.select))
+        if self.budget.by == "source" and self.sources is not None:
+            outside = sorted(set(self.budget.proportions) - set(self.sources))
+            if outside:
+                raise ConfigError(f"budget.proportions names source(s) {', '.join(outside)} outside policy.sources "
+                                  f"({', '.join(self.sources)})")
         if self.budget.by == "variant" and self.budget.proportions:
             unknown = sorted(set(self.budget.proportions) - set(self.choose.emits()))
             if unknown:
@@ -567,10 +572,56 @@ class Policy:
         }
         return _drop_none(out)
 
+    def to_toml(self) -> str:
+        """The policy file for :meth:`to_dict` (every default written out):
+        ``load_policy`` of it gives this policy back (tested for every shipped policy)."""
+        d = self.to_dict()
+        lines: list[str] = []
+        for section in ("policy", "select", "choose", "weight", "budget", "output"):
+            body = d.get(section)
+            if body is None:
+                continue
+            tables = body if section == "select" else [body]
+            for table in tables:
+                lines.append(f"[[{section}]]" if section == "select" else f"[{section}]")
+                lines.extend(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in table.items())
+                lines.append("")
+        return "\n".join(lines)
+
     def hash(self) -> str:
         """sha256 of the canonical JSON of :meth:`to_dict` (sorted keys)."""
         blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()
+
+
+_BARE_KEY = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+
+
+def _toml_key(key: str) -> str:
+    return key if key and set(key) <= _BARE_KEY else json.dumps(key, ensure_ascii=False)
+
+
+def _toml_value(v: Any) -> str:
+    """A TOML value for the plain types :meth:`Policy.to_dict` holds (strings use JSON's
+    escapes, which TOML basic strings share; floats are finite, checked at build)."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v, ensure_ascii=False)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{_toml_key(k)} = {_toml_value(x)}" for k, x in v.items()) + " }" if v else "{}"
+    raise TypeError(f"no TOML value for {v!r}")  # pragma: no cover - to_dict holds plain types only
+
+
+def save_policy(policy: Policy, path: str | Path) -> Path:
+    """Write ``policy`` as a TOML policy file (:meth:`Policy.to_toml`)."""
+    p = Path(path)
+    p.write_text(policy.to_toml(), encoding="utf-8")
+    return p
 
 
 def _drop_none(obj: Any) -> Any:

@@ -55,9 +55,9 @@ FROM mix_manifest JOIN s USING (caption_id) GROUP BY variant
 ORDER BY side DESC, variant;
 
 -- name: audit_clip
--- CLIP score distribution per variant (clip_scores of one model, --param model=...):
+-- CLIP score distribution per variant (clip_scores_latest of one model, status ok, --param model=...):
 -- pool captions versus the manifest's chosen captions.
-WITH s AS (SELECT caption_id, score FROM clip_scores WHERE model = $model)
+WITH s AS (SELECT caption_id, score FROM clip_scores_latest WHERE model = $model AND status = 'ok')
 SELECT 'pool' AS side, variant, count(score) AS captions, round(avg(score), 4) AS mean,
        round(quantile_cont(score, 0.1), 4) AS p10, round(median(score), 4) AS median,
        round(quantile_cont(score, 0.9), 4) AS p90, round(min(score), 4) AS min
