@@ -11,6 +11,7 @@ runs a CLIP-score policy on the output of ``clip.score.v1``.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -204,9 +205,24 @@ def test_every_shipped_policy_runs_on_the_bundled_data(mix_store, capsys):
     paths = sorted(POLICIES.glob("*.toml"))
     assert len(paths) >= 7
     for path in paths:
-        code, out, err = run_cli("mix", str(path), "--store", str(mix_store), capsys=capsys)
+        pol = load_policy(path)
+        code, out, err = run_cli("mix", str(path), "--store", str(mix_store), "--name", f"shipped-{path.stem}",
+                                 capsys=capsys)
         assert code == 0, f"{path.name}: {err}"
-        assert "wrote " in out
+        stem = mix_store / "manifests" / f"shipped-{path.stem}"
+        side_path = next(stem.parent.glob(f"{stem.name}.*.sidecar.json"))
+        side = json.loads(side_path.read_text())
+        # the file holds what the sidecar counts, of the variants the strategy can emit,
+        # from the policy's sources, and the sidecar names this policy
+        assert side["policy_hash"] == dataclasses.replace(pol, output=dataclasses.replace(
+            pol.output, name=f"shipped-{path.stem}")).hash()
+        assert 0 < side["rows"] and side["counts"]["samples"] > 0, path.name
+        assert set(side["counts"]["by_variant"]) <= set(pol.choose.emits()), path.name
+        assert pol.sources is None or set(side["counts"]["by_source"]) <= set(pol.sources), path.name
+        if pol.budget.samples is not None:
+            assert side["counts"]["samples"] <= pol.budget.samples, path.name
+        manifest = side_path.parent / side["manifest"]
+        assert manifest.is_file() and hashlib.sha256(manifest.read_bytes()).hexdigest() == side["sha256"]
 
 
 def test_datacomp_subset_file_is_sorted_u8_pairs_of_the_uids(mix_store):
