@@ -274,3 +274,42 @@ def test_streaming_ingest_stays_in_bounded_memory(tmp_path):
     assert got["samples"] == 2_000_000
     # the text alone is ~170 MB of UTF-8; holding the table in Python/Arrow would exceed 600 MB
     assert got["peak_mb"] - got["base_mb"] < 600, got
+
+
+def test_a_large_csv_keeps_file_order_for_duplicates_rejects_and_reingest(tmp_path, laion):
+    """590,000 rows of real LAION alt-text (each URL made distinct per copy), large
+    enough for DuckDB to read the CSV in parallel. Row numbers must follow the file: the
+    first of two rows with the same URL is kept, a reject names the row it came from,
+    and ingesting the file again adds nothing. (Numbering rows with a window and no
+    ORDER BY broke all three.)"""
+    f = tmp_path / "big.csv"
+    empty_row, dup_row, n = 555_555, 444_444, 590_000
+    # the LAION rows with a caption, each URL once (the file has one URL twice), 60 copies
+    duckdb.execute(f"""COPY (
+        WITH base AS (SELECT URL AS url, TEXT AS caption, file_row_number AS j
+                      FROM read_parquet('{laion}', file_row_number = true)
+                      WHERE TEXT IS NOT NULL AND trim(TEXT) <> '' AND URL IS NOT NULL
+                      QUALIFY row_number() OVER (PARTITION BY URL ORDER BY file_row_number) = 1),
+        r AS (SELECT row_number() OVER (ORDER BY i, j) AS line, url || '?copy=' || i AS url, caption
+              FROM base, range(60) t(i))
+        SELECT CASE WHEN line = {dup_row} THEN (SELECT url FROM r WHERE line = 5) ELSE url END AS url,
+               CASE WHEN line = {empty_row} THEN '' WHEN line = {dup_row} THEN 'another text for row five'
+                    ELSE caption END AS caption
+        FROM r WHERE line <= {n} ORDER BY line
+    ) TO '{f}' (HEADER, DELIMITER ',')""")
+    lines = duckdb.execute(f"SELECT count(*) FROM read_csv('{f}', all_varchar = true)").fetchall()[0][0]
+    assert lines == n
+    rows = duckdb.execute(f"SELECT url, caption FROM read_csv('{f}', all_varchar = true) LIMIT 5").fetchall()
+    ingest(store := Store.init(tmp_path / "s"), "table", f, "big")
+    rej = store.con.execute("SELECT row_ref, reason FROM rejects ORDER BY row_ref, reason").fetchall()
+    kept = store.con.execute("SELECT c.text FROM captions c JOIN samples s USING (uid) WHERE s.url = ?",
+                             [rows[4][0]]).fetchall()
+    assert kept == [(rows[4][1],)]
+    # an empty CSV field reads as NULL: the caption is null and the row has no valid caption
+    assert rej == [("big.csv:row 444444", "duplicate id"), ("big.csv:row 555555", "no valid caption"),
+                   ("big.csv:row 555555", "null caption")]
+    before = {t: store.con.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0] for t in ("samples", "captions", "rejects")}
+    ingest(store, "table", f, "big")
+    after = {t: store.con.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0] for t in ("samples", "captions", "rejects")}
+    store.close()
+    assert after == before

@@ -233,14 +233,22 @@ def prepare_table(store: Store, files: list[Path], fmt: str, source: str, mappin
         name = "_curate_csv_in"
         con.execute(f"DROP TABLE IF EXISTS {name}")
         con.execute("DROP TABLE IF EXISTS _curate_csv_rejects")
+        # The temp table keeps the file's order (DuckDB preserves insertion order), so its
+        # rowid is the input order; each file's rows are contiguous and numbered from its
+        # first rowid. (A row_number() window without ORDER BY numbered rows differently
+        # run to run on a parallel read of a large file: a different duplicate was kept,
+        # reject rows pointed at other lines, and a re-ingest added captions.)
         con.execute(
-            f"CREATE TEMP TABLE {name} AS SELECT *, row_number() OVER (PARTITION BY filename) AS _row, "
-            f"list_position($files, filename)::BIGINT AS _file FROM read_csv($files, {opts})",
+            f"CREATE TEMP TABLE {name} AS SELECT *, list_position($files, filename)::BIGINT AS _file "
+            f"FROM read_csv($files, {opts})",
             {"files": file_list},
         )
-        row_ref = "parse_filename(filename) || ':row ' || _row"
-        row_ord = "(_file << 40) + _row"
-        rows_sql = _row_select(resolved, extras, row_ref, row_ord) + f" FROM {name}"
+        con.execute(f"CREATE OR REPLACE TEMP TABLE _curate_csv_first AS SELECT _file, min(rowid) AS _first "
+                    f"FROM {name} GROUP BY _file")
+        row_ref = "parse_filename(t.filename) || ':row ' || (t.rowid - f._first + 1)"
+        row_ord = "(t._file << 40) + (t.rowid - f._first + 1)"
+        rows_sql = (_row_select(resolved, extras, row_ref, row_ord)
+                    + f" FROM {name} AS t JOIN _curate_csv_first AS f ON f._file = t._file")
         has_rej = con.execute(
             "SELECT count(*) FROM information_schema.tables WHERE table_name = '_curate_csv_rejects'"
         ).fetchall()[0][0]
