@@ -203,6 +203,31 @@ def test_non_utf8_lines(store, tmp_path):
                    "line 5": "wrong type"}
 
 
+
+def test_jsonl_numbers_and_booleans_are_not_captions_and_a_bom_is_not_data(store, tmp_path):
+    """A caption or url must be a JSON string: 12345 or true is a 'wrong type' reject,
+    not the text "12345". An id may be a string or an integer. A UTF-8 byte-order mark
+    before the first line is dropped, so that line ingests."""
+    j = tmp_path / "types.jsonl"
+    j.write_bytes(b'\xef\xbb\xbf{"url": "http://c/1", "caption": "first line after a BOM"}\n'
+                  b'{"url": "http://c/2", "caption": 12345}\n'
+                  b'{"url": "http://c/3", "caption": true}\n'
+                  b'{"url": 123, "caption": "a url that is a number"}\n'
+                  b'{"url": "http://c/5", "caption": "fine", "rank": 5}\n')
+    res = ingest(store, "table", j, "t")
+    assert res.samples_added == 2
+    assert sorted(r[0] for r in store.con.execute("SELECT text FROM captions").fetchall()) == [
+        "fine", "first line after a BOM"]
+    got = dict(store.con.execute("SELECT row_ref[-6:], reason FROM rejects").fetchall())
+    assert got == {"line 2": "wrong type", "line 3": "wrong type", "line 4": "wrong type"}
+    ids = tmp_path / "ids.jsonl"
+    ids.write_text('{"uid": 42, "url": "http://d/1", "caption": "an integer id"}\n'
+                   '{"uid": 4.5, "url": "http://d/2", "caption": "a fractional id"}\n', encoding="utf-8")
+    res = ingest(store, "table", ids, "ids", uid_col="uid")
+    assert res.samples_added == 1
+    assert store.con.execute("SELECT reason FROM rejects WHERE source = 'ids'").fetchall() == [("wrong type",)]
+
+
 def test_truncated_parquet_leaves_store_unchanged(store, laion, tmp_path):
     ingest(store, "table", laion, "laion", preset="laion")
     before = table_snapshot(store)

@@ -34,10 +34,13 @@ def read_json_document(path: Path) -> Any:
 
 def iter_text_lines(path: Path) -> Iterator[tuple[int, str | None, tuple[str, str, str] | None]]:
     """Yield ``(line number, text, None)`` per non-blank line, or ``(line, None, ("not UTF-8",
-    detail, record))`` for a line that does not decode."""
+    detail, record))`` for a line that does not decode. A UTF-8 byte-order mark at the
+    start of the file is dropped."""
     with open(path, "rb") as fh:
         for i, raw in enumerate(fh, start=1):
             raw = raw.rstrip(b"\r\n")
+            if i == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]  # a UTF-8 byte-order mark (Windows editors write one) is not data
             if not raw.strip():
                 continue
             try:

@@ -268,13 +268,17 @@ def prepare_table(store: Store, files: list[Path], fmt: str, source: str, mappin
         available = {k: "VARCHAR" for k in keys}
         resolved = _check_columns(available, mapping, files)
         extras_cols = _extras(available, resolved, mapping)
-        # values are extracted as text; a non-scalar caption or url is a reject, not a silent cast
+        # values are extracted as text; a caption or url that is not a JSON string (a
+        # number, true/false, an object or a list), or an id that is neither a string nor
+        # an integer, is a reject, not a silent cast
         sel = []
         for role, c in resolved.items():
             if c:
                 sel.append(f"j->>'$.\"{c}\"' AS {quote_ident(c)}")
-        checks = [c for r, c in resolved.items() if c and r in ("url_col", "caption_col", "uid_col")]
-        bad_type = " OR ".join(f"json_type(j->'$.\"{c}\"') IN ('OBJECT', 'ARRAY')" for c in checks) or "false"
+        allowed = {"url_col": "('VARCHAR', 'NULL')", "caption_col": "('VARCHAR', 'NULL')",
+                   "uid_col": "('VARCHAR', 'BIGINT', 'UBIGINT', 'NULL')"}
+        bad_type = " OR ".join(f"coalesce(json_type(j->'$.\"{c}\"'), 'NULL') NOT IN {allowed[r]}"
+                               for r, c in resolved.items() if c and r in allowed) or "false"
         mapped_null = "{" + ", ".join(f'"{c}": null' for c in {c for c in resolved.values() if c}) + "}"
         if mapping.extra_cols is not None:
             extra_expr = "json_object(" + ", ".join(f"'{e}', j->'$.\"{e}\"'" for e in extras_cols) + ")" if extras_cols else "NULL::JSON"
@@ -296,7 +300,8 @@ def prepare_table(store: Store, files: list[Path], fmt: str, source: str, mappin
             "WHEN json_type(json(text)) <> 'OBJECT' THEN 'not a JSON object' ELSE 'wrong type' END, "
             "CASE WHEN try(json(text)) IS NULL THEN 'line is not valid JSON' "
             "WHEN json_type(json(text)) <> 'OBJECT' THEN 'expected an object, got ' || json_type(json(text)) "
-            "ELSE 'a mapped field is an object or array, expected text' END, text "
+            "ELSE 'a mapped field is not text (caption and url must be JSON strings, an id a string or integer)' "
+            "END, text "
             "FROM _curate_jsonl_in WHERE try(json(text)) IS NULL OR json_type(json(text)) <> 'OBJECT' OR "
             f"({bad_type.replace('j->', 'json(text)->')})"
         )
