@@ -218,7 +218,16 @@ class Store:
             raise QueryError(
                 f"named query {qualname} takes {', '.join(q.params) or 'no parameters'}; got unknown {', '.join(extra)}"
             )
-        return self.relation(q.sql, {k: params[k] for k in q.params})
+        try:
+            return self.relation(q.sql, {k: params[k] for k in q.params})
+        except QueryError as e:
+            # a table a stage has not written yet: say so, with the query's own note on
+            # where its inputs come from, rather than DuckDB's catalog message alone
+            m = re.search(r"Table with name (\w+) does not exist", str(e))
+            if not m:
+                raise
+            raise QueryError(f"named query {qualname} reads table {m.group(1)}, which this store does not have yet; "
+                             f"{' '.join(q.doc.split())}") from None
 
     def count(self, table: str) -> int:
         check_identifier(table)
