@@ -338,3 +338,23 @@ def test_a_large_csv_keeps_file_order_for_duplicates_rejects_and_reingest(tmp_pa
     after = {t: store.con.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0] for t in ("samples", "captions", "rejects")}
     store.close()
     assert after == before
+
+
+def test_a_tsv_line_of_3_mb_is_a_reject_and_one_over_32_mb_a_one_line_error(store, tmp_path):
+    """DuckDB reads CSV lines up to 2 MB by default and failed the whole file with a dump
+    of the line. curate reads lines up to 32 MB: a 3 MB caption becomes a 'caption too
+    long' reject beside the good rows; a longer line fails before any write, naming it."""
+    f = tmp_path / "long.tsv"
+    f.write_text("ok caption\thttp://a/1\n" + "x" * 3_000_000 + "\thttp://a/2\nanother\thttp://a/3\n", encoding="utf-8")
+    res = ingest(store, "table", f, "long", preset="cc3m")
+    assert res.samples_added == 2
+    assert sorted(store.con.execute("SELECT row_ref, reason FROM rejects").fetchall()) == [
+        ("long.tsv:row 2", "caption too long"), ("long.tsv:row 2", "no valid caption")]
+    huge = tmp_path / "huge.tsv"
+    huge.write_text("ok caption\thttp://b/1\n" + "y" * (33 * 2**20) + "\thttp://b/2\n", encoding="utf-8")
+    before = table_snapshot(store)
+    with pytest.raises(InputError) as e:
+        ingest(store, "table", huge, "huge", preset="cc3m")
+    assert str(e.value).startswith("a line of the input is longer than 32 MB, the most curate reads")
+    assert "\n" not in str(e.value) and len(str(e.value)) < 200
+    assert table_snapshot(store) == before

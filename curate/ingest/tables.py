@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pyarrow as pa
 
 from ..errors import ConfigError, InputError
@@ -222,7 +223,7 @@ def prepare_table(store: Store, files: list[Path], fmt: str, source: str, mappin
         quote = "''" if fmt == "tsv" else "'\"'"
         opts = (f"delim='{delim}', header={str(mapping.header).lower()}, all_varchar=true, quote={quote}, escape={quote}, "
                 f"filename=true, store_rejects=true, rejects_table='_curate_csv_rejects', rejects_scan='_curate_csv_scans', "
-                f"null_padding=false, strict_mode=true")
+                f"null_padding=false, strict_mode=true, max_line_size={MAX_CSV_LINE}")
         con.execute("DROP TABLE IF EXISTS _curate_csv_rejects")
         con.execute("DROP TABLE IF EXISTS _curate_csv_scans")
         probe = f"SELECT * EXCLUDE (filename) FROM read_csv($files, {opts}) LIMIT 0"
@@ -238,11 +239,14 @@ def prepare_table(store: Store, files: list[Path], fmt: str, source: str, mappin
         # first rowid. (A row_number() window without ORDER BY numbered rows differently
         # run to run on a parallel read of a large file: a different duplicate was kept,
         # reject rows pointed at other lines, and a re-ingest added captions.)
-        con.execute(
-            f"CREATE TEMP TABLE {name} AS SELECT *, list_position($files, filename)::BIGINT AS _file "
-            f"FROM read_csv($files, {opts})",
-            {"files": file_list},
-        )
+        try:
+            con.execute(
+                f"CREATE TEMP TABLE {name} AS SELECT *, list_position($files, filename)::BIGINT AS _file "
+                f"FROM read_csv($files, {opts})",
+                {"files": file_list},
+            )
+        except duckdb.Error as e:
+            raise _read_error(e) from None
         con.execute(f"CREATE OR REPLACE TEMP TABLE _curate_csv_first AS SELECT _file, min(rowid) AS _first "
                     f"FROM {name} GROUP BY _file")
         row_ref = "parse_filename(t.filename) || ':row ' || (t.rowid - f._first + 1)"
@@ -322,9 +326,19 @@ def _describe(con, sql: str, params: dict[str, Any]) -> dict[str, str]:
     try:
         rows = con.execute(f"DESCRIBE {sql}", params).fetchall()
     except duckdb.Error as e:
-        msg = " ".join(str(e).split())[:300]
-        raise InputError(f"cannot read the input: {msg}") from None
+        raise _read_error(e) from None
     return {r[0]: r[1] for r in rows}
+
+
+def _read_error(e: Exception) -> InputError:
+    """One line for a reader error. DuckDB's CSV errors quote the whole offending line and
+    its reader options; a line over ``max_line_size`` gets its own message (DuckDB's line
+    number for it is not the file's, so none is given)."""
+    msg = str(e)
+    if "max_line_size" in msg:
+        return InputError(f"a line of the input is longer than {MAX_CSV_LINE // 2**20} MB, the most curate reads "
+                          "from one CSV/TSV line; split or fix that line")
+    return InputError(f"cannot read the input: {' '.join(msg.split())[:300]}")
 
 
 def _check_parquet(path: Path) -> None:
@@ -338,6 +352,9 @@ def _check_parquet(path: Path) -> None:
 
 
 JSONL_CHUNK = 200_000
+#: longest CSV/TSV line read (DuckDB's default is 2 MB); a longer caption than
+#: max_caption_chars still becomes a reject, a longer line fails the file with its number
+MAX_CSV_LINE = 32 * 2**20
 
 
 def _read_jsonl(files: list[Path]) -> tuple[pa.Table, pa.Table]:
