@@ -321,8 +321,6 @@ def prepare_table(store: Store, files: list[Path], fmt: str, source: str, mappin
 
 
 def _describe(con, sql: str, params: dict[str, Any]) -> dict[str, str]:
-    import duckdb
-
     try:
         rows = con.execute(f"DESCRIBE {sql}", params).fetchall()
     except duckdb.Error as e:

@@ -28,6 +28,9 @@ from .policy import (CapsFusion, KnowledgeAware, LaCLIP, MetaCLIPWeight, Nguyen,
                      TemperatureWeight, VeCLIP)
 
 U53 = 9007199254740992.0  # 2**53
+#: k = ceil(n * fraction - FRACTION_EPS): a fraction like 0.3 whose n * f lands a hair
+#: above an integer in floating point does not keep one row more (expr.keep_fraction too)
+FRACTION_EPS = 1e-9
 
 
 def unit(expr: str) -> str:
@@ -114,7 +117,7 @@ def resolve_threshold(store: Any, policy: Policy, pred: Predicate, model: str | 
         n = con.execute("SELECT count(*) FROM _mix_vals").fetchall()[0][0]
         if n == 0:
             raise ConfigError(f"select {pred.attribute}: no values in the pool to take a fraction of")
-        k = max(1, math.ceil(n * pred.fraction - 1e-9))
+        k = max(1, math.ceil(n * pred.fraction - FRACTION_EPS))
         thr = kth_value(con, "_mix_vals", n, k, pred.op in (">", ">="))
     finally:
         con.execute("DROP TABLE IF EXISTS _mix_vals")

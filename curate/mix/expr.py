@@ -50,7 +50,6 @@ _CMP = {
 }
 #: polars' spelling of each operator, for error messages and docs
 POLARS_OP = {"=": "==", "!=": "!=", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
-_EPS = 1e-9  # the same guard as math.ceil(n * fraction - 1e-9) in resolve_threshold
 
 
 # -- column names ---------------------------------------------------------------------
@@ -93,20 +92,21 @@ def col(attribute: str, variant: str | None = None, *, model: str | None = None,
         mode: str = "phrase") -> pl.Expr:
     """``pl.col`` of an attribute column, checked: unknown attributes and options that
     the attribute does not take fail here, not at run time."""
-    from .policy import Predicate
-
-    kind = _attribute(attribute)
-    probe = {"number": 0, "bool": True, "str": ""}[kind.type]
-    Predicate(attribute, "=", probe, variant=variant, model=model, vocabulary=vocabulary, mode=mode)
+    _reader(attribute=attribute, variant=variant, model=model, vocabulary=vocabulary, mode=mode)
     return pl.col(column_name(attribute, variant, model=model, vocabulary=vocabulary, mode=mode))
 
 
-def _attribute(name: str) -> Any:
+def _reader(**kw: Any) -> Any:
+    """A Predicate that reads the column ``kw`` names (``= <a value of its type>``): built
+    to run Predicate's checks of attribute, variant and options, and to read the column."""
     from .attributes import ATTRIBUTES
+    from .policy import Predicate
 
+    name = kw["attribute"]
     if name not in ATTRIBUTES:
         raise ConfigError(f"unknown attribute {name!r}; valid: {', '.join(sorted(ATTRIBUTES))}")
-    return ATTRIBUTES[name]
+    probe = {"number": 0, "bool": True, "str": ""}[ATTRIBUTES[name].type]
+    return Predicate(op="=", value=probe, **kw)
 
 
 # -- predicate -> expression ----------------------------------------------------------
@@ -114,7 +114,9 @@ def threshold_expr(column: pl.Expr, fraction: float, descending: bool) -> pl.Exp
     """The k-th largest (``descending``) or smallest of the column's n non-null values,
     ``k = ceil(n * fraction)``: the threshold :func:`curate.mix.compile.resolve_threshold`
     takes in SQL."""
-    k = (column.count() * fraction - _EPS).ceil().cast(pl.Int64)
+    from .compile import FRACTION_EPS
+
+    k = (column.count() * fraction - FRACTION_EPS).ceil().cast(pl.Int64)
     return column.drop_nulls().sort(descending=descending).get(k - 1)
 
 
@@ -256,10 +258,7 @@ def attribute_frame(store: Any, policy: Any, extra: Iterable[pl.Expr | str] = ()
                                       mode=p.mode), p)
     for e in extra:
         name = e if isinstance(e, str) else e.meta.output_name()
-        kw = parse_column(name)
-        attr = _attribute(kw["attribute"])
-        probe = {"number": 0, "bool": True, "str": ""}[attr.type]
-        wanted.setdefault(name, Predicate(op="=", value=probe, **kw))
+        wanted.setdefault(name, _reader(**parse_column(name)))
     joins, cols = [], []
     for i, (name, p) in enumerate(wanted.items()):
         if p.attribute == "source":

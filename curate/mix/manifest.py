@@ -204,7 +204,8 @@ def input_versions(store: Any, policy: Policy,
             if run:
                 stages.append(run_entry(t, run[0][0]))
         if t == "clip_scores":
-            models = sorted(set(res_models)) if (res_models := _clip_models(policy, resolved)) else [
+            # the models the policy resolved; all of them when it read none (the audit's case)
+            models = sorted(set(((resolved or {}).get("clip_models") or {}).values())) or [
                 m[0] for m in store.execute("SELECT DISTINCT model FROM clip_scores_latest ORDER BY 1").fetchall()]
             for model in models:
                 # the run clip_scores_latest reads for the model (clip.score.v1), else the contract
@@ -226,9 +227,6 @@ def _vocabularies(policy: Policy) -> set[str]:
         out.add(policy.weight.vocabulary)
     return out
 
-
-def _clip_models(policy: Policy, resolved: dict[str, Any] | None) -> list[str]:
-    return list(((resolved or {}).get("clip_models") or {}).values())
 
 
 def manifest_path(store: Any, policy: Policy) -> Path:
