@@ -366,7 +366,7 @@ def _ws_class() -> str:
     return "".join(f"\\x{{{ord(c):x}}}" for c in WHITESPACE)
 
 
-EXPERIMENT_GROUPS = ("scan", "valid", "dups", "floor", "lean", "lean2", "temp", "keep")
+EXPERIMENT_GROUPS = ("scan", "valid", "dups", "floor", "lean", "lean2", "temp", "keep", "columns")
 
 
 def experiments_child(path: str, work: Path, memory_limit: str | None, threads: int | None,
@@ -604,6 +604,9 @@ def experiments_child(path: str, work: Path, memory_limit: str | None, threads: 
             "UNION ALL SELECT 'rejects ' || reason, count(*) FROM _in_rej GROUP BY reason ORDER BY 1").fetchall()}
         st.close()
 
+    if "columns" in groups:
+        columns_floor(path, work, memory_limit, threads, out)
+
     if "lean" in groups:
         lean("lean", "uid IS NOT NULL")
     if "lean2" in groups:
@@ -614,6 +617,59 @@ def experiments_child(path: str, work: Path, memory_limit: str | None, threads: 
         keep_filters()
     out["peak_rss_MB"] = round(peak_rss_mb())
     return out
+
+
+def columns_floor(path: str, work: Path, memory_limit: str | None, threads: int | None, out: dict) -> None:
+    """What each column curate writes costs: ``CREATE TABLE`` + ``INSERT ... SELECT`` of one
+    column set from the parquet into a fresh DuckDB file, then close (the checkpoint), with
+    wall and CPU seconds. No checks, no anti-joins: the cost of the data model alone.
+    The tables mirror curate's schema (uid and caption_id as in curate/ids.py)."""
+    import duckdb
+
+    src = f"read_parquet('{path}')"
+    uid = "md5_number('bench' || chr(31) || URL)::UUID"
+    cid = f"md5_number(({uid})::VARCHAR || chr(31) || 'raw' || chr(31) || TEXT)::UUID"
+    extra = "json_object('similarity', similarity)::JSON"
+    sets = [
+        ("raw copy: every input column", "*"),
+        ("url", "URL"),
+        ("text", "TEXT"),
+        ("url + text", "URL, TEXT"),
+        ("uid alone (md5 of source, url)", f"{uid} AS uid"),
+        ("extra alone (json_object)", f"{extra} AS extra"),
+        ("samples, as curate writes it", f"{uid} AS uid, 'bench' AS source, URL AS url, NULL::VARCHAR AS image_shard, "
+         f"NULL::VARCHAR AS image_key, NULL::VARCHAR AS image_path, NULL::VARCHAR AS sha256, WIDTH::INTEGER AS width, "
+         f"HEIGHT::INTEGER AS height, {extra} AS extra, 1::BIGINT AS run_id"),
+        ("samples without uid", "'bench' AS source, URL AS url, NULL::VARCHAR AS image_shard, NULL::VARCHAR AS image_key, "
+         f"NULL::VARCHAR AS image_path, NULL::VARCHAR AS sha256, WIDTH::INTEGER AS width, HEIGHT::INTEGER AS height, "
+         f"{extra} AS extra, 1::BIGINT AS run_id"),
+        ("captions, as curate writes it", f"{cid} AS caption_id, {uid} AS uid, 'raw' AS variant, TEXT AS text, "
+         "'alt-text' AS generator, NULL::JSON AS provenance, 'bench' AS source, 1::BIGINT AS run_id"),
+        ("captions without caption_id", f"{uid} AS uid, 'raw' AS variant, TEXT AS text, 'alt-text' AS generator, "
+         "NULL::JSON AS provenance, 'bench' AS source, 1::BIGINT AS run_id"),
+        ("captions without either id", "'raw' AS variant, TEXT AS text, 'alt-text' AS generator, "
+         "NULL::JSON AS provenance, 'bench' AS source, 1::BIGINT AS run_id"),
+    ]
+    work.mkdir(parents=True, exist_ok=True)
+    for label, cols in sets:
+        db = work / "columns.duckdb"
+        for f in (db, Path(str(db) + ".wal")):
+            f.unlink(missing_ok=True)
+        r0 = resource.getrusage(resource.RUSAGE_SELF)
+        t0 = time.perf_counter()
+        con = duckdb.connect(str(db), config=duck_config(memory_limit, threads))
+        where = " WHERE TEXT IS NOT NULL" if "TEXT" in cols or "text" in cols else ""
+        con.execute(f"CREATE TABLE t AS SELECT {cols} FROM {src} LIMIT 0")
+        con.execute(f"INSERT INTO t SELECT {cols} FROM {src}{where}")
+        con.close()
+        dt = time.perf_counter() - t0
+        r1 = resource.getrusage(resource.RUSAGE_SELF)
+        cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+        mb = db.stat().st_size / 1e6
+        out[f"columns: {label}"] = {"s": round(dt, 2), "cpu_s": round(cpu, 2), "db_MB": round(mb)}
+        print(json.dumps({"experiment": f"columns: {label}", "seconds": round(dt, 3), "cpu_s": round(cpu, 2),
+                          "db_MB": round(mb)}), file=sys.stderr, flush=True)
+        db.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------- parent
