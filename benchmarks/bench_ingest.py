@@ -776,13 +776,17 @@ def main() -> None:
             if b in base and only in ("", b):
                 methods.append((f"{b}+{label}" + (f"@{ml}" if ml else ""), ml or None, None, settings))
     for ref in a.compare_ref:
-        dest = tmp / f"ref_{ref}"
+        # The export is cached by the commit's full hash, never by the name given: a cache
+        # keyed by "HEAD" silently kept measuring whatever HEAD was when it was first made.
+        sha = subprocess.run(["git", "-C", str(HERE.parent), "rev-parse", "--verify", f"{ref}^{{commit}}"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+        dest = tmp / f"ref_{sha}"
         if not (dest / "curate").exists():
             dest.mkdir(parents=True, exist_ok=True)
-            arch = subprocess.run(["git", "-C", str(HERE.parent), "archive", ref, "curate", "sql"], capture_output=True,
+            arch = subprocess.run(["git", "-C", str(HERE.parent), "archive", sha, "curate", "sql"], capture_output=True,
                                   check=True).stdout
             subprocess.run(["tar", "-x", "-C", str(dest)], input=arch, check=True)
-        methods.append((f"curate[{ref}]", None, dest, None))
+        methods.append((f"curate[{ref}={sha[:7]}]" if not sha.startswith(ref) else f"curate[{ref}]", None, dest, None))
     import duckdb
 
     meta = {"file": str(path), "file_MB": round(file_mb, 1), "reps": a.reps, "python": sys.version.split()[0],

@@ -358,3 +358,32 @@ def test_a_tsv_line_of_3_mb_is_a_reject_and_one_over_32_mb_a_one_line_error(stor
     assert str(e.value).startswith("a line of the input is longer than 32 MB, the most curate reads")
     assert "\n" not in str(e.value) and len(str(e.value)) < 200
     assert table_snapshot(store) == before
+
+
+def test_the_url_expression_equals_trim_on_every_code_point():
+    """url_sql runs trim() only when an edge character is one trim removes. Oracle: DuckDB's
+    own nullif(trim(x), '') on every BMP code point alone, at either edge, doubled and in
+    the middle, and on 20,000 random strings of spaces, tabs, combining marks and emoji.
+    TRIM_CODEPOINTS must be exactly the set trim removes."""
+    import random
+
+    from curate.ingest.tables import TRIM_CODEPOINTS, url_sql
+
+    con = duckdb.connect()
+    cps = [c for c in range(1, 0x10000) if not 0xD800 <= c <= 0xDFFF]
+    trimmed = con.execute("SELECT list(c ORDER BY c) FROM (SELECT unnest(?) AS c) "
+                          "WHERE trim(chr(c) || 'a') = 'a' OR trim('a' || chr(c)) = 'a'", [cps]).fetchall()[0][0]
+    assert trimmed == sorted(TRIM_CODEPOINTS)
+    vals: list[str | None] = []
+    for c in cps + [0x1F642, 0x10FFFF]:
+        ch = chr(c)
+        vals += [ch, ch + "a", "a" + ch, ch + ch + "x" + ch, "a" + ch + "b"]
+    rnd = random.Random(7)
+    pool = [chr(c) for c in TRIM_CODEPOINTS] + list("ab\t\n é") + ["\u0301", "\U0001F642"]
+    vals += ["".join(rnd.choice(pool) for _ in range(rnd.randint(0, 6))) for _ in range(20_000)]
+    vals += ["", None, "  http://example.com/a.jpg \u3000"]
+    con.execute("CREATE TABLE v AS SELECT unnest(?) AS x", [vals])
+    differ = con.execute(f"SELECT x FROM v WHERE ({url_sql('x')}) IS DISTINCT FROM nullif(trim(x), '')").fetchall()
+    assert differ == []
+    assert con.execute(f"SELECT {url_sql('x')} FROM v WHERE x LIKE '%example%'").fetchall() == [
+        ("http://example.com/a.jpg",)]
