@@ -87,6 +87,13 @@ class Store:
         p.mkdir(parents=True, exist_ok=True)
         for f in FOLDERS:
             (p / f).mkdir(exist_ok=True)
+        # The environment gives the CLI a way to bound DuckDB: CURATE_MEMORY_LIMIT=4GB, CURATE_THREADS=2.
+        memory_limit = memory_limit or os.environ.get("CURATE_MEMORY_LIMIT") or None
+        if threads is None and os.environ.get("CURATE_THREADS"):
+            try:
+                threads = int(os.environ["CURATE_THREADS"])
+            except ValueError:
+                raise StoreError(f"CURATE_THREADS must be a whole number, got {os.environ['CURATE_THREADS']!r}") from None
         config: dict[str, Any] = {}
         if not db.exists():
             config["storage_compatibility_version"] = STORAGE_COMPATIBILITY
@@ -96,6 +103,10 @@ class Store:
             config["threads"] = threads
         try:
             con = duckdb.connect(str(db), read_only=read_only, config=config)
+        except (duckdb.InvalidInputException, duckdb.ParserException) as e:  # a memory_limit DuckDB does not accept
+            given = ", ".join(f"{k}={v!r}" for k, v in config.items() if k in ("memory_limit", "threads"))
+            raise StoreError(f"cannot open store {p} with {given} (see CURATE_MEMORY_LIMIT, CURATE_THREADS): "
+                             f"{str(e).splitlines()[0]}") from None
         except duckdb.IOException as e:
             msg = str(e).splitlines()[0]
             if "lock" in msg.lower():

@@ -212,3 +212,24 @@ def test_knowledge_reports_and_mixing_share_one_rule():
     for name in ("knowledge.caption_hallucinations", "knowledge.hallucinations", "knowledge.hallucinated",
                  "mix.caption_hallucinations"):
         assert unsupported in get_query(name).sql, name
+
+
+def test_memory_limit_and_threads_from_the_environment(tmp_path, monkeypatch):
+    """CURATE_MEMORY_LIMIT and CURATE_THREADS bound DuckDB for every command; an explicit
+    argument wins; a value DuckDB refuses is a one-line StoreError naming the variable."""
+    monkeypatch.setenv("CURATE_MEMORY_LIMIT", "512MB")
+    monkeypatch.setenv("CURATE_THREADS", "1")
+    with Store.open(tmp_path / "s", create=True) as s:
+        limit, threads = s.con.execute("SELECT current_setting('memory_limit'), current_setting('threads')").fetchall()[0]
+    assert (limit, threads) == ("488.2 MiB", 1)
+    with Store.open(tmp_path / "s", memory_limit="1GB", threads=2) as s:
+        assert s.con.execute("SELECT current_setting('memory_limit'), current_setting('threads')").fetchall()[0] == (
+            "953.6 MiB", 2)
+    monkeypatch.setenv("CURATE_MEMORY_LIMIT", "lots")
+    with pytest.raises(StoreError) as e:
+        Store.open(tmp_path / "s")
+    assert "memory_limit='lots'" in str(e.value) and "CURATE_MEMORY_LIMIT" in str(e.value) and "\n" not in str(e.value)
+    monkeypatch.delenv("CURATE_MEMORY_LIMIT")
+    monkeypatch.setenv("CURATE_THREADS", "two")
+    with pytest.raises(StoreError, match="CURATE_THREADS must be a whole number"):
+        Store.open(tmp_path / "s")

@@ -280,10 +280,11 @@ def prepare_table(store: Store, files: list[Path], fmt: str, source: str, mappin
                 "error_message AS detail, csv_line AS record FROM _curate_csv_rej"
             )
     elif fmt == "jsonl":
-        table, bad = _read_jsonl(files)
-        register["_curate_jsonl_in"] = table
-        register["_curate_jsonl_bad"] = bad
-        keys = _jsonl_keys(con, table)
+        # Lines stream into a temp table (Python holds one chunk; DuckDB spills to the
+        # store's tmp/ beyond memory_limit), then each line is parsed once into the
+        # columns the ingest reads, instead of once per pass of run_ingest.
+        _load_jsonl(con, files)
+        keys = _jsonl_keys(con, file_list)
         available = {k: "VARCHAR" for k in keys}
         resolved = _check_columns(available, mapping, files)
         extras_cols = _extras(available, resolved, mapping)
@@ -303,26 +304,29 @@ def prepare_table(store: Store, files: list[Path], fmt: str, source: str, mappin
             extra_expr = "json_object(" + ", ".join(f"'{e}', j->'$.\"{e}\"'" for e in extras_cols) + ")" if extras_cols else "NULL::JSON"
         else:
             extra_expr = f"nullif(json_merge_patch(j, '{mapped_null}'), '{{}}')::JSON"
-        inner = (
+        parsed = "(SELECT file, line, text, try(json(text)) AS j FROM _curate_jsonl_in)"
+        con.execute(
+            f"CREATE OR REPLACE TEMP TABLE _curate_jsonl_rows AS "
             f"SELECT file, line, {', '.join(sel)}{', ' if sel else ''}{extra_expr} AS _extra "
-            f"FROM (SELECT file, line, try(json(text)) AS j FROM _curate_jsonl_in) "
-            f"WHERE j IS NOT NULL AND json_type(j) = 'OBJECT' AND NOT ({bad_type})"
+            f"FROM {parsed} WHERE j IS NOT NULL AND json_type(j) = 'OBJECT' AND NOT ({bad_type})"
         )
+        con.execute(
+            "INSERT INTO _curate_jsonl_bad "
+            "SELECT file, line, "
+            "CASE WHEN j IS NULL THEN 'malformed JSON' "
+            "WHEN json_type(j) <> 'OBJECT' THEN 'not a JSON object' ELSE 'wrong type' END, "
+            "CASE WHEN j IS NULL THEN 'line is not valid JSON' "
+            "WHEN json_type(j) <> 'OBJECT' THEN 'expected an object, got ' || json_type(j) "
+            "ELSE 'a mapped field is not text (caption and url must be JSON strings, an id a string or integer)' "
+            f"END, text FROM {parsed} WHERE j IS NULL OR json_type(j) <> 'OBJECT' OR ({bad_type})"
+        )
+        con.execute("DROP TABLE _curate_jsonl_in")
         rows_sql = _row_select(resolved, [], "parse_filename(file) || ':line ' || line",
                                "(list_position($files, file)::BIGINT << 40) + line")
-        rows_sql = rows_sql.replace("NULL::JSON AS extra", "_extra AS extra") + f" FROM ({inner})"
+        rows_sql = rows_sql.replace("NULL::JSON AS extra", "_extra AS extra") + " FROM _curate_jsonl_rows"
         reader_rejects = (
             "SELECT parse_filename(file) || ':line ' || line AS row_ref, reason, detail, text AS record "
-            "FROM _curate_jsonl_bad UNION ALL "
-            "SELECT parse_filename(file) || ':line ' || line, "
-            "CASE WHEN try(json(text)) IS NULL THEN 'malformed JSON' "
-            "WHEN json_type(json(text)) <> 'OBJECT' THEN 'not a JSON object' ELSE 'wrong type' END, "
-            "CASE WHEN try(json(text)) IS NULL THEN 'line is not valid JSON' "
-            "WHEN json_type(json(text)) <> 'OBJECT' THEN 'expected an object, got ' || json_type(json(text)) "
-            "ELSE 'a mapped field is not text (caption and url must be JSON strings, an id a string or integer)' "
-            "END, text "
-            "FROM _curate_jsonl_in WHERE try(json(text)) IS NULL OR json_type(json(text)) <> 'OBJECT' OR "
-            f"({bad_type.replace('j->', 'json(text)->')})"
+            "FROM _curate_jsonl_bad"
         )
     else:
         raise ConfigError(f"unknown table format {fmt!r}; choose one of {', '.join(TABLE_FORMATS)}")
@@ -364,55 +368,57 @@ def _check_parquet(path: Path) -> None:
         raise InputError(f"{path.name} is not a readable parquet file (truncated or corrupt?): {str(e).splitlines()[0]}") from None
 
 
-JSONL_CHUNK = 200_000
+JSONL_CHUNK = 50_000
 #: longest CSV/TSV line read (DuckDB's default is 2 MB); a longer caption than
 #: max_caption_chars still becomes a reject, a longer line fails the file with its number
 MAX_CSV_LINE = 32 * 2**20
 
 
-def _read_jsonl(files: list[Path]) -> tuple[pa.Table, pa.Table]:
-    """Split JSONL files into lines (file, line number, text); undecodable lines go apart."""
+def _load_jsonl(con, files: list[Path]) -> None:
+    """Stream JSONL files into the temp tables ``_curate_jsonl_in (file, line, text)`` and
+    ``_curate_jsonl_bad`` (lines that are not UTF-8), one chunk of lines at a time."""
+    con.execute("CREATE OR REPLACE TEMP TABLE _curate_jsonl_in (file VARCHAR, line BIGINT, text VARCHAR)")
+    con.execute("CREATE OR REPLACE TEMP TABLE _curate_jsonl_bad "
+                "(file VARCHAR, line BIGINT, reason VARCHAR, detail VARCHAR, text VARCHAR)")
+
+    def flush(table: str, cols: dict[str, list]) -> None:
+        if cols["line"]:
+            con.register("_curate_jsonl_chunk", pa.table(cols))
+            try:
+                con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _curate_jsonl_chunk")
+            finally:
+                con.unregister("_curate_jsonl_chunk")
+        for v in cols.values():
+            v.clear()
+
     good: dict[str, list] = {"file": [], "line": [], "text": []}
     bad: dict[str, list] = {"file": [], "line": [], "reason": [], "detail": [], "text": []}
-    batches = []
     for f in files:
         name = str(f.resolve())
         for i, text, problem in iter_text_lines(f):
             if problem is not None:
                 reason, detail, record = problem
-                bad["file"].append(name)
-                bad["line"].append(i)
-                bad["reason"].append(reason)
-                bad["detail"].append(detail)
-                bad["text"].append(record)
+                for k, v in zip(("file", "line", "reason", "detail", "text"), (name, i, reason, detail, record)):
+                    bad[k].append(v)
                 continue
             good["file"].append(name)
             good["line"].append(i)
             good["text"].append(text)
-            if len(good["text"]) >= JSONL_CHUNK:
-                batches.append(pa.table(good))
-                good = {"file": [], "line": [], "text": []}
-    batches.append(pa.table({"file": pa.array(good["file"], pa.string()), "line": pa.array(good["line"], pa.int64()),
-                             "text": pa.array(good["text"], pa.string())}))
-    table = pa.concat_tables([b.cast(batches[-1].schema) for b in batches])
-    bad_t = pa.table({"file": pa.array(bad["file"], pa.string()), "line": pa.array(bad["line"], pa.int64()),
-                      "reason": pa.array(bad["reason"], pa.string()), "detail": pa.array(bad["detail"], pa.string()),
-                      "text": pa.array(bad["text"], pa.string())})
-    return table, bad_t
+            if len(good["line"]) >= JSONL_CHUNK:
+                flush("_curate_jsonl_in", good)
+    flush("_curate_jsonl_in", good)
+    flush("_curate_jsonl_bad", bad)
 
 
-def _jsonl_keys(con, table: pa.Table) -> list[str]:
-    con.register("_curate_jsonl_probe", table)
-    try:
-        rows = con.execute(
-            "SELECT k, min(rid) AS first FROM (SELECT unnest(json_keys(j)) AS k, rid FROM "
-            "(SELECT try(json(text)) AS j, row_number() OVER () AS rid FROM _curate_jsonl_probe) "
-            "WHERE j IS NOT NULL AND json_type(j) = 'OBJECT') GROUP BY k ORDER BY first, k"
-        ).fetchall()
-    finally:
-        con.unregister("_curate_jsonl_probe")
-    seen = dict.fromkeys(r[0] for r in rows)
-    return list(seen)
+def _jsonl_keys(con, file_list: list[str]) -> list[str]:
+    """The keys of the JSON objects in ``_curate_jsonl_in``, in order of first appearance."""
+    rows = con.execute(
+        "SELECT k FROM (SELECT unnest(json_keys(j)) AS k, (list_position($files, file)::BIGINT << 40) + line AS o "
+        "FROM (SELECT try(json(text)) AS j, file, line FROM _curate_jsonl_in) "
+        "WHERE j IS NOT NULL AND json_type(j) = 'OBJECT') GROUP BY k ORDER BY min(o), k",
+        {"files": file_list},
+    ).fetchall()
+    return [r[0] for r in rows]
 
 
 __all__ = ["PRESETS", "TableMapping", "ingest_table", "prepare_table", "resolve_mapping", "input_files"]
