@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -51,10 +52,14 @@ def test_real_file_counts_and_caption_lengths(store, example):
     assert store.con.execute("SELECT count(DISTINCT text) FROM captions WHERE variant = 'synthetic'").fetchone()[0] == 9_939
 
 
+def _md5(t: str) -> str:
+    return hashlib.md5(t.encode("utf-8")).hexdigest()
+
+
 def test_uid_is_the_hash_of_raw_and_synthetic(store, example):
     ingest_capsfusion(store, example, source="cf")
     first = json.loads(example.read_text(encoding="utf-8"))[0]
-    key = json.dumps([first["laion_2b"], first["laion_coco"]], ensure_ascii=False, separators=(",", ":"))
+    key = _md5(first["laion_2b"]) + "\x1f" + _md5(first["laion_coco"])
     uid = sample_uid("cf", record=key)
     texts = dict(store.con.execute("SELECT variant, text FROM captions WHERE uid = ?", [uid]).fetchall())
     assert texts == {"raw": first["laion_2b"], "synthetic": first["laion_coco"], "fused": first["capsfuion_official"]}
@@ -113,7 +118,7 @@ def test_bad_records_are_rejected_with_reasons(store, tmp_path):
     details = dict(store.con.execute("SELECT row_ref, detail FROM rejects WHERE reason = 'missing key'").fetchall())
     assert "no laion_coco (variant synthetic)" in details[f"{path.resolve()}:line 2"]
     assert store.con.execute(
-        "SELECT list(variant ORDER BY variant) FROM captions WHERE uid = ?", [sample_uid("bad", record='["raw only",null]')]
+        "SELECT list(variant ORDER BY variant) FROM captions WHERE uid = ?", [sample_uid("bad", record=_md5("raw only") + "\x1f-")]
     ).fetchone()[0] == ["fused", "raw"]
 
 
@@ -147,3 +152,129 @@ def test_error_inside_the_transaction_rolls_everything_back(store, example):
     with pytest.raises(InputError, match="stop after the inserts"):
         run_ingest(store, plan)
     assert table_snapshot(store) == before
+
+
+# --- the CapsFusion-120M release layout: parquet with image_url, laion_2b, laion_coco, capsfusion
+def _release_parquet(example: Path, out: Path, with_urls: bool) -> list[dict]:
+    """The real example records written in the release's parquet layout. The example file
+    has no urls; with_urls gives every other record a made-up one (the release pairs most,
+    not all, captions with an image url)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    records = json.loads(example.read_text(encoding="utf-8"))
+    rows = [{"image_url": (f" https://img.example.org/capsfusion/{i}.jpg" if with_urls and i % 2 == 0 else None),
+             "laion_2b": r["laion_2b"], "laion_coco": r["laion_coco"], "capsfusion": r["capsfuion_official"]}
+            for i, r in enumerate(records)]
+    pq.write_table(pa.Table.from_pylist(rows), out, row_group_size=3000)
+    return rows
+
+
+def _content(store, source: str) -> dict[str, list]:
+    """samples and captions of a source without run ids or row references."""
+    return {
+        "samples": sorted(store.con.execute(
+            "SELECT uid::VARCHAR, url, extra::VARCHAR FROM samples WHERE source = ?", [source]).fetchall(), key=repr),
+        "captions": sorted(store.con.execute(
+            "SELECT caption_id::VARCHAR, uid::VARCHAR, variant, text, generator FROM captions WHERE source = ?",
+            [source]).fetchall(), key=repr),
+    }
+
+
+def test_release_parquet_gives_the_samples_of_the_json_file(tmp_path, example):
+    """The real 10,000 triples as parquet: 10,000 samples, 30,000 captions, and exactly the
+    rows (uids, caption ids, texts, generators) the JSON file gives."""
+    from curate import Store
+
+    _release_parquet(example, tmp_path / "capsfusion_1.parquet", with_urls=False)
+    with Store.init(tmp_path / "a") as a, Store.init(tmp_path / "b") as b:
+        rj = ingest_capsfusion(a, example, source="cf")
+        rp = ingest_capsfusion(b, tmp_path / "capsfusion_1.parquet", source="cf")
+        assert (rp.rows_in, rp.samples_added, rp.captions_added, rp.rejected) == (10_000, 10_000, 30_000, 0)
+        assert rp.by_variant == rj.by_variant == {"raw": 10_000, "synthetic": 10_000, "fused": 10_000}
+        assert _content(a, "cf") == _content(b, "cf")
+        mean = b.con.execute("SELECT variant, round(avg(len(regexp_extract_all(text, ?))), 2) FROM captions "
+                             "GROUP BY 1 ORDER BY 1", [WORDS]).fetchall()
+        assert mean == [("fused", 22.75), ("raw", 10.82), ("synthetic", 8.96)]  # PROVENANCE.md
+
+
+def test_release_parquet_with_urls_matches_jsonl_with_urls(tmp_path, example):
+    """With an image url the uid is md5(source, url) (trimmed as table urls are), from
+    parquet and from JSONL alike; records without one keep the caption key. A folder of
+    shards ingests as one input."""
+    from curate import Store
+
+    shards = tmp_path / "release"
+    shards.mkdir()
+    rows = _release_parquet(example, tmp_path / "all.parquet", with_urls=True)
+    import pyarrow.parquet as pq
+    t = pq.read_table(tmp_path / "all.parquet")
+    pq.write_table(t.slice(0, 6000), shards / "capsfusion_1.parquet")
+    pq.write_table(t.slice(6000), shards / "capsfusion_2.parquet")
+    (tmp_path / "all.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    with Store.init(tmp_path / "a") as a, Store.init(tmp_path / "b") as b:
+        rp = ingest_capsfusion(a, shards, source="cf")
+        rj = ingest_capsfusion(b, tmp_path / "all.jsonl", source="cf")
+        assert (rp.samples_added, rp.captions_added) == (rj.samples_added, rj.captions_added) == (10_000, 30_000)
+        assert _content(a, "cf") == _content(b, "cf")
+        url = "https://img.example.org/capsfusion/4.jpg"
+        assert a.con.execute("SELECT uid, url FROM samples WHERE url = ?", [url]).fetchall() == [
+            (sample_uid("cf", url=url), url)]
+        assert a.con.execute("SELECT count(*) FROM samples WHERE url IS NULL").fetchone()[0] == 5_000
+        assert a.con.execute("SELECT count(*) FROM rejects").fetchone()[0] == 0
+        assert a.con.execute("SELECT count(*) FROM runs WHERE stage = 'ingest.capsfusion'").fetchone()[0] == 1
+
+
+def test_release_parquet_bad_input(store, tmp_path):
+    """Rejects with reasons for bad rows; one-line errors, store unchanged, for a missing
+    or mistyped column and a truncated file."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [
+        {"image_url": "http://a/1", "laion_2b": "raw one", "laion_coco": "syn one", "capsfusion": "fused one"},  # kept
+        {"image_url": None, "laion_2b": "raw two", "laion_coco": None, "capsfusion": "fused two"},   # null synthetic
+        {"image_url": "http://a/3", "laion_2b": "  ", "laion_coco": "", "capsfusion": None},         # nothing valid
+        {"image_url": None, "laion_2b": None, "laion_coco": None, "capsfusion": "fused only"},      # no key
+        {"image_url": "http://a/1", "laion_2b": "raw one", "laion_coco": "syn one", "capsfusion": "fused one"},  # dup row
+        {"image_url": " http://a/1", "laion_2b": "other", "laion_coco": "syn one", "capsfusion": "fused one"},  # dup id
+    ]
+    f = tmp_path / "bad.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), f)
+    r = ingest_capsfusion(store, f, source="cfb")
+    assert (r.rows_in, r.samples_added, r.captions_added) == (6, 2, 5)
+    assert _reasons(store) == sorted([
+        ("1", "null caption"), ("2", "empty caption"), ("2", "empty caption"), ("2", "null caption"),
+        ("2", "no valid caption"), ("3", "no url or id"), ("4", "duplicate row"), ("5", "duplicate id"),
+    ])
+    before = table_snapshot(store)
+    pq.write_table(pa.table({"image_url": ["x"], "laion_2b": ["a"], "laion_coco": ["b"]}), tmp_path / "nofuse.parquet")
+    pq.write_table(pa.table({"laion_2b": ["a"], "laion_coco": [3], "capsfusion": ["c"]}), tmp_path / "typed.parquet")
+    (tmp_path / "cut.parquet").write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    for name, message in [("nofuse", "CapsFusion column(s) capsfusion (or capsfuion_official) missing"),
+                          ("typed", "column 'laion_coco' has type BIGINT, expected text"),
+                          ("cut", "not a readable parquet file")]:
+        with pytest.raises(InputError) as e:
+            ingest_capsfusion(store, tmp_path / f"{name}.parquet", source="cfb")
+        assert message in str(e.value) and "\n" not in str(e.value), str(e.value)
+    assert table_snapshot(store) == before
+
+
+def test_record_key_sql_twin():
+    """RECORD_KEY_SQL gives record_key's text for any pair of captions, NULLs included."""
+    import random
+
+    import duckdb
+
+    from curate.ingest.capsfusion import RECORD_KEY_SQL, record_key
+
+    rnd = random.Random(3)
+    pool = [chr(c) for c in (*range(0, 0x80), 0xA0, 0xE9, 0x2028, 0xFEFF, 0x1F642, 0x10FFFF)]
+    pairs = [(None if rnd.random() < 0.15 else "".join(rnd.choice(pool) for _ in range(rnd.randint(0, 12))),
+              None if rnd.random() < 0.15 else "".join(rnd.choice(pool) for _ in range(rnd.randint(0, 12))))
+             for _ in range(5000)] + [(None, None), ("", ""), ("a\x1fb", None)]
+    con = duckdb.connect()
+    con.execute("CREATE TABLE p (a VARCHAR, b VARCHAR, i INTEGER)")
+    con.executemany("INSERT INTO p VALUES (?, ?, ?)", [(a, b, i) for i, (a, b) in enumerate(pairs)])
+    got = [r[0] for r in con.execute(f"SELECT {RECORD_KEY_SQL.format(raw='a', synthetic='b')} FROM p ORDER BY i").fetchall()]
+    assert got == [record_key(a, b) for a, b in pairs]

@@ -66,7 +66,7 @@ def mix_store(tmp_path_factory) -> Path:
         s.execute(TABLES_SQL)
         s.execute("""INSERT INTO concept_tags
             SELECT 'imgs', 'cifar10@stand-in', uid, concept, 0.30 - 0.01 * r, r::INT, 'h1', 2 FROM (
-                SELECT p.uid, v.concept, row_number() OVER (PARTITION BY p.uid ORDER BY hash(p.uid, v.concept)) AS r
+                SELECT p.uid, v.concept, row_number() OVER (PARTITION BY p.uid ORDER BY md5(p.uid::VARCHAR || v.concept)) AS r
                 FROM samples p, (SELECT DISTINCT concept FROM concepts WHERE vocabulary = 'cifar10') v)
             UNION ALL
             SELECT 'imgs', 'cifar10@stand-in', uid, concept, 0.9, 1, 'h0', 1

@@ -1,8 +1,15 @@
 """CapsFusion triples: one image described three ways (raw alt-text, BLIP synthetic, LLM-fused).
 
-Input: upstream's ``example_data.json`` (a JSON array of objects) or JSONL (one object per
-line); which one is told by the first non-blank character (``[`` or ``{``). A JSON array
-is parsed whole, so give very large inputs as JSONL, which is read line by line.
+Inputs:
+
+* the CapsFusion-120M release: parquet files (one, or a folder of them) with the columns
+  ``image_url``, ``laion_2b``, ``laion_coco`` and ``capsfusion``. They stream through
+  DuckDB like a parquet table (bounded memory); other columns are kept in
+  ``samples.extra``. A missing caption column, or one that is not text, is a one-line
+  error;
+* upstream's ``example_data.json`` (a JSON array of objects) or JSONL (one object per
+  line); which one is told by the first non-blank character (``[`` or ``{``). A JSON
+  array is parsed whole, so give very large inputs as JSONL or parquet.
 
 Each record becomes one sample and up to three captions (key -> variant, generator):
 
@@ -11,34 +18,39 @@ Each record becomes one sample and up to three captions (key -> variant, generat
 * ``capsfusion``, or upstream's misspelling ``capsfuion_official`` -> ``fused``,
   ``CapsFusion LLM`` (``capsfusion`` wins when both are present)
 
-Other keys are kept in ``samples.extra``.
-
-Records carry no url or id, so the uid hashes the record:
-``uid = sample_uid(source, record=json.dumps([laion_2b, laion_coco], ensure_ascii=False,
-separators=(",", ":")))``. The image is identified by its two upstream captions; the
-fused caption is derived from them, so a re-fused release maps onto the same samples.
+The uid: ``sample_uid(source, url=image_url)`` when the record has an image url (trimmed
+as table urls are); otherwise (the example file has no urls, and the release could not
+pair every caption with one) the record is keyed by its two upstream captions,
+``sample_uid(source, record=record_key(laion_2b, laion_coco))``, where the key is the
+two captions' MD5 hex digests (``-`` for a missing one) joined by 0x1F. The fused caption
+is derived from the other two, so a re-fused release maps onto the same samples. The
+same record gives the same uid from JSON, JSONL or parquet (tested).
 
 Rejects, each with a reason: a record that is not an object (``not a JSON object``), a
-missing key (``missing key``; the other variants of the record are kept), a caption that
-is not a string (``wrong type``), a record with neither ``laion_2b`` nor ``laion_coco``
-(``missing key``: nothing to key it by), a repeated record (``duplicate row``, or
-``duplicate id`` when only the fused caption differs), and in JSONL a line that is not
-UTF-8 or not JSON. NULL, empty and over-long captions are rejected by :func:`run_ingest`.
+missing key (``missing key``; the other variants of the record are kept), a caption or
+image url that is not a string (``wrong type``), a record with no image url and neither
+``laion_2b`` nor ``laion_coco`` (``missing key`` in JSON, ``no url or id`` in parquet:
+nothing to key it by), a repeated record (``duplicate row``, or ``duplicate id`` when
+the captions differ), and in JSONL a line that is not UTF-8 or not JSON. NULL, empty and
+over-long captions are rejected by :func:`run_ingest`.
 
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 
-from ..ids import sample_uid
-from ..store import Store
-from .core import IngestResult, Prepared, run_ingest
+from ..errors import InputError
+from ..ids import SEP, sample_uid
+from ..store import Store, quote_ident
+from .core import IngestResult, Prepared, Variant, run_ingest
 from .jsonrecords import (Collected, _first_char, dump_record, input_file, iter_json_lines, json_type,
                           read_json_document)
+from .tables import TRIM_CODEPOINTS, _check_parquet, _describe, input_files, url_sql
 
 CAPSFUSION_KEYS = {
     "laion_2b": ("raw", "alt-text"),
@@ -47,9 +59,27 @@ CAPSFUSION_KEYS = {
     "capsfuion_official": ("fused", "CapsFusion LLM"),
 }
 FUSED_KEYS = ("capsfusion", "capsfuion_official")
+URL_KEYS = ("image_url",)
+_TRIM = "".join(map(chr, TRIM_CODEPOINTS))
+
+
+def record_key(raw: str | None, synthetic: str | None) -> str:
+    """The key of a record without an image url: its two upstream captions' MD5 hex
+    digests (``-`` for a missing one), joined by 0x1F. :data:`RECORD_KEY_SQL` is the twin."""
+    def h(t: str | None) -> str:
+        return "-" if t is None else hashlib.md5(t.encode("utf-8")).hexdigest()
+    return f"{h(raw)}{SEP}{h(synthetic)}"
+
+
+#: SQL twin of :func:`record_key` over two VARCHAR expressions.
+RECORD_KEY_SQL = "coalesce(md5({raw}), '-') || chr(31) || coalesce(md5({synthetic}), '-')"
 
 
 def prepare_capsfusion(store: Store, path: str | Path, source: str) -> Prepared:
+    p = Path(path)
+    if p.is_dir() or p.suffix.lower() == ".parquet":
+        files, fmt = input_files(p, "parquet" if p.is_dir() else None)
+        return _prepare_parquet(store, files, source)
     path = input_file(path)
     name = str(path.resolve())
     out = Collected()
@@ -69,8 +99,60 @@ def prepare_capsfusion(store: Store, path: str | Path, source: str) -> Prepared:
     return out.plan("capsfusion", source, {"input": name, "input_format": input_format})
 
 
+def _prepare_parquet(store: Store, files: list[Path], source: str) -> Prepared:
+    """The CapsFusion-120M parquet layout, as SQL over the files (streamed, like a table)."""
+    con = store.con
+    file_list = [str(f.resolve()) for f in files]
+    for f in files:
+        _check_parquet(f)
+    src = "read_parquet($files, filename=true, file_row_number=true)"
+    available = _describe(con, f"SELECT * EXCLUDE (filename, file_row_number) FROM {src}", {"files": file_list})
+    lower = {c.lower(): c for c in available}
+
+    def find(*names: str) -> str | None:
+        return next((lower[n] for n in names if n in lower), None)
+
+    cols = {"laion_2b": find("laion_2b"), "laion_coco": find("laion_coco"), "capsfusion": find(*FUSED_KEYS)}
+    missing = [k if k != "capsfusion" else "capsfusion (or capsfuion_official)" for k, c in cols.items() if c is None]
+    if missing:
+        raise InputError(
+            f"{files[0].name}: CapsFusion column(s) {', '.join(missing)} missing; the input has "
+            f"{', '.join(available) or 'no columns'} (for a single caption column use `curate ingest table`)"
+        )
+    url_col = find(*URL_KEYS)
+    for c in [*cols.values(), url_col]:
+        if c is not None and available[c] not in ("VARCHAR", '"NULL"'):  # an all-null column has type NULL
+            raise InputError(f"{files[0].name}: column {c!r} has type {available[c]}, expected text")
+    q = {k: quote_ident(c) for k, c in cols.items()}
+    url = url_sql(quote_ident(url_col)) if url_col else "NULL::VARCHAR"
+    key = RECORD_KEY_SQL.format(raw=q["laion_2b"], synthetic=q["laion_coco"])
+    uid = (f"CASE WHEN {url} IS NOT NULL THEN md5_number($source || chr(31) || {url})::UUID "
+           f"WHEN {q['laion_2b']} IS NOT NULL OR {q['laion_coco']} IS NOT NULL "
+           f"THEN md5_number($source || chr(31) || 'record' || chr(31) || {key})::UUID END")
+    used = {*cols.values(), url_col}
+    extras = [c for c in available if c not in used]
+    extra = ("json_object(" + ", ".join(f"'{c.replace(chr(39), chr(39) * 2)}', {quote_ident(c)}" for c in extras) + ")"
+             if extras else "NULL::JSON")
+    rows_sql = (
+        f"SELECT parse_filename(filename) || ':' || file_row_number AS row_ref, "
+        f"(list_position($files, filename)::BIGINT << 40) + file_row_number AS row_ord, {uid} AS uid, "
+        f"{url}::VARCHAR AS url, NULL::VARCHAR AS image_shard, NULL::VARCHAR AS image_key, NULL::VARCHAR AS image_path, "
+        f"NULL::VARCHAR AS sha256, NULL::INTEGER AS width, NULL::INTEGER AS height, {extra} AS extra, "
+        f"{q['laion_2b']} AS _raw, {q['laion_coco']} AS _synthetic, {q['capsfusion']} AS _fused FROM {src}"
+    )
+    variants = [Variant(CAPSFUSION_KEYS[k][0], f"_{CAPSFUSION_KEYS[k][0]}", CAPSFUSION_KEYS[k][1])
+                for k in ("laion_2b", "laion_coco", "capsfusion")]
+    return Prepared(
+        fmt="capsfusion", source=source,
+        config={"input": file_list, "input_format": "parquet", "columns": {**cols, "image_url": url_col}},
+        rows_sql=rows_sql, variants=variants, params={"files": file_list},
+        rows_where_ord="file_row_number IN (SELECT row_ord & ((1::BIGINT << 40) - 1) FROM ({ords}))",
+    )
+
+
 def ingest_capsfusion(store: Store, path: str | Path, source: str | None = None) -> IngestResult:
-    """Ingest a CapsFusion JSON array or JSONL file (see the module docstring for the mapping)."""
+    """Ingest CapsFusion parquet (the 120M release's layout), a JSON array or JSONL (see the
+    module docstring for the mapping)."""
     return run_ingest(store, prepare_capsfusion(store, path, source or Path(path).stem))
 
 
@@ -79,15 +161,25 @@ def _add_record(out: "Collected", source: str, ref: str, rec: Any) -> None:
         out.reject(ref, "not a JSON object", f"expected an object, got {json_type(rec)}", dump_record(rec))
         return
     fused_key = next((k for k in FUSED_KEYS if k in rec), None)
+    url_key = next((k for k in URL_KEYS if k in rec), None)
     raw, synthetic = rec.get("laion_2b"), rec.get("laion_coco")
-    if not isinstance(raw, str) and not isinstance(synthetic, str):
-        out.reject(ref, "missing key", "needs laion_2b or laion_coco (the sample is keyed by them)", dump_record(rec))
+    url = rec.get(url_key) if url_key else None
+    if url is not None and not isinstance(url, str):
+        out.reject(ref, "wrong type", f"{url_key} is {json_type(url)}, expected a string", dump_record(rec))
         return
-    key = json.dumps([raw, synthetic], ensure_ascii=False, separators=(",", ":"))
-    uid = str(sample_uid(source, record=key))
-    fingerprint = json.dumps([raw, synthetic, rec.get(fused_key) if fused_key else None], ensure_ascii=False)
-    extra = {k: v for k, v in rec.items() if k not in ("laion_2b", "laion_coco", fused_key)}
-    if not out.row(ref, uid, fingerprint, extra=extra or None):
+    url = (url or "").strip(_TRIM) or None  # as url_sql trims a parquet url
+    if url is not None:
+        uid = str(sample_uid(source, url=url))
+    elif isinstance(raw, str) or isinstance(synthetic, str):
+        uid = str(sample_uid(source, record=record_key(raw if isinstance(raw, str) else None,
+                                                       synthetic if isinstance(synthetic, str) else None)))
+    else:
+        out.reject(ref, "missing key", "needs image_url, laion_2b or laion_coco (the sample is keyed by them)",
+                   dump_record(rec))
+        return
+    fingerprint = json.dumps([url, raw, synthetic, rec.get(fused_key) if fused_key else None], ensure_ascii=False)
+    extra = {k: v for k, v in rec.items() if k not in ("laion_2b", "laion_coco", fused_key, url_key)}
+    if not out.row(ref, uid, fingerprint, url=url, extra=extra or None):
         return
     for k in ("laion_2b", "laion_coco", fused_key or "capsfusion"):
         variant, generator = CAPSFUSION_KEYS[k]
