@@ -425,3 +425,19 @@ def test_a_large_jsonl_streams_in_bounded_memory(tmp_path):
         assert s.con.execute("SELECT extra->>'$.nsfw', count(*) FROM samples GROUP BY 1 ORDER BY 1").fetchall() == [
             ("false", 1_333_333), ("true", 666_667)]
     assert got["peak_mb"] - got["base_mb"] < 600, (got, size_mb)
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "empty.jsonl: no lines to read; nothing was written"),
+    (b"\n  \n", "empty.jsonl: no lines to read; nothing was written"),
+    (b"\xff\xfe\n{bad json\n", "empty.jsonl: no line is a JSON object with keys (1 UTF-8 lines, 1 not UTF-8)"),
+    (b'[1, 2]\n"x"\n{}\n', "empty.jsonl: no line is a JSON object with keys (3 UTF-8 lines, 0 not UTF-8)"),
+])
+def test_a_jsonl_with_no_object_is_a_one_line_error(store, tmp_path, content, message):
+    f = tmp_path / "empty.jsonl"
+    f.write_bytes(content)
+    before = table_snapshot(store)
+    with pytest.raises(InputError) as e:
+        ingest(store, "table", f, "e", url_col="url", caption_col="caption")
+    assert str(e.value).startswith(message) and "\n" not in str(e.value)
+    assert table_snapshot(store) == before

@@ -285,6 +285,14 @@ def prepare_table(store: Store, files: list[Path], fmt: str, source: str, mappin
         # columns the ingest reads, instead of once per pass of run_ingest.
         _load_jsonl(con, files)
         keys = _jsonl_keys(con, file_list)
+        if not keys:
+            lines = con.execute("SELECT (SELECT count(*) FROM _curate_jsonl_in), "
+                                "(SELECT count(*) FROM _curate_jsonl_bad)").fetchall()[0]
+            what = ", ".join(f.name for f in files)
+            if not sum(lines):
+                raise InputError(f"{what}: no lines to read; nothing was written")
+            raise InputError(f"{what}: no line is a JSON object with keys ({lines[0]:,} UTF-8 lines, "
+                             f"{lines[1]:,} not UTF-8); nothing was written")
         available = {k: "VARCHAR" for k in keys}
         resolved = _check_columns(available, mapping, files)
         extras_cols = _extras(available, resolved, mapping)
