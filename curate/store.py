@@ -90,10 +90,10 @@ class Store:
         # The environment gives the CLI a way to bound DuckDB: CURATE_MEMORY_LIMIT=4GB, CURATE_THREADS=2.
         memory_limit = memory_limit or os.environ.get("CURATE_MEMORY_LIMIT") or None
         if threads is None and os.environ.get("CURATE_THREADS"):
-            try:
-                threads = int(os.environ["CURATE_THREADS"])
-            except ValueError:
-                raise StoreError(f"CURATE_THREADS must be a whole number, got {os.environ['CURATE_THREADS']!r}") from None
+            raw = os.environ["CURATE_THREADS"]
+            if not raw.strip().isdigit() or not 1 <= int(raw) <= 4096:
+                raise StoreError(f"CURATE_THREADS must be a whole number from 1 to 4096, got {raw!r}")
+            threads = int(raw)
         config: dict[str, Any] = {}
         if not db.exists():
             config["storage_compatibility_version"] = STORAGE_COMPATIBILITY
@@ -103,15 +103,15 @@ class Store:
             config["threads"] = threads
         try:
             con = duckdb.connect(str(db), read_only=read_only, config=config)
-        except (duckdb.InvalidInputException, duckdb.ParserException) as e:  # a memory_limit DuckDB does not accept
-            given = ", ".join(f"{k}={v!r}" for k, v in config.items() if k in ("memory_limit", "threads"))
-            raise StoreError(f"cannot open store {p} with {given} (see CURATE_MEMORY_LIMIT, CURATE_THREADS): "
-                             f"{str(e).splitlines()[0]}") from None
         except duckdb.IOException as e:
             msg = str(e).splitlines()[0]
             if "lock" in msg.lower():
                 raise StoreError(f"store {p} is in use by another process ({msg})") from None
             raise StoreError(f"cannot open store {p}: {msg}") from None
+        except (duckdb.Error, OverflowError, ValueError) as e:  # a memory_limit or thread count DuckDB refuses
+            given = ", ".join(f"{k}={v!r}" for k, v in config.items() if k in ("memory_limit", "threads"))
+            raise StoreError(f"cannot open store {p} with {given or 'these settings'} "
+                             f"(see CURATE_MEMORY_LIMIT, CURATE_THREADS): {str(e).splitlines()[0]}") from None
         con.execute("SET temp_directory = ?", [str((p / "tmp").resolve())])
         if sys.stderr.isatty():  # DuckDB's own progress bar for long statements (ingest, audits)
             con.execute("SET enable_progress_bar = true")

@@ -278,3 +278,47 @@ def test_record_key_sql_twin():
     con.executemany("INSERT INTO p VALUES (?, ?, ?)", [(a, b, i) for i, (a, b) in enumerate(pairs)])
     got = [r[0] for r in con.execute(f"SELECT {RECORD_KEY_SQL.format(raw='a', synthetic='b')} FROM p ORDER BY i").fetchall()]
     assert got == [record_key(a, b) for a, b in pairs]
+
+
+def test_release_shards_are_checked_one_by_one(store, tmp_path):
+    """Shards with different schemas: a url column only the second shard has keys its
+    samples by url (ingesting that shard again adds nothing); a later shard with a caption
+    column that is not text is an error naming it, store unchanged."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    d = tmp_path / "drift"
+    d.mkdir()
+    pq.write_table(pa.table({"laion_2b": ["raw a"], "laion_coco": ["syn a"], "capsfusion": ["fused a"]}), d / "a.parquet")
+    pq.write_table(pa.table({"image_url": ["http://u/b"], "laion_2b": ["raw b"], "laion_coco": ["syn b"],
+                             "capsfusion": ["fused b"], "lang": ["en"]}), d / "b.parquet")
+    r = ingest_capsfusion(store, d, source="drift")
+    assert (r.samples_added, r.captions_added) == (2, 6)
+    assert set(store.con.execute("SELECT url, extra->>'$.lang' FROM samples").fetchall()) == {
+        (None, None), ("http://u/b", "en")}
+    again = ingest_capsfusion(store, d / "b.parquet", source="drift")
+    assert (again.samples_added, again.already_present) == (0, 1)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    pq.write_table(pa.table({"laion_2b": ["raw"], "laion_coco": ["syn"], "capsfusion": ["fused"]}), bad / "a.parquet")
+    pq.write_table(pa.table({"laion_2b": ["raw"], "laion_coco": [{"t": "x"}], "capsfusion": ["fused"]}), bad / "b.parquet")
+    before = table_snapshot(store)
+    with pytest.raises(InputError, match=r"^b\.parquet: column 'laion_coco' has type STRUCT\(t VARCHAR\), expected text$"):
+        ingest_capsfusion(store, bad, source="bad")
+    assert table_snapshot(store) == before
+
+
+def test_json_keys_match_without_case_like_parquet_columns(store, tmp_path):
+    """Image_URL / LAION_2B in JSONL are the same keys as in parquet, so the same record
+    gives the same sample from both."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rec = {"Image_URL": "http://x/1", "LAION_2B": "raw", "Laion_Coco": "syn", "CapsFusion": "fused"}
+    (tmp_path / "r.jsonl").write_text(json.dumps(rec) + "\n", encoding="utf-8")
+    pq.write_table(pa.Table.from_pylist([rec]), tmp_path / "r.parquet")
+    a = ingest_capsfusion(store, tmp_path / "r.jsonl", source="x")
+    b = ingest_capsfusion(store, tmp_path / "r.parquet", source="x")
+    assert (a.samples_added, a.captions_added, a.rejected) == (1, 3, 0)
+    assert (b.samples_added, b.captions_added, b.already_present) == (0, 0, 1)
+    assert store.con.execute("SELECT uid, url FROM samples").fetchall() == [(sample_uid("x", url="http://x/1"), "http://x/1")]

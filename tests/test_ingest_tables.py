@@ -441,3 +441,69 @@ def test_a_jsonl_with_no_object_is_a_one_line_error(store, tmp_path, content, me
         ingest(store, "table", f, "e", url_col="url", caption_col="caption")
     assert str(e.value).startswith(message) and "\n" not in str(e.value)
     assert table_snapshot(store) == before
+
+
+def test_parquet_shards_are_checked_one_by_one(store, laion, tmp_path):
+    """A folder of parquet shards whose schemas differ: columns are matched by name, a
+    column only a later shard has is kept, and a later shard whose caption column is not
+    text is an error naming that shard (DuckDB alone would cast it or drop the column,
+    depending on which shard sorts first)."""
+    t = pq.read_table(laion).slice(0, 300)
+    d = tmp_path / "shards"
+    d.mkdir()
+    pq.write_table(t.slice(0, 100), d / "part-0.parquet")
+    pq.write_table(t.slice(100, 100).append_column("lang", pa.array(["en"] * 100)), d / "part-1.parquet")
+    res = ingest(store, "table", d, "laion", preset="laion")
+    assert res.samples_added == 200
+    langs = dict(store.con.execute("SELECT coalesce(extra->>'$.lang', 'none'), count(*) FROM samples GROUP BY 1").fetchall())
+    assert langs == {"en": 100, "none": 100}
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    pq.write_table(t.slice(0, 100), bad / "part-0.parquet")
+    pq.write_table(pa.table({"URL": t.column("URL").slice(200, 100), "TEXT": pa.array(range(100))}), bad / "part-1.parquet")
+    before = table_snapshot(store)
+    with pytest.raises(InputError) as e:
+        ingest(store, "table", bad, "bad", preset="laion")
+    assert str(e.value).startswith("part-1.parquet: column 'TEXT' (the caption column) has type BIGINT, expected text")
+    assert table_snapshot(store) == before
+
+
+def test_parquet_under_another_name_is_read_as_parquet(store, laion, tmp_path):
+    f = tmp_path / "laion.jsonl"
+    f.write_bytes(laion.read_bytes())
+    res = ingest(store, "table", f, "laion", preset="laion")
+    assert (res.rows_in, res.samples_added) == (10_000, 9_999)
+
+
+def test_jsonl_keys_with_quotes_dots_and_slashes(store, tmp_path):
+    """Any JSON key can be mapped or kept: keys go into SQL as escaped JSON Pointers."""
+    f = tmp_path / "q.jsonl"
+    rows = [{"u.r/l": f"http://q/{i}", "it's \"the\" caption": f"caption {i}", "a~b": i} for i in range(3)]
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    res = ingest(store, "table", f, "q", url_col="u.r/l", caption_col="it's \"the\" caption")
+    assert (res.samples_added, res.captions_added) == (3, 3)
+    got = store.con.execute("SELECT s.url, c.text, s.extra->>'$.\"a~b\"' FROM samples s JOIN captions c USING (uid) "
+                            "ORDER BY s.url").fetchall()
+    assert got == [(f"http://q/{i}", f"caption {i}", str(i)) for i in range(3)]
+
+
+def test_out_of_memory_while_reading_is_a_one_line_error(tmp_path, shared_data):
+    """A memory limit too small for the input fails in one line that says what to raise,
+    and the store is unchanged (before, the JSONL reader's own statements gave a traceback)."""
+    recs = json.loads((shared_data / "capsfusion-examples" / "example_data.json").read_text(encoding="utf-8"))
+    f = tmp_path / "caps.jsonl"
+    f.write_text("".join(json.dumps({"url": f"http://r/{i}", "caption": r["capsfuion_official"], "raw": r["laion_2b"]})
+                         + "\n" for i, r in enumerate(recs)), encoding="utf-8")
+    Store.init(tmp_path / "s").close()
+    code = textwrap.dedent(f"""
+        from curate.cli import main
+        raise SystemExit(main(["ingest", "table", {str(f)!r}, "--store", {str(tmp_path / 's')!r}]))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "CURATE_MEMORY_LIMIT": "20MB", "CURATE_THREADS": "2"})
+    assert out.returncode != 0
+    err = out.stderr.strip()
+    assert err.startswith("error: ingest table failed, nothing was written: Out of Memory Error"), err
+    assert "raise CURATE_MEMORY_LIMIT" in err and "\n" not in err and "Traceback" not in err
+    with Store.open(tmp_path / "s", read_only=True) as s:
+        assert (s.count("samples"), s.count("runs")) == (0, 0)

@@ -231,5 +231,5 @@ def test_memory_limit_and_threads_from_the_environment(tmp_path, monkeypatch):
     assert "memory_limit='lots'" in str(e.value) and "CURATE_MEMORY_LIMIT" in str(e.value) and "\n" not in str(e.value)
     monkeypatch.delenv("CURATE_MEMORY_LIMIT")
     monkeypatch.setenv("CURATE_THREADS", "two")
-    with pytest.raises(StoreError, match="CURATE_THREADS must be a whole number"):
+    with pytest.raises(StoreError, match="CURATE_THREADS must be a whole number from 1 to 4096"):
         Store.open(tmp_path / "s")

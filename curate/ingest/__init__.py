@@ -104,12 +104,21 @@ def validate_options(fmt: str, options: dict[str, Any], base: Path | None = None
 
 def ingest(store: Any, fmt: str, path: str | Path, source: str | None = None, **options: Any) -> Any:
     """Ingest ``path`` in format ``fmt`` into ``store``; returns an IngestResult."""
+    import duckdb
+
+    from .core import ingest_error
+
     options = validate_options(fmt, options)
     fn = ingest_function(fmt)
-    if fmt == "table":
-        from .tables import resolve_mapping
+    try:
+        if fmt == "table":
+            from .tables import resolve_mapping
 
-        mapping_kw = {k: options.pop(k) for k in list(options) if k in TABLE_OPTIONS}
-        preset = mapping_kw.pop("preset", None)
-        return fn(store, path, source, mapping=resolve_mapping(preset, **mapping_kw), **options)
-    return fn(store, path, source, **options)
+            mapping_kw = {k: options.pop(k) for k in list(options) if k in TABLE_OPTIONS}
+            preset = mapping_kw.pop("preset", None)
+            return fn(store, path, source, mapping=resolve_mapping(preset, **mapping_kw), **options)
+        return fn(store, path, source, **options)
+    except duckdb.Error as e:
+        # reading the input (a reader's temp tables, before run_ingest's transaction) can
+        # fail too: out of memory, an input DuckDB cannot parse. The store is unchanged.
+        raise ingest_error(fmt, e) from None

@@ -11,6 +11,10 @@ Inputs:
   line); which one is told by the first non-blank character (``[`` or ``{``). A JSON
   array is parsed whole, so give very large inputs as JSONL or parquet.
 
+Keys and column names match without regard to case (``Image_URL`` is ``image_url``), in
+JSON as in parquet, where DuckDB's names are case-insensitive; an exact match wins. Every
+parquet shard is checked on its own; shards whose columns differ are read by name.
+
 Each record becomes one sample and up to three captions (key -> variant, generator):
 
 * ``laion_2b`` -> ``raw``, ``alt-text``
@@ -50,7 +54,7 @@ from ..store import Store, quote_ident
 from .core import IngestResult, Prepared, Variant, run_ingest
 from .jsonrecords import (Collected, _first_char, dump_record, input_file, iter_json_lines, json_type,
                           read_json_document)
-from .tables import TRIM_CODEPOINTS, _check_parquet, _describe, input_files, url_sql
+from .tables import TRIM_CODEPOINTS, input_files, is_parquet, merged_columns, parquet_source, url_sql
 
 CAPSFUSION_KEYS = {
     "laion_2b": ("raw", "alt-text"),
@@ -77,7 +81,7 @@ RECORD_KEY_SQL = "coalesce(md5({raw}), '-') || chr(31) || coalesce(md5({syntheti
 
 def prepare_capsfusion(store: Store, path: str | Path, source: str) -> Prepared:
     p = Path(path)
-    if p.is_dir() or p.suffix.lower() == ".parquet":
+    if p.is_dir() or p.suffix.lower() == ".parquet" or is_parquet(p):
         files, fmt = input_files(p, "parquet" if p.is_dir() else None)
         return _prepare_parquet(store, files, source)
     path = input_file(path)
@@ -103,34 +107,21 @@ def _prepare_parquet(store: Store, files: list[Path], source: str) -> Prepared:
     """The CapsFusion-120M parquet layout, as SQL over the files (streamed, like a table)."""
     con = store.con
     file_list = [str(f.resolve()) for f in files]
-    for f in files:
-        _check_parquet(f)
-    src = "read_parquet($files, filename=true, file_row_number=true)"
-    available = _describe(con, f"SELECT * EXCLUDE (filename, file_row_number) FROM {src}", {"files": file_list})
-    lower = {c.lower(): c for c in available}
-
-    def find(*names: str) -> str | None:
-        return next((lower[n] for n in names if n in lower), None)
-
-    cols = {"laion_2b": find("laion_2b"), "laion_coco": find("laion_coco"), "capsfusion": find(*FUSED_KEYS)}
-    missing = [k if k != "capsfusion" else "capsfusion (or capsfuion_official)" for k, c in cols.items() if c is None]
-    if missing:
-        raise InputError(
-            f"{files[0].name}: CapsFusion column(s) {', '.join(missing)} missing; the input has "
-            f"{', '.join(available) or 'no columns'} (for a single caption column use `curate ingest table`)"
-        )
-    url_col = find(*URL_KEYS)
-    for c in [*cols.values(), url_col]:
-        if c is not None and available[c] not in ("VARCHAR", '"NULL"'):  # an all-null column has type NULL
-            raise InputError(f"{files[0].name}: column {c!r} has type {available[c]}, expected text")
+    src, schemas = parquet_source(con, files)
+    # every shard is checked on its own: a later shard without a caption column, or with
+    # one that is not text, is an error naming it (never a silent cast or NULLs)
+    for f, schema in schemas.items():
+        _capsfusion_columns(f, schema)
+    available = merged_columns(schemas)
+    cols, url_col = _capsfusion_columns(files[0], available)
     q = {k: quote_ident(c) for k, c in cols.items()}
     url = url_sql(quote_ident(url_col)) if url_col else "NULL::VARCHAR"
     key = RECORD_KEY_SQL.format(raw=q["laion_2b"], synthetic=q["laion_coco"])
     uid = (f"CASE WHEN {url} IS NOT NULL THEN md5_number($source || chr(31) || {url})::UUID "
            f"WHEN {q['laion_2b']} IS NOT NULL OR {q['laion_coco']} IS NOT NULL "
            f"THEN md5_number($source || chr(31) || 'record' || chr(31) || {key})::UUID END")
-    used = {*cols.values(), url_col}
-    extras = [c for c in available if c not in used]
+    used = {c.lower() for c in (*cols.values(), url_col) if c}
+    extras = [c for c in available if c.lower() not in used]
     extra = ("json_object(" + ", ".join(f"'{c.replace(chr(39), chr(39) * 2)}', {quote_ident(c)}" for c in extras) + ")"
              if extras else "NULL::JSON")
     rows_sql = (
@@ -150,6 +141,30 @@ def _prepare_parquet(store: Store, files: list[Path], source: str) -> Prepared:
     )
 
 
+def _capsfusion_columns(f: Path, schema: dict[str, str]) -> tuple[dict[str, str], str | None]:
+    """The caption columns (role -> column) and the image url column of one parquet schema,
+    matched without regard to case as DuckDB does; a missing or non-text one is an error."""
+    lower = {c.lower(): c for c in schema}
+
+    def find(*names: str) -> str | None:
+        return next((lower[n] for n in names if n in lower), None)
+
+    cols = {"laion_2b": find("laion_2b"), "laion_coco": find("laion_coco"), "capsfusion": find(*FUSED_KEYS)}
+    missing = [k if k != "capsfusion" else "capsfusion (or capsfuion_official)" for k, c in cols.items() if c is None]
+    if missing:
+        shown = list(schema)[:20]
+        more = f" and {len(schema) - 20:,} more" if len(schema) > 20 else ""
+        raise InputError(
+            f"{f.name}: CapsFusion column(s) {', '.join(missing)} missing; the input has "
+            f"{', '.join(shown) or 'no columns'}{more} (for a single caption column use `curate ingest table`)"
+        )
+    url_col = find(*URL_KEYS)
+    for c in [*cols.values(), url_col]:
+        if c is not None and schema[c] not in ("VARCHAR", '"NULL"'):  # an all-null column has type NULL
+            raise InputError(f"{f.name}: column {c!r} has type {schema[c]}, expected text")
+    return cols, url_col  # type: ignore[return-value]
+
+
 def ingest_capsfusion(store: Store, path: str | Path, source: str | None = None) -> IngestResult:
     """Ingest CapsFusion parquet (the 120M release's layout), a JSON array or JSONL (see the
     module docstring for the mapping)."""
@@ -160,9 +175,19 @@ def _add_record(out: "Collected", source: str, ref: str, rec: Any) -> None:
     if not isinstance(rec, dict):
         out.reject(ref, "not a JSON object", f"expected an object, got {json_type(rec)}", dump_record(rec))
         return
-    fused_key = next((k for k in FUSED_KEYS if k in rec), None)
-    url_key = next((k for k in URL_KEYS if k in rec), None)
-    raw, synthetic = rec.get("laion_2b"), rec.get("laion_coco")
+    # keys match without regard to case, as parquet columns do (an exact match wins)
+    lower: dict[str, str] = {}
+    for k in rec:
+        lower.setdefault(k.lower(), k)
+
+    def find(*names: str) -> str | None:
+        return next((n for n in names if n in rec), None) or next((lower[n] for n in names if n in lower), None)
+
+    keys = {"laion_2b": find("laion_2b"), "laion_coco": find("laion_coco"), "capsfusion": find(*FUSED_KEYS)}
+    url_key = find(*URL_KEYS)
+    raw = rec.get(keys["laion_2b"]) if keys["laion_2b"] else None
+    synthetic = rec.get(keys["laion_coco"]) if keys["laion_coco"] else None
+    fused = rec.get(keys["capsfusion"]) if keys["capsfusion"] else None
     url = rec.get(url_key) if url_key else None
     if url is not None and not isinstance(url, str):
         out.reject(ref, "wrong type", f"{url_key} is {json_type(url)}, expected a string", dump_record(rec))
@@ -177,14 +202,15 @@ def _add_record(out: "Collected", source: str, ref: str, rec: Any) -> None:
         out.reject(ref, "missing key", "needs image_url, laion_2b or laion_coco (the sample is keyed by them)",
                    dump_record(rec))
         return
-    fingerprint = json.dumps([url, raw, synthetic, rec.get(fused_key) if fused_key else None], ensure_ascii=False)
-    extra = {k: v for k, v in rec.items() if k not in ("laion_2b", "laion_coco", fused_key, url_key)}
+    fingerprint = json.dumps([url, raw, synthetic, fused], ensure_ascii=False)
+    used = {k for k in (*keys.values(), url_key) if k}
+    extra = {k: v for k, v in rec.items() if k not in used}
     if not out.row(ref, uid, fingerprint, url=url, extra=extra or None):
         return
-    for k in ("laion_2b", "laion_coco", fused_key or "capsfusion"):
-        variant, generator = CAPSFUSION_KEYS[k]
-        if k not in rec:
-            shown = "capsfusion or capsfuion_official" if k == "capsfusion" else k
+    for role, k in keys.items():
+        variant, generator = CAPSFUSION_KEYS[role]
+        if k is None:
+            shown = "capsfusion or capsfuion_official" if role == "capsfusion" else role
             out.reject(ref, "missing key", f"no {shown} (variant {variant})", dump_record(rec))
             continue
         out.caption(uid, ref, variant, rec[k], generator, None, what=k)

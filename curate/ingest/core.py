@@ -143,7 +143,7 @@ def run_ingest(store: Store, plan: Prepared) -> IngestResult:
         raise
     except duckdb.Error as e:
         con.rollback()
-        raise InputError(f"ingest {plan.fmt} failed, nothing was written: {_first_line(e)}") from None
+        raise ingest_error(plan.fmt, e) from None
     except BaseException:
         con.rollback()
         raise
@@ -158,7 +158,16 @@ def run_ingest(store: Store, plan: Prepared) -> IngestResult:
 
 def _first_line(e: BaseException) -> str:
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    return " ".join(lines[:2]) if lines else type(e).__name__
+    msg = " ".join(lines[:2]) if lines else type(e).__name__
+    if isinstance(e, duckdb.OutOfMemoryException) or "Out of Memory" in msg:
+        msg = lines[0] + (" (DuckDB's memory_limit is too small for this input: raise CURATE_MEMORY_LIMIT or "
+                "Store.open(memory_limit=...); wide rows need more than narrow ones)")
+    return msg
+
+
+def ingest_error(fmt: str, e: duckdb.Error) -> InputError:
+    """A DuckDB error while reading an input, before or during the write, as one line."""
+    return InputError(f"ingest {fmt} failed, nothing was written: {_first_line(e)}")
 
 
 def _p(params: dict[str, Any], sql: str) -> dict[str, Any]:

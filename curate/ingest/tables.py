@@ -18,6 +18,7 @@ malformed line is rejected with its exact line number.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,8 @@ def input_files(path: str | Path, fmt: str | None) -> tuple[list[Path], str]:
     if fmt is None:
         suffix = p.suffix.lower().lstrip(".")
         fmt = {"txt": "tsv", "json": "jsonl", "ndjson": "jsonl"}.get(suffix, suffix)
+        if is_parquet(p):  # parquet under another name (its bytes read as text would be junk rejects)
+            fmt = "parquet"
         if fmt not in TABLE_FORMATS:
             raise InputError(f"cannot tell the format of {p.name}; pass --input-format ({', '.join(TABLE_FORMATS)})")
     return [p], fmt
@@ -222,10 +225,12 @@ def prepare_table(store: Store, files: list[Path], fmt: str, source: str, mappin
     rows_where_ord = None
     register: dict[str, Any] = {}
     if fmt == "parquet":
-        for f in files:
-            _check_parquet(f)
-        src = "read_parquet($files, filename=true, file_row_number=true)"
-        available = _describe(con, f"SELECT * EXCLUDE (filename, file_row_number) FROM {src}", {"files": file_list})
+        src, schemas = parquet_source(con, files)
+        # every file must satisfy the mapping on its own (a later shard with a missing or
+        # mistyped column is an error naming it, not a silent cast or a dropped column)
+        for f, schema in schemas.items():
+            _check_columns(schema, mapping, [f])
+        available = merged_columns(schemas)
         resolved = _check_columns(available, mapping, files)
         extras = _extras(available, resolved, mapping)
         row_ref = "parse_filename(filename) || ':' || file_row_number"
@@ -283,8 +288,7 @@ def prepare_table(store: Store, files: list[Path], fmt: str, source: str, mappin
         # Lines stream into a temp table (Python holds one chunk; DuckDB spills to the
         # store's tmp/ beyond memory_limit), then each line is parsed once into the
         # columns the ingest reads, instead of once per pass of run_ingest.
-        _load_jsonl(con, files)
-        keys = _jsonl_keys(con, file_list)
+        keys = _load_jsonl(con, files)
         if not keys:
             lines = con.execute("SELECT (SELECT count(*) FROM _curate_jsonl_in), "
                                 "(SELECT count(*) FROM _curate_jsonl_bad)").fetchall()[0]
@@ -302,16 +306,17 @@ def prepare_table(store: Store, files: list[Path], fmt: str, source: str, mappin
         sel = []
         for role, c in resolved.items():
             if c:
-                sel.append(f"j->>'$.\"{c}\"' AS {quote_ident(c)}")
+                sel.append(f"j->>{_json_ptr(c)} AS {quote_ident(c)}")
         allowed = {"url_col": "('VARCHAR', 'NULL')", "caption_col": "('VARCHAR', 'NULL')",
                    "uid_col": "('VARCHAR', 'BIGINT', 'UBIGINT', 'NULL')"}
-        bad_type = " OR ".join(f"coalesce(json_type(j->'$.\"{c}\"'), 'NULL') NOT IN {allowed[r]}"
+        bad_type = " OR ".join(f"coalesce(json_type(j->{_json_ptr(c)}), 'NULL') NOT IN {allowed[r]}"
                                for r, c in resolved.items() if c and r in allowed) or "false"
-        mapped_null = "{" + ", ".join(f'"{c}": null' for c in {c for c in resolved.values() if c}) + "}"
+        mapped_null = json.dumps({c: None for c in resolved.values() if c}, ensure_ascii=False)
         if mapping.extra_cols is not None:
-            extra_expr = "json_object(" + ", ".join(f"'{e}', j->'$.\"{e}\"'" for e in extras_cols) + ")" if extras_cols else "NULL::JSON"
+            extra_expr = ("json_object(" + ", ".join(f"{_sql_str(e)}, j->{_json_ptr(e)}" for e in extras_cols) + ")"
+                          if extras_cols else "NULL::JSON")
         else:
-            extra_expr = f"nullif(json_merge_patch(j, '{mapped_null}'), '{{}}')::JSON"
+            extra_expr = f"nullif(json_merge_patch(j, {_sql_str(mapped_null)}), '{{}}')::JSON"
         parsed = "(SELECT file, line, text, try(json(text)) AS j FROM _curate_jsonl_in)"
         con.execute(
             f"CREATE OR REPLACE TEMP TABLE _curate_jsonl_rows AS "
@@ -366,6 +371,48 @@ def _read_error(e: Exception) -> InputError:
     return InputError(f"cannot read the input: {' '.join(msg.split())[:300]}")
 
 
+def is_parquet(path: Path) -> bool:
+    """A file that starts and ends with parquet's magic bytes."""
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(4) != b"PAR1":
+                return False
+            fh.seek(-4, 2)
+            return fh.read(4) == b"PAR1"
+    except OSError:
+        return False
+
+
+def parquet_source(con, files: list[Path]) -> tuple[str, dict[Path, dict[str, str]]]:
+    """Check every parquet file and read its schema; return the ``read_parquet`` source to
+    use (by column name across files when their schemas differ) and each file's columns."""
+    schemas: dict[Path, dict[str, str]] = {}
+    for f in files:
+        _check_parquet(f)
+        cols = _describe(con, "SELECT * FROM read_parquet($f)", {"f": str(f.resolve())})
+        taken = [c for c in cols if c.lower() in ("filename", "file_row_number")]
+        if taken:
+            raise InputError(f"{f.name}: a column is named {taken[0]!r}, which curate's parquet reader uses for the row "
+                             "reference; rename it (e.g. with duckdb COPY ... TO) and ingest again")
+        schemas[f] = cols
+    union = len({tuple((c.lower(), t) for c, t in s.items()) for s in schemas.values()}) > 1
+    src = f"read_parquet($files, filename=true, file_row_number=true{', union_by_name=true' if union else ''})"
+    return src, schemas
+
+
+def merged_columns(schemas: dict[Path, dict[str, str]]) -> dict[str, str]:
+    """Every file's columns, once each, in order of first appearance; names that differ only
+    in case are one column, as DuckDB reads them."""
+    out: dict[str, str] = {}
+    seen: set[str] = set()
+    for schema in schemas.values():
+        for c, t in schema.items():
+            if c.lower() not in seen:
+                seen.add(c.lower())
+                out[c] = t
+    return out
+
+
 def _check_parquet(path: Path) -> None:
     """A truncated or corrupt parquet file fails here with a one-line error, before any write."""
     import pyarrow.parquet as pq
@@ -377,22 +424,43 @@ def _check_parquet(path: Path) -> None:
 
 
 JSONL_CHUNK = 50_000
+JSONL_CHUNK_CHARS = 16_000_000
 #: longest CSV/TSV line read (DuckDB's default is 2 MB); a longer caption than
 #: max_caption_chars still becomes a reject, a longer line fails the file with its number
 MAX_CSV_LINE = 32 * 2**20
 
 
-def _load_jsonl(con, files: list[Path]) -> None:
+def _sql_str(s: str) -> str:
+    """``s`` as a SQL string literal."""
+    return "'" + s.replace("'", "''") + "'"
+
+
+def _json_ptr(key: str) -> str:
+    """A JSON Pointer to a top-level key, as a SQL literal: any key, quotes and dots included."""
+    return _sql_str("/" + key.replace("~", "~0").replace("/", "~1"))
+
+
+def _load_jsonl(con, files: list[Path]) -> list[str]:
     """Stream JSONL files into the temp tables ``_curate_jsonl_in (file, line, text)`` and
-    ``_curate_jsonl_bad`` (lines that are not UTF-8), one chunk of lines at a time."""
+    ``_curate_jsonl_bad`` (lines that are not UTF-8), one chunk of lines at a time; return
+    the keys of the JSON objects in order of first appearance (found chunk by chunk, so a
+    file of wide lines is never parsed whole at once)."""
     con.execute("CREATE OR REPLACE TEMP TABLE _curate_jsonl_in (file VARCHAR, line BIGINT, text VARCHAR)")
     con.execute("CREATE OR REPLACE TEMP TABLE _curate_jsonl_bad "
                 "(file VARCHAR, line BIGINT, reason VARCHAR, detail VARCHAR, text VARCHAR)")
+    keys: dict[str, None] = {}
 
     def flush(table: str, cols: dict[str, list]) -> None:
         if cols["line"]:
             con.register("_curate_jsonl_chunk", pa.table(cols))
             try:
+                if table == "_curate_jsonl_in":  # a chunk holds lines of one file, in order
+                    for (k,) in con.execute(
+                        "SELECT k FROM (SELECT unnest(json_keys(j)) AS k, line FROM "
+                        "(SELECT try(json(text)) AS j, line FROM _curate_jsonl_chunk) "
+                        "WHERE j IS NOT NULL AND json_type(j) = 'OBJECT') GROUP BY k ORDER BY min(line), k"
+                    ).fetchall():
+                        keys.setdefault(k)
                 con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _curate_jsonl_chunk")
             finally:
                 con.unregister("_curate_jsonl_chunk")
@@ -403,30 +471,26 @@ def _load_jsonl(con, files: list[Path]) -> None:
     bad: dict[str, list] = {"file": [], "line": [], "reason": [], "detail": [], "text": []}
     for f in files:
         name = str(f.resolve())
+        chars = 0
         for i, text, problem in iter_text_lines(f):
             if problem is not None:
                 reason, detail, record = problem
                 for k, v in zip(("file", "line", "reason", "detail", "text"), (name, i, reason, detail, record)):
                     bad[k].append(v)
+                if len(bad["line"]) >= JSONL_CHUNK:
+                    flush("_curate_jsonl_bad", bad)
                 continue
             good["file"].append(name)
             good["line"].append(i)
             good["text"].append(text)
-            if len(good["line"]) >= JSONL_CHUNK:
+            chars += len(text)
+            # a chunk is bounded in lines and in characters, so wide lines do not pile up
+            if len(good["line"]) >= JSONL_CHUNK or chars >= JSONL_CHUNK_CHARS:
                 flush("_curate_jsonl_in", good)
-    flush("_curate_jsonl_in", good)
+                chars = 0
+        flush("_curate_jsonl_in", good)
     flush("_curate_jsonl_bad", bad)
-
-
-def _jsonl_keys(con, file_list: list[str]) -> list[str]:
-    """The keys of the JSON objects in ``_curate_jsonl_in``, in order of first appearance."""
-    rows = con.execute(
-        "SELECT k FROM (SELECT unnest(json_keys(j)) AS k, (list_position($files, file)::BIGINT << 40) + line AS o "
-        "FROM (SELECT try(json(text)) AS j, file, line FROM _curate_jsonl_in) "
-        "WHERE j IS NOT NULL AND json_type(j) = 'OBJECT') GROUP BY k ORDER BY min(o), k",
-        {"files": file_list},
-    ).fetchall()
-    return [r[0] for r in rows]
+    return list(keys)
 
 
 __all__ = ["PRESETS", "TableMapping", "ingest_table", "prepare_table", "resolve_mapping", "input_files"]
