@@ -115,6 +115,11 @@ def test_bad_records_are_rejected_with_reasons(store, tmp_path):
         ("line 12", "no valid caption"), ("line 13", "not UTF-8"),
     ])
     assert r.samples_added == 6  # lines 1-6; 9 and 10 repeat line 1's uid; 12 has no valid caption
+    # every line is a record read, the ones the reader rejected itself included; on a
+    # second run exactly the 6 samples are "already in the store"
+    assert (r.rows_in, r.already_present) == (13, 0)
+    again = ingest_capsfusion(store, path, source="bad")
+    assert (again.rows_in, again.samples_added, again.already_present) == (13, 0, 6)
     details = dict(store.con.execute("SELECT row_ref, detail FROM rejects WHERE reason = 'missing key'").fetchall())
     assert "no laion_coco (variant synthetic)" in details[f"{path.resolve()}:line 2"]
     assert store.con.execute(

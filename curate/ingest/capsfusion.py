@@ -87,20 +87,24 @@ def prepare_capsfusion(store: Store, path: str | Path, source: str) -> Prepared:
     path = input_file(path)
     name = str(path.resolve())
     out = Collected()
+    n = 0
     if _first_char(path) == "[":
         records = read_json_document(path)
-        for i, rec in enumerate(records):
-            _add_record(out, source, f"{name}:[{i}]", rec)
+        if not isinstance(records, list):
+            raise InputError(f"{path.name}: expected a JSON array of records, got {json_type(records)}")
+        for n, rec in enumerate(records, start=1):
+            _add_record(out, source, f"{name}:[{n - 1}]", rec)
         input_format = "json array"
     else:
         for line, rec, bad in iter_json_lines(path):
+            n += 1
             ref = f"{name}:line {line}"
             if bad:
                 out.reject(ref, *bad)
             else:
                 _add_record(out, source, ref, rec)
         input_format = "jsonl"
-    return out.plan("capsfusion", source, {"input": name, "input_format": input_format})
+    return out.plan("capsfusion", source, {"input": name, "input_format": input_format}, records_in=n)
 
 
 def _prepare_parquet(store: Store, files: list[Path], source: str) -> Prepared:

@@ -87,6 +87,9 @@ class Prepared:
     #: ``row_ord``s). It may hold for more rows: they are then matched on ``row_ord``. It
     #: lets the few flagged rows be read back without building every row first.
     rows_where_ord: str | None = None
+    #: Optional: the input records the reader saw, when some never reach ``rows_sql``
+    #: (records it rejected itself); reported as "records read" instead of the row count.
+    records_in: int | None = None
 
 
 @dataclass
@@ -195,6 +198,7 @@ def _ingest_in_transaction(con: duckdb.DuckDBPyConnection, plan: Prepared, param
         return con.execute(sql, _p(p, sql))
 
     rows_in = q("SELECT count(*) FROM _in_rows").fetchall()[0][0]
+    records_in = rows_in if plan.records_in is None else plan.records_in
 
     # Caption validity per variant column, evaluated on the row itself (no join). "Empty"
     # means no character outside WHITESPACE: a regex test, ~10x faster than trim() with a
@@ -314,10 +318,9 @@ def _ingest_in_transaction(con: duckdb.DuckDBPyConnection, plan: Prepared, param
         ANTI JOIN samples s USING (uid)
     """)
     samples_added = con.execute("SELECT count(*) FROM samples").fetchall()[0][0] - before
-    dropped = con.execute(
-        "SELECT count(*) FROM _in_rej WHERE reason IN ('duplicate row', 'duplicate id', 'no valid caption', 'no url or id')"
-    ).fetchall()[0][0]
-    kept_rows = rows_in - dropped
+    # rows of the input relation that were to become samples (a reader's own record rejects
+    # never entered it): the new ones were added, the rest were already in the store
+    kept_rows = rows_in - con.execute("SELECT count(*) FROM _in_drop").fetchall()[0][0]
 
     by_variant: dict[str, int] = {}
     before_c = con.execute("SELECT count(*) FROM captions").fetchall()[0][0]
@@ -373,14 +376,14 @@ def _ingest_in_transaction(con: duckdb.DuckDBPyConnection, plan: Prepared, param
     con.execute(
         "UPDATE runs SET status = 'ok', rows_in = ?, rows_out = ?, rows_rejected = ?, seconds = ?, finished_at = ?, "
         "message = ? WHERE run_id = ?",
-        [rows_in, samples_added + captions_added, rejected, seconds, _dt.datetime.now(),
+        [records_in, samples_added + captions_added, rejected, seconds, _dt.datetime.now(),
          json.dumps({"samples": samples_added, "captions": captions_added, **extra}), run_id],
     )
     con.execute("DROP TABLE IF EXISTS _in_dups")
     for t in ("_in_rej", "_in_bad", "_in_drop", "_in_keys", "_in_dupuids", "_in_flag", "_in_det"):
         con.execute(f"DROP TABLE IF EXISTS {t}")
     return IngestResult(
-        run_id=run_id, fmt=plan.fmt, source=plan.source, rows_in=rows_in, samples_added=samples_added,
+        run_id=run_id, fmt=plan.fmt, source=plan.source, rows_in=records_in, samples_added=samples_added,
         captions_added=captions_added, rejected=rejected, already_present=max(kept_rows - samples_added, 0),
         seconds=seconds, by_variant=by_variant, reject_reasons=reasons, extra=extra,
     )

@@ -60,7 +60,9 @@ def prepare_gbc(store: Store, path: str | Path, source: str) -> Prepared:
     path = input_file(path)
     name = str(path.resolve())
     out = Collected()
+    n = 0
     for line, graph, bad in iter_json_lines(path):
+        n += 1
         ref = f"{name}:line {line}"
         if bad:
             out.reject(ref, *bad)
@@ -69,7 +71,7 @@ def prepare_gbc(store: Store, path: str | Path, source: str) -> Prepared:
             _add_graph(out, source, ref, graph)
         except BadRecord as e:
             out.reject(ref, e.reason, e.detail, dump_record(graph))
-    return out.plan("gbc", source, {"input": name})
+    return out.plan("gbc", source, {"input": name}, records_in=n)
 
 
 def ingest_gbc(store: Store, path: str | Path, source: str | None = None) -> IngestResult:

@@ -185,9 +185,11 @@ class Collected:
         prov = json.dumps(provenance, ensure_ascii=False) if provenance else None
         self.long.add(uid, row_ref, variant, text, generator, prov)
 
-    def plan(self, fmt: str, source: str, config: dict[str, Any]) -> Prepared:
+    def plan(self, fmt: str, source: str, config: dict[str, Any], records_in: int | None = None) -> Prepared:
+        """``records_in``: the records the reader went through, its own rejects included."""
         p = f"_curate_{fmt}"
         return Prepared(
+            records_in=records_in,
             fmt=fmt, source=source, config=config,
             rows_sql=(
                 "SELECT row_ref, row_ord, uid::UUID AS uid, url, NULL::VARCHAR AS image_shard, "
