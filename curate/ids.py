@@ -50,6 +50,11 @@ def uid_sql(url_expr: str) -> str:
     return f"md5_number($source || chr(31) || {url_expr})::UUID"
 
 
+def uid_from_record_sql(record_expr: str) -> str:
+    """SQL twin of ``sample_uid(source, record=...)``."""
+    return f"md5_number($source || chr(31) || 'record' || chr(31) || {record_expr})::UUID"
+
+
 def uid_from_id_sql(id_expr: str) -> str:
     return (
         f"CASE WHEN regexp_full_match({id_expr}, '[0-9a-fA-F]{{32}}') THEN {id_expr}::UUID "

@@ -49,12 +49,13 @@ from typing import Any
 
 
 from ..errors import InputError
-from ..ids import SEP, sample_uid
+from ..ids import SEP, sample_uid, uid_from_record_sql, uid_sql
 from ..store import Store, quote_ident
 from .core import IngestResult, Prepared, Variant, run_ingest
 from .jsonrecords import (Collected, _first_char, dump_record, input_file, iter_json_lines, json_type,
                           read_json_document)
-from .tables import TRIM_CODEPOINTS, input_files, is_parquet, merged_columns, parquet_source, url_sql
+from .tables import (PARQUET_ROW_ORD, PARQUET_ROW_REF, PARQUET_ROWS_WHERE_ORD, TRIM_CODEPOINTS, extras_sql,
+                     input_files, is_parquet, merged_columns, parquet_source, url_sql)
 
 CAPSFUSION_KEYS = {
     "laion_2b": ("raw", "alt-text"),
@@ -121,16 +122,12 @@ def _prepare_parquet(store: Store, files: list[Path], source: str) -> Prepared:
     q = {k: quote_ident(c) for k, c in cols.items()}
     url = url_sql(quote_ident(url_col)) if url_col else "NULL::VARCHAR"
     key = RECORD_KEY_SQL.format(raw=q["laion_2b"], synthetic=q["laion_coco"])
-    uid = (f"CASE WHEN {url} IS NOT NULL THEN md5_number($source || chr(31) || {url})::UUID "
-           f"WHEN {q['laion_2b']} IS NOT NULL OR {q['laion_coco']} IS NOT NULL "
-           f"THEN md5_number($source || chr(31) || 'record' || chr(31) || {key})::UUID END")
+    uid = (f"CASE WHEN {url} IS NOT NULL THEN {uid_sql(url)} "
+           f"WHEN {q['laion_2b']} IS NOT NULL OR {q['laion_coco']} IS NOT NULL THEN {uid_from_record_sql(key)} END")
     used = {c.lower() for c in (*cols.values(), url_col) if c}
-    extras = [c for c in available if c.lower() not in used]
-    extra = ("json_object(" + ", ".join(f"'{c.replace(chr(39), chr(39) * 2)}', {quote_ident(c)}" for c in extras) + ")"
-             if extras else "NULL::JSON")
+    extra = extras_sql([c for c in available if c.lower() not in used])
     rows_sql = (
-        f"SELECT parse_filename(filename) || ':' || file_row_number AS row_ref, "
-        f"(list_position($files, filename)::BIGINT << 40) + file_row_number AS row_ord, {uid} AS uid, "
+        f"SELECT {PARQUET_ROW_REF} AS row_ref, {PARQUET_ROW_ORD} AS row_ord, {uid} AS uid, "
         f"{url}::VARCHAR AS url, NULL::VARCHAR AS image_shard, NULL::VARCHAR AS image_key, NULL::VARCHAR AS image_path, "
         f"NULL::VARCHAR AS sha256, NULL::INTEGER AS width, NULL::INTEGER AS height, {extra} AS extra, "
         f"{q['laion_2b']} AS _raw, {q['laion_coco']} AS _synthetic, {q['capsfusion']} AS _fused FROM {src}"
@@ -141,7 +138,7 @@ def _prepare_parquet(store: Store, files: list[Path], source: str) -> Prepared:
         fmt="capsfusion", source=source,
         config={"input": file_list, "input_format": "parquet", "columns": {**cols, "image_url": url_col}},
         rows_sql=rows_sql, variants=variants, params={"files": file_list},
-        rows_where_ord="file_row_number IN (SELECT row_ord & ((1::BIGINT << 40) - 1) FROM ({ords}))",
+        rows_where_ord=PARQUET_ROWS_WHERE_ORD,
     )
 
 

@@ -203,11 +203,7 @@ def _row_select(resolved: dict[str, str | None], extras: list[str], row_ref: str
     width = f"TRY_CAST({col('width_col')} AS INTEGER)" if col("width_col") else "NULL::INTEGER"
     height = f"TRY_CAST({col('height_col')} AS INTEGER)" if col("height_col") else "NULL::INTEGER"
     sha = f"{col('sha256_col')}::VARCHAR" if col("sha256_col") else "NULL::VARCHAR"
-    if extras:
-        pairs = ", ".join(f"'{e.replace(chr(39), chr(39) * 2)}', {quote_ident(e)}" for e in extras)
-        extra = f"json_object({pairs})"
-    else:
-        extra = "NULL::JSON"
+    extra = extras_sql(extras)
     caption = f"{col('caption_col')}::VARCHAR" if col("caption_col") else "NULL::VARCHAR"
     return (
         f"SELECT {row_ref} AS row_ref, {row_ord} AS row_ord, {uid} AS uid, {url or 'NULL'}::VARCHAR AS url, "
@@ -233,11 +229,8 @@ def prepare_table(store: Store, files: list[Path], fmt: str, source: str, mappin
         available = merged_columns(schemas)
         resolved = _check_columns(available, mapping, files)
         extras = _extras(available, resolved, mapping)
-        row_ref = "parse_filename(filename) || ':' || file_row_number"
-        row_ord = "(list_position($files, filename)::BIGINT << 40) + file_row_number"
-        rows_sql = _row_select(resolved, extras, row_ref, row_ord) + f" FROM {src}"
-        # the row number inside its file (a superset across files; rows are matched on row_ord)
-        rows_where_ord = "file_row_number IN (SELECT row_ord & ((1::BIGINT << 40) - 1) FROM ({ords}))"
+        rows_sql = _row_select(resolved, extras, PARQUET_ROW_REF, PARQUET_ROW_ORD) + f" FROM {src}"
+        rows_where_ord = PARQUET_ROWS_WHERE_ORD
     elif fmt in ("csv", "tsv"):
         delim = "\t" if fmt == "tsv" else ","
         quote = "''" if fmt == "tsv" else "'\"'"
@@ -286,8 +279,8 @@ def prepare_table(store: Store, files: list[Path], fmt: str, source: str, mappin
             )
     elif fmt == "jsonl":
         # Lines stream into a temp table (Python holds one chunk; DuckDB spills to the
-        # store's tmp/ beyond memory_limit), then each line is parsed once into the
-        # columns the ingest reads, instead of once per pass of run_ingest.
+        # store's tmp/ beyond memory_limit). The JSON is parsed three times (keys, per
+        # chunk; the columns the ingest reads; the rejects), not once per pass of run_ingest.
         keys = _load_jsonl(con, files)
         if not keys:
             lines = con.execute("SELECT (SELECT count(*) FROM _curate_jsonl_in), "
@@ -371,6 +364,14 @@ def _read_error(e: Exception) -> InputError:
     return InputError(f"cannot read the input: {' '.join(msg.split())[:300]}")
 
 
+#: A parquet row's reference, its order key (file index in the high bits) and the filter that
+#: reads back given rows by their number inside their file (a superset across files; rows
+#: are then matched on row_ord), over ``read_parquet(..., filename, file_row_number)``.
+PARQUET_ROW_REF = "parse_filename(filename) || ':' || file_row_number"
+PARQUET_ROW_ORD = "(list_position($files, filename)::BIGINT << 40) + file_row_number"
+PARQUET_ROWS_WHERE_ORD = "file_row_number IN (SELECT row_ord & ((1::BIGINT << 40) - 1) FROM ({ords}))"
+
+
 def is_parquet(path: Path) -> bool:
     """A file that starts and ends with parquet's magic bytes."""
     try:
@@ -428,6 +429,13 @@ JSONL_CHUNK_CHARS = 16_000_000
 #: longest CSV/TSV line read (DuckDB's default is 2 MB); a longer caption than
 #: max_caption_chars still becomes a reject, a longer line fails the file with its number
 MAX_CSV_LINE = 32 * 2**20
+
+
+def extras_sql(columns: list[str]) -> str:
+    """The input columns kept in ``samples.extra``, as a JSON object expression."""
+    if not columns:
+        return "NULL::JSON"
+    return "json_object(" + ", ".join(f"{_sql_str(c)}, {quote_ident(c)}" for c in columns) + ")"
 
 
 def _sql_str(s: str) -> str:
