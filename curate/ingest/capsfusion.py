@@ -91,8 +91,6 @@ def prepare_capsfusion(store: Store, path: str | Path, source: str) -> Prepared:
     n = 0
     if _first_char(path) == "[":
         records = read_json_document(path)
-        if not isinstance(records, list):
-            raise InputError(f"{path.name}: expected a JSON array of records, got {json_type(records)}")
         for n, rec in enumerate(records, start=1):
             _add_record(out, source, f"{name}:[{n - 1}]", rec)
         input_format = "json array"
