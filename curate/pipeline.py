@@ -208,17 +208,14 @@ def _dedup_step(w: str, step: dict[str, Any]) -> DedupStep:
     import typing
 
     from .dedup.text import DedupConfig
-    from .stages.base import _type_name, _type_ok
+    from .config import check, check_keys
 
     hints = typing.get_type_hints(DedupConfig)
     hints["variant"] = str | list[str] | None
     hints["batch_size"] = int
-    unknown = sorted(set(step) - set(hints))
-    if unknown:
-        raise ConfigError(f"{w}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(hints))}")
+    check_keys(w, step, hints)
     for k, v in step.items():
-        if not _type_ok(v, hints[k]):
-            raise ConfigError(f"{w}.{k}: expected {_type_name(hints[k])}, got {type(v).__name__} {v!r}")
+        check(f"{w}.{k}", v, hints[k])
     cfg = {k: (tuple(v) if isinstance(v, list) else v) for k, v in step.items() if k != "batch_size"}
     try:
         DedupConfig(**cfg)

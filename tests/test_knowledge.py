@@ -161,7 +161,7 @@ def test_pipeline_without_ner_is_refused_by_name(tmp_path):
     ({"max_chars": 0}, "max_chars"),
     ({"label_weights": {"DATE": 2.0}}, "not knowledge labels: DATE"),
     ({"numeric_labels": ["PERSON"]}, "both knowledge and numeric"),
-    ({"modle": "x"}, "unknown config key"),
+    ({"modle": "x"}, r"config: unknown key\(s\) modle"),
 ])
 def test_bad_stage_config_is_a_clear_error(config, message):
     with pytest.raises(ConfigError, match=message):

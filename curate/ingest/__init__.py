@@ -7,11 +7,13 @@ parameters of its ``ingest_<format>`` function and are checked before any work.
 from __future__ import annotations
 
 import importlib
-import os
 import inspect
+import os
+import typing
 from pathlib import Path
 from typing import Any, Callable
 
+from ..config import check
 from ..errors import ConfigError
 
 #: format -> "module:function"; the function is ingest_<format>(store, path, source=None, **options)
@@ -24,9 +26,15 @@ FORMATS: dict[str, str] = {
     "coco": "curate.ingest.coco:ingest_coco",
 }
 
-#: table options that build a TableMapping (see curate.ingest.tables)
-TABLE_OPTIONS = ("preset", "url_col", "caption_col", "uid_col", "width_col", "height_col", "sha256_col",
-                 "variant", "generator", "extra_cols", "input_format", "header")
+#: table options (they build a TableMapping, see curate.ingest.tables) and their types;
+#: ``extra_cols`` is also taken as one comma-separated string (the CLI's form)
+TABLE_OPTION_TYPES: dict[str, Any] = {
+    "preset": str | None, "url_col": str | None, "caption_col": str | None, "uid_col": str | None,
+    "width_col": str | None, "height_col": str | None, "sha256_col": str | None, "variant": str | None,
+    "generator": str | None, "extra_cols": str | tuple[str, ...] | None, "input_format": str | None,
+    "header": bool | None,
+}
+TABLE_OPTIONS = tuple(TABLE_OPTION_TYPES)
 
 
 def ingest_function(fmt: str) -> Callable[..., Any]:
@@ -36,13 +44,24 @@ def ingest_function(fmt: str) -> Callable[..., Any]:
     return getattr(importlib.import_module(module), fn)
 
 
+def option_types(fmt: str) -> dict[str, Any]:
+    """Option name -> annotation for a format: the keyword parameters of its
+    ``ingest_<format>`` after (store, path, source); the table format's mapping options."""
+    if fmt == "table":
+        return TABLE_OPTION_TYPES | {"max_caption_chars": int | None}
+    fn = ingest_function(fmt)
+    hints = typing.get_type_hints(fn)
+    sig = inspect.signature(fn)
+    return {n: hints.get(n, Any) for n, p in list(sig.parameters.items())[3:]
+            if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+
+
 def format_options(fmt: str) -> dict[str, Any]:
     """Option name -> default for a format (what a pipeline's [[ingest]] table may set)."""
     if fmt == "table":
-        return {name: None for name in TABLE_OPTIONS} | {"max_caption_chars": None}
+        return {name: None for name in option_types(fmt)}
     sig = inspect.signature(ingest_function(fmt))
-    return {n: p.default for n, p in list(sig.parameters.items())[3:]
-            if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+    return {n: sig.parameters[n].default for n in option_types(fmt)}
 
 
 def check_options(fmt: str, options: dict[str, Any]) -> None:
@@ -58,44 +77,34 @@ def _takes_path(annotation: Any) -> bool:
 
 
 def validate_options(fmt: str, options: dict[str, Any], base: Path | None = None) -> dict[str, Any]:
-    """Check option names *and values* before any work; return them with file options
-    resolved against ``base`` (a pipeline's folder) and checked to exist.
+    """Check option names *and values* (by the rules of :mod:`curate.config`) before any
+    work; return them with file options resolved against ``base`` (a pipeline's folder)
+    and checked to exist.
 
     Values are checked against the reader's type annotations; a reader module may add a
     ``validate_options(**options)`` for rules across options (LaCLIP's style/originals)."""
-    import typing
-
-    from ..stages.base import _type_name, _type_ok
-
     check_options(fmt, options)
-    out = dict(options)
+    types_ = option_types(fmt)
+    out = {k: check(f"ingest option {k}", v, types_[k]) for k, v in options.items()}
     if fmt == "table":
         from .tables import resolve_mapping
 
         kw = {k: v for k, v in out.items() if k in TABLE_OPTIONS}
-        for k, v in kw.items():
-            ok = isinstance(v, bool) if k == "header" else isinstance(v, (str, list)) if k == "extra_cols" else isinstance(v, str)
-            if not ok:
-                raise ConfigError(f"ingest option {k!r} should be {'a boolean' if k == 'header' else 'a string'}, got {v!r}")
         preset = kw.pop("preset", None)
         resolve_mapping(preset, **kw)
         mcc = out.get("max_caption_chars")
-        if mcc is not None and (not isinstance(mcc, int) or isinstance(mcc, bool) or mcc < 1):
-            raise ConfigError(f"ingest option 'max_caption_chars' should be a positive integer, got {mcc!r}")
+        if mcc is not None and mcc < 1:
+            raise ConfigError(f"ingest option max_caption_chars: expected a positive integer, got {mcc!r}")
         return out
     fn = ingest_function(fmt)
-    hints = typing.get_type_hints(fn)
     for k, v in out.items():
-        tp = hints.get(k, Any)
-        if _takes_path(tp) and isinstance(v, str):
+        if _takes_path(types_[k]) and isinstance(v, (str, Path)):
             p = Path(v)
             if base is not None and not p.is_absolute():
                 p = Path(os.path.abspath(base / p))
             if not p.exists():
                 raise ConfigError(f"ingest option {k!r}: {p} does not exist")
             out[k] = p
-        elif not _type_ok(v, tp):
-            raise ConfigError(f"ingest option {k!r} should be {_type_name(tp)}, got {type(v).__name__} {v!r}")
     extra_check = getattr(importlib.import_module(fn.__module__), "validate_options", None)
     if extra_check is not None:
         extra_check(**out)

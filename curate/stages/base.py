@@ -30,13 +30,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import types
-import typing
 from typing import Any, ClassVar
 
 import pyarrow as pa
 
-from ..errors import ConfigError
+from ..config import from_dict
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,71 +82,6 @@ class Stage:
 
     @classmethod
     def from_config(cls, config: dict[str, Any] | None) -> "Stage":
-        """Build the stage from a plain dict, rejecting unknown keys and wrong types."""
-        config = dict(config or {})
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(config) - set(fields))
-        if unknown:
-            valid = ", ".join(sorted(fields)) or "none"
-            raise ConfigError(f"{cls.registry_name()}: unknown config key(s) {', '.join(unknown)}; valid keys: {valid}")
-        hints = typing.get_type_hints(cls)
-        for k, v in config.items():
-            expected = hints.get(k, Any)
-            if not _type_ok(v, expected):
-                raise ConfigError(
-                    f"{cls.registry_name()}: config key {k!r} should be {_type_name(expected)}, got {type(v).__name__} {v!r}"
-                )
-            if isinstance(v, list):
-                config[k] = tuple(v)
-        missing = [n for n, f in fields.items() if n not in config and f.default is dataclasses.MISSING
-                   and f.default_factory is dataclasses.MISSING]
-        if missing:
-            raise ConfigError(f"{cls.registry_name()}: missing config key(s) {', '.join(missing)}")
-        try:
-            return cls(**config)
-        except (TypeError, ValueError) as e:
-            raise ConfigError(f"{cls.registry_name()}: {e}") from None
-
-
-def _type_ok(value: Any, tp: Any) -> bool:
-    if tp is Any:
-        return True
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        return any(_type_ok(value, a) for a in args)
-    if tp is type(None):
-        return value is None
-    if origin is typing.Literal:
-        return value in args
-    if origin in (tuple, list):
-        if not isinstance(value, (list, tuple)):
-            return False
-        if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
-            return all(_type_ok(v, args[0]) for v in value)
-        if origin is list and args:
-            return all(_type_ok(v, args[0]) for v in value)
-        return True
-    if origin is dict:
-        return isinstance(value, dict) and all(_type_ok(k, args[0]) and _type_ok(v, args[1]) for k, v in value.items()) if args else isinstance(value, dict)
-    if tp is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if tp is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if isinstance(tp, type):
-        return isinstance(value, tp)
-    return True
-
-
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin is typing.Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp))
-    if tp is type(None):
-        return "null"
-    if origin in (tuple, list):
-        args = typing.get_args(tp)
-        return f"a list of {_type_name(args[0])}" if args else "a list"
-    return getattr(tp, "__name__", str(tp))
+        """Build the stage from a plain dict by the rules of :mod:`curate.config`
+        (unknown keys, wrong types and non-finite numbers are ConfigErrors)."""
+        return from_dict(cls, dict(config or {}), f"{cls.registry_name()} config")
