@@ -53,7 +53,8 @@ def mix(policy_file: Path, store_path: Path, dry_run: bool, show_audit: bool, se
     """Run the mixing policy POLICY_FILE (TOML) and write a training manifest with its sidecar."""
     from .mix import load_policy, run_policy, write_manifest
     from .mix.audit import audit
-    from .mix.policy import Output, _build
+    from .config import from_dict
+    from .mix.policy import Output
 
     policy = load_policy(policy_file)
     if seed is not None:
@@ -63,7 +64,7 @@ def mix(policy_file: Path, store_path: Path, dry_run: bool, show_audit: bool, se
                 **({"name": name} if name else {})}
         if fmt and fmt != "npy":
             data["repeat_factor"] = None
-        policy = dataclasses.replace(policy, output=_build(Output, data, "--format/--name"))
+        policy = dataclasses.replace(policy, output=from_dict(Output, data, "--format/--name"))
     if print_policy:
         click.echo(json.dumps({"policy_hash": policy.hash(), **policy.to_dict()}, indent=2))
         return

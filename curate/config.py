@@ -40,7 +40,7 @@ def type_name(tp: Any) -> str:
     if tp is Any:
         return "any value"
     if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in args)
+        return " or ".join(repr(a) for a in args)
     if origin in (types.UnionType, typing.Union):
         names = [type_name(a) for a in args if a is not type(None)]
         return " or ".join(names) + (" or null" if type(None) in args and not names else "")

@@ -22,6 +22,21 @@ STAGES: dict[str, str] = {
 }
 
 
+#: registry name -> "module:Class" of whole-corpus passes (curate.passes)
+PASSES: dict[str, str] = {}
+
+
+def pass_names() -> list[str]:
+    return sorted(PASSES)
+
+
+def get_pass_class(name: str) -> type:
+    if name not in PASSES:
+        raise ConfigError(f"unknown pass {name!r}; valid passes: {', '.join(pass_names())}")
+    module, cls = PASSES[name].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
 def stage_names() -> list[str]:
     return sorted(STAGES)
 

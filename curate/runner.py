@@ -132,7 +132,7 @@ def ensure_output_table(store: Store, stage: Stage) -> None:
 
 
 def _create_views(store: Store, stage: Stage) -> None:
-    for statement in stage.views:
+    for statement in stage.view_statements():
         store.con.execute(statement)
 
 

@@ -129,6 +129,20 @@ def _expand(queries: dict[str, NamedQuery], qualname: str, stack: tuple[str, ...
     return NamedQuery(q.domain, q.name, q.doc, sql, params, q.path, tuple(merged.items()))
 
 
+def expand(sql: str) -> tuple[str, dict[str, str]]:
+    """Ad-hoc ``sql`` with its ``{{DOMAIN.NAME}}`` includes expanded (as subqueries), and
+    the defaults of the included queries' parameters."""
+    defaults: dict[str, str] = {}
+
+    def sub(m: re.Match) -> str:
+        inc = get_query(m.group(1))
+        for k, v in inc.defaults:
+            defaults.setdefault(k, v)
+        return "(\n" + inc.sql + "\n)"
+
+    return _INCLUDE.sub(sub, sql), defaults
+
+
 def get_query(qualname: str) -> NamedQuery:
     queries = named_queries()
     if qualname not in queries:

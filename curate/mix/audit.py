@@ -12,7 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .attributes import ATTRIBUTES, ensure_clip_view, lit, named, source_cond
+from .attributes import ATTRIBUTES, relation
+from .sql import ensure_clip_view, lit, named, source_cond
 from .compile import MixResult
 
 
@@ -29,10 +30,10 @@ def _dropped_view(store: Any, tables: set[str]) -> None:
     """``mix_dropped(member_kind, member_id)``: the dropped members of the latest dedup
     runs, by the very relations the attributes ``dedup_kept`` (captions; needs
     ``dedup_summary``) and ``image_dedup_kept`` (samples) select on."""
-    parts = [f"SELECT 'uid' AS member_kind, uid AS member_id FROM {ATTRIBUTES['image_dedup_kept'].relation(None)} "
+    parts = [f"SELECT 'uid' AS member_kind, uid AS member_id FROM {relation(ATTRIBUTES['image_dedup_kept'])} "
              "WHERE NOT value"]
     if "dedup_summary" in tables:
-        parts.append(f"SELECT 'caption_id', caption_id FROM {ATTRIBUTES['dedup_kept'].relation(None)} WHERE NOT value")
+        parts.append(f"SELECT 'caption_id', caption_id FROM {relation(ATTRIBUTES['dedup_kept'])} WHERE NOT value")
     store.con.execute("CREATE OR REPLACE TEMP VIEW mix_dropped AS " + " UNION ALL ".join(parts))
 
 

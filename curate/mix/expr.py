@@ -1,4 +1,5 @@
-"""Policy predicates as polars expressions, both ways, and the pool as a polars frame.
+"""Select predicates: the typed :class:`Predicate`, and predicates as polars expressions,
+both ways (the pool as a polars frame is :mod:`curate.mix.frame`).
 
 A select predicate of a policy is also a polars expression over a frame with one row
 per pool sample and one column per attribute. The column of a caption attribute names
@@ -25,22 +26,25 @@ pool (:func:`keep_fraction`), and ``&`` of any of these. Anything else (``|``,
 arithmetic, another column on the right) is a ConfigError naming the part, because a
 policy compiles to SQL and its TOML form has to hold it.
 
-The expressions are real: :func:`attribute_frame` returns the pool frame from a store,
+The expressions are real: :func:`curate.mix.frame.attribute_frame` returns the pool frame from a store,
 and ``frame.filter(policy.select_expr())`` keeps the samples the SQL of
 :func:`curate.mix.compile.run_policy` selects (tested). :func:`keep_fraction` spells
-the order statistic of :class:`~curate.mix.policy.Predicate`'s ``fraction`` in polars
+the order statistic of :class:`Predicate`'s ``fraction`` in polars
 (the k-th largest of the n non-null values, ``k = ceil(n * fraction)``), not a
 ``quantile``, whose interpolation differs by a row at some n.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Any, Iterable
 
 import polars as pl
 
 from ..errors import ConfigError
+from .attributes import ATTRIBUTES, check_value
+from .sql import FRACTION_EPS
 
 _NAME = re.compile(r"^\s*([a-z_][a-z0-9_]*)\s*(?:\[(.*)\])?\s*$")
 _OPTIONS = ("model", "vocabulary", "mode")
@@ -50,6 +54,75 @@ _CMP = {
 }
 #: polars' spelling of each operator, for error messages and docs
 POLARS_OP = {"=": "==", "!=": "!=", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
+OPS = ("=", "!=", "<", "<=", ">", ">=", "in", "not_in")
+
+
+# -- the predicate ----------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Predicate:
+    """``attribute op value``, or ``attribute op <threshold keeping fraction of the pool>``.
+
+    For a caption attribute, ``variant`` names which caption of the sample is tested
+    (``None``: any caption of the sample); a sample with several captions of that
+    variant passes when one of them does. A missing attribute value fails the
+    predicate, except where the attribute states a default (``dedup_kept``: a caption
+    in no duplicate group is kept; ``n_concepts``: 0). With ``fraction`` (0 < f <= 1)
+    and ``op`` ``>=``/``>``, the threshold is the k-th largest of the n non-null pool
+    values, ``k = ceil(n * fraction)`` (so at least k samples pass; ties at the
+    threshold all pass); with ``<=``/``<`` the k-th smallest. DataComp's
+    ``get_threshold`` takes index ``floor(n * fraction)`` of the descending values, one
+    more row at most.
+    """
+
+    attribute: str
+    op: str = ">="
+    value: bool | int | float | str | tuple[str, ...] | None = None
+    fraction: float | None = None
+    variant: str | None = None
+    #: clip_score: the model whose scores are read (needed when the table has several)
+    model: str | None = None
+    #: concept attributes: vocabulary and match mode of concepts.text_match.v1
+    vocabulary: str | None = None
+    mode: str = "phrase"
+
+    def __post_init__(self) -> None:
+        if self.attribute not in ATTRIBUTES:
+            raise ConfigError(f"unknown attribute {self.attribute!r}; valid: {', '.join(sorted(ATTRIBUTES))}")
+        attr = ATTRIBUTES[self.attribute]
+        if self.op not in OPS:
+            raise ConfigError(f"{self.attribute}: unknown op {self.op!r}; valid: {', '.join(OPS)}")
+        if (self.value is None) == (self.fraction is None):
+            raise ConfigError(f"{self.attribute}: give exactly one of value or fraction")
+        if self.fraction is not None:
+            if attr.type != "number":
+                raise ConfigError(f"{self.attribute}: fraction needs a numeric attribute; {self.attribute} is {attr.type}")
+            if not 0 < self.fraction <= 1:
+                raise ConfigError(f"{self.attribute}: fraction must be in (0, 1], got {self.fraction}")
+            if self.op not in ("<", "<=", ">", ">="):
+                raise ConfigError(f"{self.attribute}: fraction needs op <, <=, > or >=, got {self.op!r}")
+        else:
+            check_value(attr, self.op, self.value)
+        if attr.level == "sample" and self.variant is not None:
+            raise ConfigError(f"{self.attribute} is a sample attribute; it takes no variant")
+        if attr.needs_vocabulary and not self.vocabulary:
+            raise ConfigError(f"{self.attribute}: needs vocabulary = NAME (a vocabulary of concepts.text_match.v1)")
+        if not attr.needs_vocabulary and self.vocabulary:
+            raise ConfigError(f"{self.attribute} takes no vocabulary")
+        if self.model is not None and "model" not in attr.params:
+            with_model = ", ".join(n for n, a in ATTRIBUTES.items() if "model" in a.params)
+            raise ConfigError(f"{self.attribute} takes no model (only {with_model} do)")
+
+    def to_expr(self) -> pl.Expr:
+        """The same predicate as a polars expression over :func:`curate.mix.attribute_frame`;
+        :meth:`from_expr` reads it back."""
+        return predicate_expr(self)
+
+    @staticmethod
+    def from_expr(expr: Any) -> tuple["Predicate", ...]:
+        """Predicates from a polars expression (``&`` of several gives several)."""
+        return predicates_from_expr(expr)
+
+
 
 
 # -- column names ---------------------------------------------------------------------
@@ -92,16 +165,13 @@ def col(attribute: str, variant: str | None = None, *, model: str | None = None,
         mode: str = "phrase") -> pl.Expr:
     """``pl.col`` of an attribute column, checked: unknown attributes and options that
     the attribute does not take fail here, not at run time."""
-    _reader(attribute=attribute, variant=variant, model=model, vocabulary=vocabulary, mode=mode)
+    reader(attribute=attribute, variant=variant, model=model, vocabulary=vocabulary, mode=mode)
     return pl.col(column_name(attribute, variant, model=model, vocabulary=vocabulary, mode=mode))
 
 
-def _reader(**kw: Any) -> Any:
+def reader(**kw: Any) -> Any:
     """A Predicate that reads the column ``kw`` names (``= <a value of its type>``): built
     to run Predicate's checks of attribute, variant and options, and to read the column."""
-    from .attributes import ATTRIBUTES
-    from .policy import Predicate
-
     name = kw["attribute"]
     if name not in ATTRIBUTES:
         raise ConfigError(f"unknown attribute {name!r}; valid: {', '.join(sorted(ATTRIBUTES))}")
@@ -114,8 +184,6 @@ def threshold_expr(column: pl.Expr, fraction: float, descending: bool) -> pl.Exp
     """The k-th largest (``descending``) or smallest of the column's n non-null values,
     ``k = ceil(n * fraction)``: the threshold :func:`curate.mix.compile.resolve_threshold`
     takes in SQL."""
-    from .compile import FRACTION_EPS
-
     k = (column.count() * fraction - FRACTION_EPS).ceil().cast(pl.Int64)
     return column.drop_nulls().sort(descending=descending).get(k - 1)
 
@@ -134,7 +202,7 @@ def keep_fraction(column: pl.Expr | str, fraction: float, op: str = ">=") -> pl.
 
 
 def predicate_expr(pred: Any) -> pl.Expr:
-    """The polars expression of a :class:`~curate.mix.policy.Predicate`."""
+    """The polars expression of a :class:`Predicate`."""
     c = pl.col(column_name(pred.attribute, pred.variant, model=pred.model, vocabulary=pred.vocabulary,
                            mode=pred.mode))
     if pred.fraction is not None:
@@ -209,10 +277,8 @@ def _one(e: pl.Expr) -> list[dict[str, Any]]:
 
 
 def predicates_from_expr(expr: pl.Expr | Iterable[Any]) -> tuple[Any, ...]:
-    """Typed :class:`~curate.mix.policy.Predicate` objects from a polars expression (or
+    """Typed :class:`Predicate` objects from a polars expression (or
     a sequence of expressions and predicates), checked as a TOML ``[[select]]`` is."""
-    from .policy import Predicate
-
     items = [expr] if isinstance(expr, pl.Expr) else list(expr)
     out: list[Predicate] = []
     for item in items:
@@ -234,48 +300,3 @@ def conjunction(preds: Iterable[Any]) -> pl.Expr:
     for e in exprs[1:]:
         out = out & e
     return out
-
-
-# -- the pool as a frame --------------------------------------------------------------
-def attribute_frame(store: Any, policy: Any, extra: Iterable[pl.Expr | str] = ()) -> pl.DataFrame:
-    """One row per pool sample of ``policy`` (its sources): ``uid``, ``source`` and one
-    column per attribute its predicates read (plus ``extra`` columns, as names or
-    ``col(...)``), with the values the policy's SQL compares: the attribute's default
-    where it has one, NULL where the sample lacks the caption or the value.
-
-    A column must hold one value per sample: a sample with several captions of the
-    variant (COCO's five human captions) or a multi-valued attribute (``concept``) is
-    a ConfigError; the policy's SQL handles those (a sample passes when one caption
-    does)."""
-    from .attributes import ATTRIBUTES, check_policy, source_cond
-    from .compile import _values_sql
-    from .policy import Predicate
-
-    check_policy(store, policy)
-    wanted: dict[str, Predicate] = {}
-    for p in policy.select:
-        wanted.setdefault(column_name(p.attribute, p.variant, model=p.model, vocabulary=p.vocabulary,
-                                      mode=p.mode), p)
-    for e in extra:
-        name = e if isinstance(e, str) else e.meta.output_name()
-        wanted.setdefault(name, _reader(**parse_column(name)))
-    joins, cols = [], []
-    for i, (name, p) in enumerate(wanted.items()):
-        if p.attribute == "source":
-            continue
-        model = None
-        if p.attribute == "clip_score":
-            from .attributes import clip_model
-            model = clip_model(store, p.model, f"column {name}")
-        vals = _values_sql(policy, p, model)
-        many = store.execute(f"SELECT count(*) - count(DISTINCT uid) FROM ({vals})").fetchall()[0][0]
-        if many:
-            raise ConfigError(f"column {name}: {many:,} extra values for samples with several "
-                              f"{'captions of the variant' if ATTRIBUTES[p.attribute].level == 'caption' else 'values'}"
-                              "; the frame holds one value per sample (the policy's SQL handles several)")
-        joins.append(f"LEFT JOIN ({vals}) v{i} ON v{i}.uid = p.uid")
-        quoted = '"' + name.replace('"', '""') + '"'
-        cols.append(f"v{i}.value AS {quoted}")
-    sql = (f"SELECT p.uid::VARCHAR AS uid, p.source{''.join(', ' + c for c in cols)} FROM samples p "
-           f"{' '.join(joins)} WHERE {source_cond(policy, 'p')} ORDER BY p.uid")
-    return store.df(sql)

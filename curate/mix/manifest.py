@@ -38,17 +38,28 @@ import numpy as np
 
 from .. import __version__
 from ..errors import ConfigError, QueryError
-from .attributes import PRODUCERS, lit, required_tables
+from .attributes import producer_of
+from .check import required_tables
+from .sql import lit
 from .compile import MixResult, run_policy
 from .policy import Policy
 
 EXT = {"parquet": "parquet", "csv": "csv", "tsv": "tsv", "json": "samples.jsonl", "jsonl": "jsonl", "npy": "npy"}
-#: table -> the one stage that writes it (the sidecar records its latest ok run). Tables
-#: several runs write side by side are not here: for dedup_groups (dedup.captions.v1,
-#: similarity.semdedup.v1 / near.v1 / exact.v1) and concept_tags (similarity.tags.v1)
-#: input_versions records the runs whose rows count.
-STAGE_OF = {"caption_stats": "text.caption_stats.v1", "caption_knowledge": "knowledge.spacy_ner.v1",
-            "caption_concepts": "concepts.text_match.v1"}
+def stage_of(table: str) -> str | None:
+    """The one registered stage that writes ``table`` (the sidecar records its latest ok
+    run), from the stages' declarations. Tables that several runs write side by side
+    are handled on their own: for dedup_groups (caption and image dedup passes) and
+    concept_tags (tagging runs) input_versions records the runs whose rows count, and
+    clip_scores is recorded per model."""
+    from .. import registry
+
+    if table == "clip_scores":
+        return None
+    for name in registry.stage_names():
+        if registry.get_stage_class(name).output_table == table:
+            return name
+    return None
+
 
 UID_HEX = "replace(uid::VARCHAR, '-', '')"
 
@@ -195,12 +206,12 @@ def input_versions(store: Any, policy: Policy,
                 run = store.execute(
                     "SELECT run_id FROM runs WHERE stage = ? AND status = 'ok' "
                     "AND json_extract_string(config, '$.config.vocabulary') = ? ORDER BY run_id DESC LIMIT 1",
-                    [STAGE_OF[t], vocab]).fetchall()
+                    [stage_of(t), vocab]).fetchall()
                 if run:
                     stages.append(run_entry(t, run[0][0]))
-        elif t in STAGE_OF:
+        elif stage_of(t):
             run = store.execute("SELECT run_id FROM runs WHERE stage = ? AND status = 'ok' "
-                                "ORDER BY run_id DESC LIMIT 1", [STAGE_OF[t]]).fetchall()
+                                "ORDER BY run_id DESC LIMIT 1", [stage_of(t)]).fetchall()
             if run:
                 stages.append(run_entry(t, run[0][0]))
         if t == "clip_scores":
@@ -217,7 +228,7 @@ def input_versions(store: Any, policy: Policy,
                     stages.append({**run_entry(t, run[0][0]), "model": model})
                 else:
                     stages.append({"table": t, "stage": "clip (contract)", "model": model,
-                                   "producer": PRODUCERS["clip_scores"]})
+                                   "producer": producer_of("clip_scores")})
     return versions, stages
 
 

@@ -13,6 +13,11 @@ A stage is a small frozen dataclass whose fields are its configuration. It decla
   repeated texts meet in one batch and are computed once;
 * ``views`` (optional): ``CREATE OR REPLACE VIEW`` statements over the output table,
   (re)created with it (e.g. one row per entity from a list column);
+* ``latest_view``, ``latest_by`` (optional): a view of the rows of the latest
+  configuration run (per ``latest_by`` config field), from the one template
+  :func:`curate.attributes.latest_sql`;
+* ``attributes`` (optional): what a mixing policy can select on
+  (:class:`curate.attributes.Attribute`), and ``produced_by``, how a user makes them;
 * ``preflight()``: cheap checks that the stage can run (a model is installed, ...),
   called before a run or pipeline starts any work;
 * ``prepare(store)``: fills in store content the stage needs (e.g. a vocabulary);
@@ -34,6 +39,7 @@ from typing import Any, ClassVar
 
 import pyarrow as pa
 
+from ..attributes import Attribute, latest_view
 from ..config import from_dict
 
 
@@ -50,12 +56,29 @@ class Stage:
     input_filter: ClassVar[str | None] = None
     #: An optional input column to feed rows ordered by.
     input_order: ClassVar[str | None] = None
-    #: CREATE OR REPLACE VIEW statements over the output table.
+    #: CREATE OR REPLACE VIEW statements over the output table (after the latest view).
     views: ClassVar[tuple[str, ...]] = ()
+    #: a view of the latest rows (curate.attributes.latest_sql), created with the table
+    latest_view: ClassVar[str | None] = None
+    #: its columns (``k``: the output table, ``c``: the caption the row is about)
+    latest_columns: ClassVar[str] = "c.uid, c.source, c.variant, k.*"
+    #: config fields that each have their own latest run (e.g. a CLIP model id)
+    latest_by: ClassVar[tuple[str, ...]] = ()
+    #: what a mixing policy can select on (curate.attributes.Attribute)
+    attributes: ClassVar[tuple[Attribute, ...]] = ()
+    #: how a user makes the output table, said when a policy needs it and it is missing
+    produced_by: ClassVar[str | None] = None
 
     @classmethod
     def registry_name(cls) -> str:
         return f"{cls.name}.v{cls.version}"
+
+    @classmethod
+    def view_statements(cls) -> tuple[str, ...]:
+        """The views created with the output table: the latest view, then ``views``."""
+        latest = () if cls.latest_view is None else (latest_view(
+            cls.latest_view, cls.output_table, cls.registry_name(), by=cls.latest_by, columns=cls.latest_columns),)
+        return (*latest, *cls.views)
 
     def preflight(self) -> None:
         """Fail early (a ConfigError naming the fix) when the stage cannot run here."""

@@ -14,6 +14,7 @@ from typing import ClassVar
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ..attributes import Attribute
 from .base import Stage
 
 
@@ -38,6 +39,11 @@ class CaptionStats(Stage):
     reads: ClassVar[tuple[str, ...]] = ("text",)
     output_table: ClassVar[str] = "caption_stats"
     output_schema: ClassVar[pa.Schema] = pa.schema([("words", pa.int32()), ("chars", pa.int32())])
+    attributes: ClassVar[tuple[Attribute, ...]] = (
+        Attribute("words", "caption", "number", "words of the caption (caption_stats)", column="words"),
+        Attribute("chars", "caption", "number", "characters of the caption (caption_stats)", column="chars"),
+    )
+    produced_by: ClassVar[str | None] = "the stage text.caption_stats.v1 (curate run pipelines/caption_stats.toml)"
 
     def __call__(self, batch: pa.RecordBatch) -> pa.Table:
         texts = batch.column("text")

@@ -53,6 +53,7 @@ import pyarrow as pa
 from .._optional import require
 from ..errors import ConfigError
 from ..images import ImageFailure, ImageRef, decode_loader, default_workers, read_images
+from ..attributes import Attribute
 from .base import Stage
 
 log = logging.getLogger("curate.clip")
@@ -69,15 +70,6 @@ SELECT c.caption_id, c.uid, c.variant, c.text, s.image_shard, s.image_key, s.ima
 FROM captions c JOIN samples s USING (uid)
 """
 
-#: The scores of the latest configuration run per model, with the caption and sample.
-SCORES_LATEST_VIEW = """
-CREATE OR REPLACE VIEW clip_scores_latest AS
-WITH latest AS (
-    SELECT DISTINCT ON (model) json_extract_string(config, '$.config.model_id') AS model, config_hash
-    FROM runs WHERE stage = 'clip.score.v1' ORDER BY model, run_id DESC)
-SELECT k.caption_id, k.uid, k.variant, k.model, k.score, k.status, k.detail, c.source, c.text
-FROM clip_scores k JOIN latest l USING (model, config_hash) JOIN captions c USING (caption_id)
-"""
 
 UUID_TYPE = pa.uuid()
 
@@ -357,7 +349,18 @@ class ClipScore(_ClipStage):
         ("uid", UUID_TYPE), ("variant", pa.string()), ("model", pa.string()), ("score", pa.float64()),
         ("status", pa.string()), ("detail", pa.string()),
     ])
-    views: ClassVar[tuple[str, ...]] = (SCORES_LATEST_VIEW,)
+    #: clip_scores_latest: the scores of the latest configuration run per model, with the
+    #: caption and sample
+    latest_view: ClassVar[str | None] = "clip_scores_latest"
+    latest_by: ClassVar[tuple[str, ...]] = ("model_id",)
+    latest_columns: ClassVar[str] = "k.caption_id, k.uid, k.variant, k.model, k.score, k.status, k.detail, c.source, c.text"
+    attributes: ClassVar[tuple[Attribute, ...]] = (
+        Attribute("clip_score", "caption", "number", "CLIP image-caption similarity (clip_scores.score)",
+                  sql="SELECT caption_id, score AS value FROM clip_scores_latest WHERE model = $model AND status = 'ok'",
+                  params=("model",), latest="clip_scores_latest (latest run per model)"),
+    )
+    produced_by: ClassVar[str | None] = ("the CLIP embedding stage (curate embed ...), clip.score.v1; "
+                                         "see docs/mixing.md for the table contract")
 
     def prepare(self, store: Any) -> ClipScore:
         store.con.execute(INPUT_VIEW)
@@ -406,6 +409,10 @@ class ClipScore(_ClipStage):
             "score": pa.array(scores, pa.float64()), "status": pa.array(status, pa.string()),
             "detail": pa.array(detail, pa.string()),
         })
+
+
+#: The scores of the latest configuration run per model, with the caption and sample.
+SCORES_LATEST_VIEW = ClipScore.view_statements()[0]
 
 
 @dataclasses.dataclass(frozen=True)

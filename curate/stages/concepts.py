@@ -27,33 +27,15 @@ import pyarrow as pa
 
 from ..errors import ConfigError
 from ..knowledge.ner import DEFAULT_MODEL
+from ..attributes import Attribute
 from .base import Stage
 
+#: One row per (caption, concept) of concept_text_latest (the latest configuration run
+#: per vocabulary and mode).
 HITS_VIEW = """
 CREATE OR REPLACE VIEW concept_hits AS
-WITH latest AS (
-    SELECT vocabulary, mode, arg_max(config_hash, run_id) AS config_hash
-    FROM caption_concepts GROUP BY vocabulary, mode
-),
-rows AS (
-    SELECT k.caption_id, k.vocabulary, k.mode, k.concepts
-    FROM caption_concepts k JOIN latest l
-      ON k.vocabulary = l.vocabulary AND k.mode = l.mode AND k.config_hash = l.config_hash
-)
-SELECT r.caption_id, c.uid, c.source, c.variant, r.vocabulary, r.mode, u.concept
-FROM rows r JOIN captions c USING (caption_id), unnest(r.concepts) AS u(concept)
-"""
-
-STATUS_VIEW = """
-CREATE OR REPLACE VIEW concept_text_latest AS
-WITH latest AS (
-    SELECT vocabulary, mode, arg_max(config_hash, run_id) AS config_hash
-    FROM caption_concepts GROUP BY vocabulary, mode
-)
-SELECT c.uid, c.source, c.variant, k.*
-FROM caption_concepts k
-JOIN latest l ON k.vocabulary = l.vocabulary AND k.mode = l.mode AND k.config_hash = l.config_hash
-JOIN captions c USING (caption_id)
+SELECT r.caption_id, r.uid, r.source, r.variant, r.vocabulary, r.mode, u.concept
+FROM concept_text_latest r, unnest(r.concepts) AS u(concept)
 """
 
 
@@ -68,7 +50,21 @@ class ConceptText(Stage):
         ("vocabulary", pa.string()), ("mode", pa.string()), ("status", pa.string()),
         ("concepts", pa.list_(pa.string())), ("n_concepts", pa.int32()),
     ])
-    views: ClassVar[tuple[str, ...]] = (HITS_VIEW, STATUS_VIEW)
+    latest_view: ClassVar[str | None] = "concept_text_latest"
+    latest_by: ClassVar[tuple[str, ...]] = ("vocabulary", "mode")
+    views: ClassVar[tuple[str, ...]] = (HITS_VIEW,)
+    attributes: ClassVar[tuple[Attribute, ...]] = (
+        Attribute("n_concepts", "caption", "number", "concepts of a vocabulary the caption names",
+                  sql="SELECT caption_id, count(*) AS value FROM concept_hits WHERE vocabulary = $vocabulary "
+                      "AND mode = $mode GROUP BY caption_id",
+                  default=0, params=("vocabulary", "mode"), latest="concept_hits (latest run per vocabulary and mode)"),
+        Attribute("concept", "caption", "str", "a concept the caption names (op = or in)",
+                  sql="SELECT caption_id, concept AS value FROM concept_hits WHERE vocabulary = $vocabulary "
+                      "AND mode = $mode",
+                  params=("vocabulary", "mode"), latest="concept_hits (latest run per vocabulary and mode)"),
+    )
+    produced_by: ClassVar[str | None] = ("the stage concepts.text_match.v1 "
+                                         "(curate concepts count --vocabulary NAME)")
 
     #: a vocabulary in the store's concepts table, or a bundled one
     vocabulary: str = ""

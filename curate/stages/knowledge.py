@@ -31,6 +31,7 @@ import pyarrow as pa
 
 from ..knowledge.ner import DEFAULT_MODEL, CaseFix, check_pipeline, extract, load_ner
 from ..knowledge.normalize import normalize_entity
+from ..attributes import Attribute
 from .base import Stage
 
 KNOWLEDGE_LABELS = ("PERSON", "NORP", "FAC", "ORG", "GPE", "LOC", "PRODUCT", "EVENT", "WORK_OF_ART", "LAW", "LANGUAGE")
@@ -38,17 +39,6 @@ NUMERIC_LABELS = ("DATE", "TIME", "PERCENT", "MONEY", "QUANTITY", "ORDINAL", "CA
 
 ENTITY_TYPE = pa.struct([("label", pa.string()), ("text", pa.string()), ("norm", pa.string()),
                          ("start_char", pa.int32()), ("end_char", pa.int32()), ("knowledge", pa.bool_())])
-
-#: The rows of the most recent configuration run (a store may hold several), with
-#: the caption's sample, source, variant and text.
-LATEST_VIEW = """
-CREATE OR REPLACE VIEW knowledge_latest AS
-SELECT c.uid, c.source, c.variant, c.text, k.*
-FROM caption_knowledge k
-JOIN captions c USING (caption_id)
-WHERE k.config_hash = (SELECT config_hash FROM runs WHERE stage = 'knowledge.spacy_ner.v1'
-                       ORDER BY run_id DESC LIMIT 1)
-"""
 
 #: One row per entity span of knowledge_latest.
 ENTITIES_VIEW = """
@@ -71,7 +61,30 @@ class KnowledgeNER(Stage):
         ("n_entities", pa.int32()), ("n_knowledge", pa.int32()), ("n_numeric", pa.int32()),
         ("words", pa.int32()), ("density", pa.float64()), ("score", pa.float64()),
     ])
-    views: ClassVar[tuple[str, ...]] = (LATEST_VIEW, ENTITIES_VIEW)
+    #: knowledge_latest: the rows of the most recent configuration run (a store may hold
+    #: several), with the caption's sample, source, variant and text
+    latest_view: ClassVar[str | None] = "knowledge_latest"
+    latest_columns: ClassVar[str] = "c.uid, c.source, c.variant, c.text, k.*"
+    views: ClassVar[tuple[str, ...]] = (ENTITIES_VIEW,)
+    attributes: ClassVar[tuple[Attribute, ...]] = (
+        Attribute("n_knowledge", "caption", "number", "distinct knowledge entities of the caption",
+                  column="n_knowledge", where="status = 'ok'"),
+        Attribute("knowledge_density", "caption", "number", "knowledge entities per word",
+                  column="density", where="status = 'ok'"),
+        Attribute("knowledge_score", "caption", "number", "label-weighted knowledge entities",
+                  column="score", where="status = 'ok'"),
+        Attribute("retention", "caption", "number",
+                  "share of the raw caption's knowledge entities the caption keeps (1 when raw has none)",
+                  sql="SELECT caption_id, retention AS value FROM {{mix.caption_retention}}",
+                  latest="knowledge_latest"),
+        Attribute("retained", "caption", "number", "raw knowledge entities the caption keeps",
+                  sql="SELECT caption_id, retained AS value FROM {{mix.caption_retention}}", latest="knowledge_latest"),
+        Attribute("hallucinated", "caption", "number",
+                  "knowledge entities supported by neither the raw nor the synthetic caption",
+                  sql="SELECT caption_id, hallucinated AS value FROM {{mix.caption_hallucinations}}",
+                  latest="knowledge_latest"),
+    )
+    produced_by: ClassVar[str | None] = "the stage knowledge.spacy_ner.v1 (curate knowledge score)"
 
     #: spaCy pipeline: an installed package name or a path.
     model: str = DEFAULT_MODEL
