@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import inspect
 import json
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -13,6 +15,7 @@ import click
 import duckdb
 
 from ..errors import ConfigError, CurateError, QueryError
+from ..ingest import FORMATS, ingest_function  # the format registry; importing it imports no reader
 from ..store import Store
 from .common import max_rows_option, pairs, progress_option, show_table, store_option
 
@@ -37,7 +40,33 @@ def info(store_path: Path) -> None:
             click.echo(f"  {t:<22} {n:>12,}")
 
 
-@click.command()
+def format_description(fmt: str) -> str:
+    """One line on what ingest format ``fmt`` reads: the first sentence of its reader's
+    docstring, without the leading "Ingest", a "(see the module docstring ...)" pointer
+    and RST markup."""
+    try:
+        reader = ingest_function(fmt)
+    except ImportError as e:  # a reader whose module cannot be imported here
+        return f"(reader not importable: {e})"
+    paragraph = " ".join((inspect.getdoc(reader) or "").split("\n\n")[0].split())
+    line = re.split(r"(?<=[.;])\s", paragraph, maxsplit=1)[0].rstrip(".;")
+    line = re.sub(r"\s*\(see the module docstring[^)]*\)", "", line).replace("``", "")
+    line = re.sub(r"^Ingest\s+", "", line)
+    return line[:1].upper() + line[1:]
+
+
+class IngestCommand(click.Command):
+    """``curate ingest``, whose help lists every format of :data:`curate.ingest.FORMATS`
+    with its reader's description (read when the help is shown, so readers are imported
+    only then)."""
+
+    def format_help_text(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        super().format_help_text(ctx, formatter)
+        with formatter.section("Formats"):
+            formatter.write_dl([(fmt, format_description(fmt)) for fmt in FORMATS])
+
+
+@click.command(cls=IngestCommand, help=f"Ingest PATH in FORMAT: {', '.join(FORMATS)}.")
 @click.argument("fmt", metavar="FORMAT")
 @click.argument("path", type=click.Path(path_type=Path))
 @store_option
@@ -55,8 +84,7 @@ def info(store_path: Path) -> None:
 def ingest(fmt: str, path: Path, store_path: Path, source: str | None, preset: str | None, url_col: str | None,
            caption_col: str | None, uid_col: str | None, variant: str | None, generator: str | None,
            input_format: str | None, no_header: bool | None, extra_cols: str | None, options: tuple[str, ...]) -> None:
-    """Ingest PATH in FORMAT: table, img2dataset, capsfusion, laclip, gbc, coco."""
-    from ..ingest import FORMATS, ingest as do_ingest
+    from ..ingest import ingest as do_ingest
 
     opts = pairs(options, "--option")
     table_flags = {"preset": preset, "url_col": url_col, "caption_col": caption_col, "uid_col": uid_col,
