@@ -514,6 +514,24 @@ def test_help(capsys, argv):
     assert rc == 0 and "Usage: curate" in out
 
 
+def test_ingest_help_lists_every_registered_format(capsys):
+    """The formats in `curate ingest --help` come from the registry, so none goes missing."""
+    from curate.cli.core import format_description
+    from curate.ingest import FORMATS
+
+    rc, out, _ = curate(capsys, "ingest", "--help")
+    assert rc == 0
+    for fmt in FORMATS:
+        assert fmt in out
+    section = out.split("\nFormats:\n", 1)[1].split("\n\n", 1)[0]
+    listed = [line.split()[0] for line in section.splitlines() if not line.startswith("   ")]
+    assert listed == list(FORMATS)
+    for fmt in FORMATS:
+        description = format_description(fmt)
+        assert description and not description.startswith("(reader not importable")
+        assert description.split()[0] in section
+
+
 def test_usage_error_exits_2(capsys, tmp_path):
     """Usage errors are click's: several lines ending in ``Error: ...`` (not the one-line ``error:``)."""
     rc, out, err = curate(capsys, "sql", "SELECT 1", "--format", "xml", "--store", tmp_path)

@@ -145,7 +145,7 @@ def run_cli(args: list[str]) -> tuple[int, str]:
     """``curate concepts ...`` in-process, with the main CLI's one-line error handling."""
     from click.testing import CliRunner
 
-    from curate.cli_concepts import concepts
+    from curate.cli.concepts import concepts
 
     res = CliRunner().invoke(concepts, args, catch_exceptions=True)
     if isinstance(res.exception, CurateError):
@@ -167,4 +167,4 @@ def test_cli_vocab(tmp_path):
     assert code == 0 and "automobile" in out
     code, out = run_cli(["vocab", "add", "x", str(tmp_path / "none.txt"), "--store", st])
     assert code == 3 and out == f"error: vocabulary file {tmp_path / 'none.txt'} does not exist"
-    assert sys.modules["curate.cli_concepts"]
+    assert sys.modules["curate.cli.concepts"]

@@ -381,7 +381,7 @@ def test_distinct_in_sql_agrees_with_the_python_counts(corpus_store):
 @pytest.fixture
 def cli_main():
     from curate.cli import cli, main
-    from curate.cli_dedup import dedup
+    from curate.cli.dedup import dedup
 
     added = "dedup" not in cli.commands
     if added:

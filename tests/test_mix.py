@@ -23,7 +23,7 @@ import pytest
 
 from curate import Store
 from curate.cli import cli, main
-from curate.cli_mix import mix
+from curate.cli.mix import mix
 from curate.errors import ConfigError
 from curate.mix import load_policy, policy_from_dict, run_policy, write_manifest
 from curate.registry import build_stage

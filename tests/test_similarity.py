@@ -544,13 +544,15 @@ def test_target_filter_selects_clusters_nearest_to_reference(sim_store):
 def _cli():
     import click
 
-    from curate.cli_similarity import attach
+    from curate.cli.similarity import similarity
+    from curate.cli.vectors import vectors
 
     @click.group()
     def root() -> None:
         pass
 
-    attach(root)
+    root.add_command(vectors)
+    root.add_command(similarity)
     return root
 
 
@@ -599,10 +601,10 @@ def test_cli_errors_are_one_line(sim_store):
     s, *_ = sim_store
     path = str(s.path)
     s.close()
-    from curate.cli_similarity import attach
+    from curate.cli.similarity import similarity
 
     if "similarity" not in cli.commands:
-        attach(cli)
+        cli.add_command(similarity)
     import io
     import contextlib
 

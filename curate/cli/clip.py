@@ -7,14 +7,8 @@ from pathlib import Path
 
 import click
 
-from .cli_common import executor_options, run_options, show_table, store_option
-from .store import Store
-
-
-def _pairs(items: tuple[str, ...]) -> dict:
-    from .cli import _pairs as pairs
-
-    return pairs(items, "--option")
+from ..store import Store
+from .common import executor_options, pairs, progress_option, run_options, show_table, store_option
 
 
 @click.command()
@@ -38,10 +32,11 @@ def download(store_path: Path, source: str, urls: Path | None, output: Path, img
              image_size: int, resize_mode: str, processes: int, threads: int, timeout: int, shard_size: int,
              options: tuple[str, ...]) -> None:
     """Download images with img2dataset and ingest the result (statuses in `downloads`)."""
-    from .download import download as run
+    from ..download import download as run
 
     opts = {"image_size": image_size, "resize_mode": resize_mode, "processes_count": processes,
-            "thread_count": threads, "timeout": timeout, "number_sample_per_shard": shard_size, **_pairs(options)}
+            "thread_count": threads, "timeout": timeout, "number_sample_per_shard": shard_size,
+            **pairs(options, "--option")}
     with Store.open(store_path) as store:
         res = run(store, output, source=source, urls=urls, img2dataset_python=img2dataset_python, options=opts)
         click.echo(res.summary())
@@ -69,15 +64,15 @@ def download(store_path: Path, source: str, urls: Path | None, output: Path, img
 @click.option("--threads", type=int, help="torch CPU threads per process.")
 @click.option("--limit", type=int, help="Process at most this many pending rows (resumable).")
 @click.option("--finalize-only", is_flag=True, help="Only register the vectors of committed rows (after a pipeline run).")
-@click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
+@progress_option()
 @executor_options
 def embed(store_path: Path, model: str, pretrained: str, model_config: str | None, model_id: str | None,
           images_only: bool, device: str, precision: str, batch_size: int, model_batch_size: int,
           decode_workers: int, workers: int, threads: int | None, limit: int | None, finalize_only: bool,
           progress: bool | None, executor: str, ray_address: str | None, gpus_per_worker: float) -> None:
     """CLIP image/text embeddings and the CLIP score of every caption (clip.score.v1)."""
-    from .stages.clip import ClipImage, ClipScore, finalize_vectors
-    from .stages.clip import embed as run
+    from ..stages.clip import ClipImage, ClipScore, finalize_vectors
+    from ..stages.clip import embed as run
 
     cls = ClipImage if images_only else ClipScore
     given = {"model": model, "pretrained": pretrained, "model_config": model_config, "model_id": model_id,
@@ -98,9 +93,3 @@ def embed(store_path: Path, model: str, pretrained: str, model_config: str | Non
             click.echo(s.summary())
         if not images_only:
             show_table(store.query("clip.status").to_arrow_table(), max_rows=20)
-
-
-def attach(cli: click.Group) -> None:
-    """Add `download` and `embed` to the top-level CLI."""
-    cli.add_command(download)
-    cli.add_command(embed)

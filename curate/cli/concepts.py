@@ -1,6 +1,5 @@
 """``curate concepts``: vocabularies, the published count tables of Udandarao et al. 2024,
-and audits over count vectors, a thin layer over :mod:`curate.concepts`. Attached to the
-main CLI by ``cli.add_command(concepts)``.
+and audits over count vectors, a thin layer over :mod:`curate.concepts`.
 
 Every audit command gets its count vectors from :func:`curate.concepts.audit.counts_source`
 through :func:`count_specs`, so a new count source (the store's own caption hits) is one
@@ -13,9 +12,9 @@ from pathlib import Path
 
 import click
 
-from .errors import ConfigError
-from .cli_common import executor_options, run_options, show_table, store_option
-from .store import Store
+from ..errors import ConfigError
+from ..store import Store
+from .common import executor_options, max_rows_option, progress_option, run_options, show_table, store_option
 
 method_option = click.option("--method", default="lemmatized", show_default=True,
                              help="Published count method: lemmatized, lowercased, rampp0.7, "
@@ -32,6 +31,7 @@ out_dir_option = click.option("--out-dir", type=click.Path(file_okay=False, path
 def _show(df, max_rows: int = 40, float_precision: int | None = 4) -> None:
     show_table(df, max_rows, float_precision=float_precision)
 
+
 def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9.]+", "_", text.lower()).strip("_")
 
@@ -40,7 +40,7 @@ def count_specs(published: tuple[str, ...], method: str, downstream: str, vocabu
                 counts: tuple[str, ...] = (), mode: str = "phrase"):
     """CountSpecs from the audit options (``--published NAME[:METHOD]`` and
     ``--counts VOCABULARY[:VARIANT[:SOURCE]]`` for the store's own counts, repeatable)."""
-    from .concepts.audit import parse_spec
+    from ..concepts.audit import parse_spec
 
     specs = [parse_spec(f"published:{p}", method=method, downstream=downstream, vocabulary=vocabulary)
              for p in published]
@@ -76,7 +76,7 @@ def vocab() -> None:
 @click.option("--replace", is_flag=True, help="Replace a stored vocabulary of this name with different content.")
 def vocab_add(name: str, source: str, store_path: Path, replace: bool) -> None:
     """Store vocabulary NAME from SOURCE: a bundled name or a TXT/CSV/TSV/JSON file."""
-    from .concepts.vocab import add_vocabulary, check_name, read_source
+    from ..concepts.vocab import add_vocabulary, check_name, read_source
 
     check_name(name)
     read_source(source)  # every input error before the store is opened (or created)
@@ -88,7 +88,7 @@ def vocab_add(name: str, source: str, store_path: Path, replace: bool) -> None:
 @store_option
 def vocab_list(store_path: Path) -> None:
     """Stored vocabularies (concepts.vocabularies) and the bundled ones."""
-    from .concepts.vocab import bundled_vocabularies, read_bundled
+    from ..concepts.vocab import bundled_vocabularies, read_bundled
 
     if (store_path / "catalog.duckdb").exists():
         with Store.open(store_path, read_only=True) as s:
@@ -105,12 +105,12 @@ def vocab_list(store_path: Path) -> None:
 @vocab.command("show")
 @click.argument("name")
 @store_option
-@click.option("--max-rows", default=40, show_default=True)
+@max_rows_option()
 def vocab_show(name: str, store_path: Path, max_rows: int) -> None:
     """The concepts and aliases of a stored (else bundled) vocabulary."""
     import polars as pl
 
-    from .concepts.vocab import vocabulary_entries
+    from ..concepts.vocab import vocabulary_entries
 
     store = Store.open(store_path, read_only=True) if (store_path / "catalog.duckdb").exists() else None
     try:
@@ -133,16 +133,16 @@ def vocab_show(name: str, store_path: Path, max_rows: int) -> None:
               "paper mode runs a tagger and gains from 2).")
 @click.option("--batch-size", default=10_000, show_default=True, help="Captions per batch (one commit each).")
 @click.option("--limit", type=int, default=None, help="Count at most this many pending captions, then stop.")
-@click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
-@click.option("--max-rows", default=15, show_default=True, help="Rows of the summary shown.")
+@progress_option()
+@max_rows_option(15, "Rows of the summary shown.")
 @executor_options
 def count_cmd(store_path: Path, vocabulary: str, mode: str, model: str | None, workers: int, batch_size: int,
               limit: int | None, progress: bool | None, max_rows: int, executor: str, ray_address: str | None,
               gpus_per_worker: float) -> None:
     """Count a vocabulary's concepts in every caption not counted yet (concepts.text_match.v1),
     then print the long-tail summary per source and variant."""
-    from .registry import build_stage
-    from .runner import run_stage
+    from ..registry import build_stage
+    from ..runner import run_stage
 
     cfg = {"vocabulary": vocabulary, "mode": mode}
     if model:
@@ -175,7 +175,7 @@ def count_cmd(store_path: Path, vocabulary: str, mode: str, model: str | None, w
 def tail_cmd(store_path: Path, vocabulary: str, n: int, min_count: int, cap: int, variant: str | None, mode: str,
              seed: int, out: Path | None, train_manifest: Path | None) -> None:
     """A Let It Wag!-style evaluation manifest of a vocabulary's rarest concepts."""
-    from .concepts.tail import build_tail_benchmark, overlap
+    from ..concepts.tail import build_tail_benchmark, overlap
 
     with Store.open(store_path) as s:
         res = build_tail_benchmark(s, vocabulary, n=n, min_count=min_count, cap=cap, variant=variant, mode=mode,
@@ -203,16 +203,16 @@ def tail_cmd(store_path: Path, vocabulary: str, n: int, min_count: int, cap: int
 @click.option("--min-score", default=0.0, show_default=True, help="Lowest cosine score a tag counts with.")
 @click.option("--variant", default=None, help="Text and matched counts from captions of this variant only.")
 @click.option("--device", default="auto", show_default=True)
-@click.option("--max-rows", default=20, show_default=True)
+@max_rows_option(20)
 def image_count_cmd(store_path: Path, vocabulary: str, image_set: str, model: str, pretrained: str,
                     model_config: str | None, model_id: str | None, template_set: str, k: int, min_score: float,
                     variant: str | None, device: str, max_rows: int) -> None:
     """Image and matched concept frequency: embed the vocabulary's prompts with the CLIP
     text tower, tag every image with its top-k concepts, count, and report the
     misalignment degree."""
-    from .concepts.image import embed_concepts, image_counts
-    from .similarity.tags import tag
-    from .stages.clip import ClipModel, check_weights, default_model_id
+    from ..concepts.image import embed_concepts, image_counts
+    from ..similarity.tags import tag
+    from ..stages.clip import ClipModel, check_weights, default_model_id
 
     check_weights(model, pretrained, model_config)
     clip = ClipModel(model, pretrained, model_config, device=device, precision="auto")
@@ -232,7 +232,7 @@ def image_count_cmd(store_path: Path, vocabulary: str, image_set: str, model: st
 def import_published_cmd(path: Path, store_path: Path) -> None:
     """Import the paper's count tables: the nozeroshot-frequencies folder, its search_counts/
     folder, or derived_counts_long.parquet. Replaces earlier imported rows."""
-    from .concepts.published import import_published, locate
+    from ..concepts.published import import_published, locate
 
     locate(path)
     with Store.open(store_path, create=True) as s:
@@ -259,8 +259,8 @@ def audit(store_path: Path, published: tuple[str, ...], counts: tuple[str, ...],
     """Summary (zero-count share, median, quantiles) and a log-log rank-frequency plot."""
     import polars as pl
 
-    from .concepts.audit import counts_source, rank_frequency_plot, summarize
-    from .concepts.vocab import vocabulary_entries
+    from ..concepts.audit import counts_source, rank_frequency_plot, summarize
+    from ..concepts.vocab import vocabulary_entries
 
     specs = count_specs(published, method, downstream, vocabulary, counts, mode)
     with Store.open(store_path, read_only=True) as s:
@@ -299,8 +299,8 @@ def compare(source_a: str, source_b: str, store_path: Path, method: str, downstr
             top: int) -> None:
     """Compare two count vectors (A, B: published:PRETRAIN[:METHOD] or
     store:VOCABULARY[:VARIANT[:SOURCE]]): Spearman, gainers, losers."""
-    from .concepts.audit import compare as do_compare
-    from .concepts.audit import counts_source, parse_spec
+    from ..concepts.audit import compare as do_compare
+    from ..concepts.audit import counts_source, parse_spec
 
     a, b = (parse_spec(x, method=method, downstream=downstream, vocabulary=vocabulary) for x in (source_a, source_b))
     with Store.open(store_path, read_only=True) as s:
@@ -328,7 +328,7 @@ def compare(source_a: str, source_b: str, store_path: Path, method: str, downstr
 def fit(metric_csv: Path, store_path: Path, published: str | None, counts: tuple[str, ...], mode: str, method: str,
         downstream: str, vocabulary: str | None, column: str | None, drop_zero: bool, out_dir: Path | None) -> None:
     """Log-linear fit of a per-concept metric (CSV: concept, metric) against log10 count; plot."""
-    from .concepts.audit import counts_source, fit_plot, loglinear_fit, read_metric_csv
+    from ..concepts.audit import counts_source, fit_plot, loglinear_fit, read_metric_csv
 
     metric = read_metric_csv(metric_csv, column)
     specs = count_specs((published,) if published else (), method, downstream, vocabulary, counts, mode)

@@ -1,11 +1,11 @@
-"""The command line: a thin layer over the Python API. Every command takes ``--store``
-(default ``$CURATE_STORE``, else ``./curate-store``). Expected failures print one line
-(``error: ...``) and exit non-zero; they never print a traceback."""
+"""The store and pipeline commands: ``curate init``, ``info``, ``ingest``, ``sql``, ``run``,
+``stages`` and ``check``."""
 
 from __future__ import annotations
 
+import inspect
 import json
-import logging
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -14,49 +14,13 @@ from typing import Any
 import click
 import duckdb
 
-from . import __version__
-from .errors import ConfigError, CurateError, QueryError
-from .cli_common import executor_options, show_table, store_option
-from .store import Store
+from ..errors import ConfigError, CurateError, QueryError
+from ..ingest import FORMATS, ingest_function  # the format registry; importing it imports no reader
+from ..store import Store
+from .common import max_rows_option, pairs, progress_option, show_table, store_option
 
 
-
-def _parse_value(text: str) -> Any:
-    """KEY=VALUE values: integers, floats, true/false, comma lists in [..], else text."""
-    low = text.lower()
-    if low in ("true", "false"):
-        return low == "true"
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    if text.startswith("[") and text.endswith("]"):
-        return [_parse_value(t.strip()) for t in text[1:-1].split(",") if t.strip()]
-    return text
-
-
-def _pairs(items: tuple[str, ...], what: str) -> dict[str, Any]:
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise ConfigError(f"{what} {item!r} should be KEY=VALUE")
-        k, v = item.split("=", 1)
-        out[k.strip()] = _parse_value(v)
-    return out
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="curate")
-@click.option("-v", "--verbose", count=True, help="Log progress to stderr (-vv for debug).")
-def cli(verbose: int) -> None:
-    """curate: caption-variant stores, audits and training mixtures for image-text data."""
-    if verbose:
-        logging.basicConfig(level=logging.DEBUG if verbose > 1 else logging.INFO, stream=sys.stderr,
-                            format="%(asctime)s %(name)s %(levelname)s %(message)s")
-
-
-@cli.command()
+@click.command()
 @click.argument("store_dir", required=False, type=click.Path(file_okay=False, path_type=Path))
 @store_option
 def init(store_dir: Path | None, store_path: Path) -> None:
@@ -66,7 +30,7 @@ def init(store_dir: Path | None, store_path: Path) -> None:
         click.echo(f"store ready at {path} (schema version {s.schema_version}, tables: {', '.join(s.tables())})")
 
 
-@cli.command()
+@click.command()
 @store_option
 def info(store_path: Path) -> None:
     """Tables, row counts and schema version of a store."""
@@ -76,7 +40,33 @@ def info(store_path: Path) -> None:
             click.echo(f"  {t:<22} {n:>12,}")
 
 
-@cli.command()
+def format_description(fmt: str) -> str:
+    """One line on what ingest format ``fmt`` reads: the first sentence of its reader's
+    docstring, without the leading "Ingest", a "(see the module docstring ...)" pointer
+    and RST markup."""
+    try:
+        reader = ingest_function(fmt)
+    except ImportError as e:  # a reader whose module cannot be imported here
+        return f"(reader not importable: {e})"
+    paragraph = " ".join((inspect.getdoc(reader) or "").split("\n\n")[0].split())
+    line = re.split(r"(?<=[.;])\s", paragraph, maxsplit=1)[0].rstrip(".;")
+    line = re.sub(r"\s*\(see the module docstring[^)]*\)", "", line).replace("``", "")
+    line = re.sub(r"^Ingest\s+", "", line)
+    return line[:1].upper() + line[1:]
+
+
+class IngestCommand(click.Command):
+    """``curate ingest``, whose help lists every format of :data:`curate.ingest.FORMATS`
+    with its reader's description (read when the help is shown, so readers are imported
+    only then)."""
+
+    def format_help_text(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        super().format_help_text(ctx, formatter)
+        with formatter.section("Formats"):
+            formatter.write_dl([(fmt, format_description(fmt)) for fmt in FORMATS])
+
+
+@click.command(cls=IngestCommand, help=f"Ingest PATH in FORMAT: {', '.join(FORMATS)}.")
 @click.argument("fmt", metavar="FORMAT")
 @click.argument("path", type=click.Path(path_type=Path))
 @store_option
@@ -94,10 +84,9 @@ def info(store_path: Path) -> None:
 def ingest(fmt: str, path: Path, store_path: Path, source: str | None, preset: str | None, url_col: str | None,
            caption_col: str | None, uid_col: str | None, variant: str | None, generator: str | None,
            input_format: str | None, no_header: bool | None, extra_cols: str | None, options: tuple[str, ...]) -> None:
-    """Ingest PATH in FORMAT: table, img2dataset, capsfusion, laclip, gbc, coco."""
-    from .ingest import FORMATS, ingest as do_ingest
+    from ..ingest import ingest as do_ingest
 
-    opts = _pairs(options, "--option")
+    opts = pairs(options, "--option")
     table_flags = {"preset": preset, "url_col": url_col, "caption_col": caption_col, "uid_col": uid_col,
                    "variant": variant, "generator": generator, "input_format": input_format,
                    "header": (False if no_header else None), "extra_cols": extra_cols}
@@ -107,8 +96,8 @@ def ingest(fmt: str, path: Path, store_path: Path, source: str | None, preset: s
     if given and fmt != "table":
         flags = ", ".join("--" + k.replace("_", "-") for k in given)
         raise ConfigError(f"{flags} apply to the table format only; use -o KEY=VALUE for {fmt} options")
-    from .errors import InputError
-    from .ingest import validate_options
+    from ..errors import InputError
+    from ..ingest import validate_options
 
     # everything that can be checked is checked before the store is opened (or created)
     validate_options(fmt, {**given, **opts})
@@ -119,11 +108,7 @@ def ingest(fmt: str, path: Path, store_path: Path, source: str | None, preset: s
     click.echo(res.summary())
 
 
-def _print_table(df: Any, max_rows: int) -> None:
-    show_table(df, max_rows)
-
-
-@cli.command()
+@click.command()
 @click.argument("query_text", metavar="QUERY", required=False)
 @store_option
 @click.option("--query", "-q", "named", metavar="DOMAIN.NAME", help="Run a named query from sql/<domain>/.")
@@ -131,12 +116,12 @@ def _print_table(df: Any, max_rows: int) -> None:
 @click.option("--format", "-f", "fmt", type=click.Choice(["table", "csv", "json", "parquet"]), default="table",
               show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write the result to this file.")
-@click.option("--max-rows", default=40, show_default=True, help="Rows shown by the table format.")
+@max_rows_option(40, "Rows shown by the table format.")
 @click.option("--list", "list_queries", is_flag=True, help="List the named queries with their documentation.")
 def sql(query_text: str | None, store_path: Path, named: str | None, params: tuple[str, ...], fmt: str,
         out: Path | None, max_rows: int, list_queries: bool) -> None:
     """Run SQL (QUERY) or a named query against the store."""
-    from .sqlfiles import named_queries
+    from ..sqlfiles import named_queries
 
     if list_queries:
         for q in named_queries().values():
@@ -150,7 +135,7 @@ def sql(query_text: str | None, store_path: Path, named: str | None, params: tup
     if fmt == "parquet" and out is None:
         raise ConfigError("--format parquet needs --out FILE")
     with Store.open(store_path, read_only=True) as s:
-        rel = s.query(named, **_pairs(params, "--param")) if named else s.relation(query_text)
+        rel = s.query(named, **pairs(params, "--param")) if named else s.relation(query_text)
         if rel is None:
             click.echo("ok")
             return
@@ -164,7 +149,7 @@ def sql(query_text: str | None, store_path: Path, named: str | None, params: tup
         elif fmt == "table":
             import polars as pl
 
-            _print_table(pl.from_arrow(table), max_rows)
+            show_table(pl.from_arrow(table), max_rows)
         else:
             with tempfile.TemporaryDirectory() as d:
                 tmp = Path(d) / f"out.{fmt}"
@@ -198,14 +183,14 @@ def _sql_str(path: Path) -> str:
     return str(path).replace("'", "''")
 
 
-@cli.command()
+@click.command()
 @click.argument("pipeline_file", type=click.Path(dir_okay=False, path_type=Path))
 @store_option
 @click.option("--print-config", is_flag=True, help="Print the resolved pipeline and exit.")
-@click.option("--progress/--no-progress", default=None, help="Progress bars (default: when stderr is a terminal).")
+@progress_option("Progress bars")
 def run(pipeline_file: Path, store_path: Path, print_config: bool, progress: bool | None) -> None:
     """Validate PIPELINE_FILE whole, then run its ingest steps and stages."""
-    from .pipeline import load_pipeline, run_pipeline
+    from ..pipeline import load_pipeline, run_pipeline
 
     pipe = load_pipeline(pipeline_file)
     if print_config:
@@ -215,10 +200,10 @@ def run(pipeline_file: Path, store_path: Path, print_config: bool, progress: boo
         run_pipeline(s, pipe, echo=click.echo, progress=progress)
 
 
-@cli.command()
+@click.command()
 def stages() -> None:
     """List the registered stages and what they write."""
-    from .registry import get_stage_class, stage_names
+    from ..registry import get_stage_class, stage_names
 
     for name in stage_names():
         cls = get_stage_class(name)
@@ -227,11 +212,11 @@ def stages() -> None:
         click.echo(f"{name:<28} {cls.input_table}.{cls.key} -> {cls.output_table}({cols})  {doc}")
 
 
-@cli.command()
+@click.command()
 @store_option
 def check(store_path: Path) -> None:
     """Run the store invariants in sql/checks/; exits 1 if any is violated."""
-    from .sqlfiles import named_queries
+    from ..sqlfiles import named_queries
 
     bad = 0
     with Store.open(store_path, read_only=True) as s:
@@ -243,106 +228,3 @@ def check(store_path: Path) -> None:
             bad += n > 0
     if bad:
         raise CurateError(f"{bad} invariant(s) violated")
-
-
-from .cli_concepts import concepts  # noqa: E402
-from .cli_dedup import dedup  # noqa: E402
-from .cli_mix import manifest_audit, mix  # noqa: E402
-
-cli.add_command(concepts)
-cli.add_command(dedup)
-cli.add_command(mix)
-cli.add_command(manifest_audit)
-
-from .cli_similarity import attach as _attach_similarity  # noqa: E402
-
-_attach_similarity(cli)
-
-from .cli_clip import attach as _attach_clip  # noqa: E402
-
-_attach_clip(cli)
-
-
-@cli.group()
-def knowledge() -> None:
-    """Knowledge scoring: spaCy named entities per caption, retention and hallucination."""
-
-
-@knowledge.command("score")
-@store_option
-@click.option("--model", default=None, help="spaCy pipeline (package or path; default en_core_web_sm).")
-@click.option("--workers", type=int, default=None,
-              help="Worker processes, one spaCy each (default: the machine's cores, at most 8).")
-@click.option("--batch-size", default=1000, show_default=True, help="Captions per batch (one commit each).")
-@click.option("--limit", type=int, default=None, help="Score at most this many pending captions, then stop.")
-@click.option("-c", "--config", "config", multiple=True, metavar="KEY=VALUE",
-              help="Stage config, e.g. -c case_fix=none -c knowledge_labels=[PERSON,ORG].")
-@click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
-@executor_options
-def knowledge_score(store_path: Path, model: str | None, workers: int | None, batch_size: int, limit: int | None,
-                    config: tuple[str, ...], progress: bool | None, executor: str, ray_address: str | None,
-                    gpus_per_worker: float) -> None:
-    """Run knowledge.spacy_ner.v1 over the captions not scored yet (resumable)."""
-    from .cli_common import run_options
-    from .registry import build_stage
-    from .runner import run_stage
-
-    cfg = _pairs(config, "--config")
-    if model:
-        cfg["model"] = model
-    stage = build_stage("knowledge.spacy_ner.v1", cfg)
-    if workers is None:
-        import os
-
-        workers = max(1, min(8, os.cpu_count() or 1))
-    with Store.open(store_path) as s:
-        res = run_stage(s, stage, run_options(executor, ray_address, gpus_per_worker, batch_size=batch_size,
-                                              workers=workers, limit=limit, progress=progress))
-    click.echo(res.summary())
-
-
-KNOWLEDGE_REPORT = (
-    ("Knowledge per variant (knowledge.by_variant)", "knowledge.by_variant", ()),
-    ("Knowledge per source and variant (knowledge.by_source)", "knowledge.by_source", ()),
-    ("Raw knowledge entities kept by other variants (knowledge.retention)", "knowledge.retention", ("raw",)),
-    ("Entities supported by neither the raw nor the synthetic caption (knowledge.hallucinations)",
-     "knowledge.hallucinations", ("raw", "synthetic")),
-    ("Captions per status (knowledge.status)", "knowledge.status", ()),
-)
-
-
-@knowledge.command("report")
-@store_option
-@click.option("--raw", default="raw", show_default=True, help="The variant holding the original alt-text.")
-@click.option("--synthetic", default="synthetic", show_default=True, help="The synthetic-caption variant.")
-@click.option("--max-rows", default=40, show_default=True)
-def knowledge_report(store_path: Path, raw: str, synthetic: str, max_rows: int) -> None:
-    """Print the knowledge audits: density per variant and source, retention, hallucination."""
-    with Store.open(store_path, read_only=True) as s:
-        if "caption_knowledge" not in s.tables():
-            raise ConfigError(f"store {store_path} has no knowledge scores yet; run `curate knowledge score` first")
-        given = {"raw": raw, "synthetic": synthetic}
-        for title, qname, params in KNOWLEDGE_REPORT:
-            click.echo(f"\n{title}")
-            _print_table(s.query(qname, **{p: given[p] for p in params}).pl(), max_rows)
-
-
-def main(argv: list[str] | None = None) -> int:
-    try:
-        cli.main(args=argv, prog_name="curate", standalone_mode=False)
-    except CurateError as e:
-        click.echo(f"error: {e}", err=True)
-        return e.exit_code
-    except click.exceptions.Exit as e:
-        return e.exit_code
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        return 130
-    except click.ClickException as e:
-        e.show()
-        return e.exit_code
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

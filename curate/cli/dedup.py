@@ -1,5 +1,5 @@
 """``curate dedup``: caption dedup from the command line, a thin layer over
-:mod:`curate.dedup`. Attached to the main CLI by ``cli.add_command(dedup)``."""
+:mod:`curate.dedup`."""
 
 from __future__ import annotations
 
@@ -7,14 +7,10 @@ from pathlib import Path
 
 import click
 
-from .errors import ConfigError
-from .cli_common import show_table, store_option
-from .store import Store
+from ..errors import ConfigError
+from ..store import Store
+from .common import max_rows_option, show_table, store_option
 
-
-
-def _show(table, max_rows: int = 40) -> None:
-    show_table(table, max_rows)
 
 @click.group()
 def dedup() -> None:
@@ -39,7 +35,7 @@ def dedup() -> None:
 def captions(store_path: Path, variants: tuple[str, ...], across_variants: bool, threshold: float, num_perm: int,
              shingle: int, keep: str, grouping: str, seed: int, bands: int | None, rows: int | None) -> None:
     """Find duplicate captions and write them to dedup_groups (a rerun replaces its config's rows)."""
-    from .dedup.text import dedup_captions
+    from ..dedup.text import dedup_captions
 
     with Store.open(store_path) as s:
         res = dedup_captions(s, variant=list(variants) or None, across_variants=across_variants,
@@ -54,18 +50,18 @@ def report(store_path: Path) -> None:
     """Repetition rate per variant: exact in SQL, and exact + near from the latest dedup run."""
     with Store.open(store_path, read_only=True) as s:
         click.echo("Exact repetition per variant, normalised in SQL (curate sql -q dedup.exact_repetition)")
-        _show(s.query("dedup.exact_repetition").to_arrow_table())
+        show_table(s.query("dedup.exact_repetition").to_arrow_table())
         if not s.has_table("dedup_summary"):
             click.echo("no dedup run yet: run `curate dedup captions` for near duplicates")
             return
         click.echo("Repetition per scope, latest dedup run (curate sql -q dedup.repetition)")
-        _show(s.query("dedup.repetition").to_arrow_table())
+        show_table(s.query("dedup.repetition").to_arrow_table())
 
 
 @dedup.command()
 @store_option
 @click.option("--scope", default=None, help="A variant, or '*' for a run across variants (default: the first).")
-@click.option("--max-rows", default=20, show_default=True)
+@max_rows_option(20)
 def groups(store_path: Path, scope: str | None, max_rows: int) -> None:
     """The largest duplicate groups of the latest dedup run of a scope."""
     with Store.open(store_path, read_only=True) as s:
@@ -75,7 +71,7 @@ def groups(store_path: Path, scope: str | None, max_rows: int) -> None:
         scope = scope if scope is not None else (scopes[0] if scopes else "*")
         if scope not in scopes:
             raise ConfigError(f"no dedup run covers scope {scope!r}; scopes: {', '.join(scopes) or 'none'}")
-        _show(s.query("dedup.groups", scope=scope).to_arrow_table().slice(0, max_rows), max_rows)
+        show_table(s.query("dedup.groups", scope=scope).to_arrow_table().slice(0, max_rows), max_rows)
 
 
 @dedup.command()
@@ -87,7 +83,7 @@ def distinct(store_path: Path, value: str, p: int, exact: bool) -> None:
     """Approximate distinct captions per variant (datasketch HyperLogLog)."""
     import pyarrow as pa
 
-    from .dedup.hll import distinct_counts
+    from ..dedup.hll import distinct_counts
 
     with Store.open(store_path, read_only=True) as s:
         rows = distinct_counts(s, value=value, p=p, exact=exact)
@@ -96,4 +92,4 @@ def distinct(store_path: Path, value: str, p: int, exact: bool) -> None:
     if exact:
         cols["exact_distinct"] = [r.exact_distinct for r in rows]
         cols["error"] = [None if r.error is None else f"{r.error:+.2%}" for r in rows]
-    _show(pa.table(cols))
+    show_table(pa.table(cols))

@@ -1,5 +1,5 @@
 """``curate mix``: run a mixing policy and write a training manifest, a thin layer over
-:mod:`curate.mix`. Attached to the main CLI by ``cli.add_command(mix)``."""
+:mod:`curate.mix`; and ``curate manifest-audit`` for a manifest written earlier."""
 
 from __future__ import annotations
 
@@ -9,12 +9,8 @@ from pathlib import Path
 
 import click
 
-from .cli_common import show_table, store_option
-from .store import Store
-
-
-def _show(df, max_rows: int = 40) -> None:
-    show_table(df, max_rows)
+from ..store import Store
+from .common import max_rows_option, show_table, store_option
 
 
 def _counts(res) -> None:
@@ -51,10 +47,10 @@ def _counts(res) -> None:
 def mix(policy_file: Path, store_path: Path, dry_run: bool, show_audit: bool, seed: int | None, fmt: str | None,
         name: str | None, out: Path | None, print_policy: bool, vocabulary: str | None) -> None:
     """Run the mixing policy POLICY_FILE (TOML) and write a training manifest with its sidecar."""
-    from .mix import load_policy, run_policy, write_manifest
-    from .mix.audit import audit
-    from .config import from_dict
-    from .mix.policy import Output
+    from ..config import from_dict
+    from ..mix import load_policy, run_policy, write_manifest
+    from ..mix.audit import audit
+    from ..mix.policy import Output
 
     policy = load_policy(policy_file)
     if seed is not None:
@@ -77,7 +73,7 @@ def mix(policy_file: Path, store_path: Path, dry_run: bool, show_audit: bool, se
         if dry_run or show_audit:
             for title, df in audit(s, res, vocabulary):
                 click.echo(f"\n{title}")
-                _show(df)
+                show_table(df)
         if dry_run:
             click.echo("\ndry run: nothing written")
 
@@ -87,12 +83,12 @@ def mix(policy_file: Path, store_path: Path, dry_run: bool, show_audit: bool, se
 @store_option
 @click.option("--vocabulary", default=None,
               help="Concept coverage for this vocabulary (default: the policy's, else the store's only one).")
-@click.option("--max-rows", default=40, show_default=True)
+@max_rows_option()
 def manifest_audit(manifest: Path, store_path: Path, vocabulary: str | None, max_rows: int) -> None:
     """Audit a manifest written earlier (parquet or JSONL + its sidecar) against its pool."""
-    from .mix.audit import audit_manifest
+    from ..mix.audit import audit_manifest
 
     with Store.open(store_path, read_only=True) as s:
         for title, df in audit_manifest(s, manifest, vocabulary):
             click.echo(f"\n{title}")
-            _show(df, max_rows)
+            show_table(df, max_rows)
