@@ -2,8 +2,10 @@
 
 Every ``import`` statement anywhere in a module (also inside functions) is an edge to
 the curate module it names; ``from package import name`` is an edge to the submodule
-``package.name`` when there is one, else to ``package``. Edges to a module's own
-ancestor packages are left out: Python imports those before the module in any case.
+``package.name`` when there is one, else to ``package``; importing ``a.b.c`` is also an
+edge to the packages ``a.b`` and ``a`` (Python runs their ``__init__`` first). Edges to a
+module's own ancestor packages are left out: Python imports those before the module in
+any case.
 A cycle is a strongly connected component of more than one module, or a module that
 imports itself.
 """
@@ -46,8 +48,11 @@ def edges(mods: dict[str, Path]) -> dict[str, set[str]]:
             for t in targets:
                 while t and t not in mods:  # import a.b.c of a package: the longest known prefix
                     t = t.rpartition(".")[0]
-                if t and t in mods and not (mod == t or mod.startswith(t + ".")):
-                    out[mod].add(t)
+                # importing a.b.c runs a/__init__ and a/b/__init__ first: edges to those too
+                while t and t in mods:
+                    if not (mod == t or mod.startswith(t + ".")):
+                        out[mod].add(t)
+                    t = t.rpartition(".")[0]
     return out
 
 
