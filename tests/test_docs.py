@@ -142,6 +142,16 @@ def test_every_relative_link_resolves(page):
     assert not broken, f"{page.name}: broken links {broken}"
 
 
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.relative_to(REPO).as_posix())
+def test_every_repository_path_named_in_code_exists(page):
+    """`curate/ids.py`, `tests/test_ingest_kill.py`, `benchmarks/RESULTS.md`: a fact's
+    source must still be there (templates such as `sql/<domain>/` are skipped)."""
+    text = page.read_text(encoding="utf-8")
+    named = re.findall(r"`((?:curate|tests|benchmarks|sql|pipelines|examples|docs|\.ci)/[\w./-]*)`", text)
+    missing = sorted({p for p in named if not (REPO / p).exists()})
+    assert not missing, f"{page.name} names paths that do not exist: {missing}"
+
+
 def test_every_docs_page_is_in_the_index():
     index = (REPO / "docs" / "README.md").read_text(encoding="utf-8")
     for page in sorted((REPO / "docs").glob("*.md")):
