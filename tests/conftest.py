@@ -146,18 +146,14 @@ def nozeroshot_dir() -> Path:
 
 @pytest.fixture
 def store(tmp_path: Path):
-    """A fresh, empty store (a real DuckDB catalog) in this test's ``tmp_path``; closed after.
+    """A fresh, empty store (``Store.init``: a real DuckDB catalog with its folders) at
+    ``tmp_path / "store"``, closed after the test. ``with store as s:`` closes it at the end
+    of the block instead, as ``with Store.init(...) as s:`` did (closing twice is harmless).
     ``Store`` has no in-memory mode (it always opens ``<path>/catalog.duckdb`` and keeps
-    folders beside it), so there is no ``:memory:`` variant."""
+    vectors, manifests and DuckDB's temp folder beside it), so there is no ``:memory:`` variant."""
     s = Store.init(tmp_path / "store")
     yield s
     s.close()
-
-
-@pytest.fixture
-def tmp_store(store: Store) -> Store:
-    """Another name for ``store``."""
-    return store
 
 
 def table_snapshot(store: Store) -> dict[str, list]:
