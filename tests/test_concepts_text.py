@@ -174,8 +174,8 @@ def test_unknown_vocabulary_and_missing_name_are_clear_errors(store):
         run_stage(store, stage)
 
 
-def test_a_bundled_vocabulary_is_added_on_first_use(tmp_path, cc3m_file):
-    with Store.init(tmp_path / "s") as s:
+def test_a_bundled_vocabulary_is_added_on_first_use(store, cc3m_file):
+    with store as s:
         ingest(s, "table", cc3m_file, "cc3m", preset="cc3m")
         run_stage(s, build_stage("concepts.text_match.v1", {"vocabulary": "cifar10", "model": MODEL}),
                   RunOptions(batch_size=8000))

@@ -185,8 +185,8 @@ def test_every_caption_gets_a_row_and_scores_add_up(scored):
         assert n_entities == rows["n_entities"].sum() > 500
 
 
-def test_label_weights_shape_the_score(tmp_path, capsfusion_300):
-    with Store.init(tmp_path / "s") as s:
+def test_label_weights_shape_the_score(store, capsfusion_300):
+    with store as s:
         ingest(s, "capsfusion", capsfusion_300, "capsfusion")
         stage = build_stage("knowledge.spacy_ner.v1", {"model": MODEL, "label_weights": {"PERSON": 3.0, "ORG": 0.5}})
         run_stage(s, stage, RunOptions(limit=200))
@@ -290,11 +290,11 @@ def test_hallucinations_on_hand_checked_real_triples(tmp_path, capsfusion_file):
     assert per_caption["Dynamo Kyiv,"] == (True, 2) and per_caption["Pfc. Troy Di"][0] is True
 
 
-def test_bad_captions_get_a_row_with_a_status(tmp_path):
+def test_bad_captions_get_a_row_with_a_status(store):
     texts = {"empty": "", "blank": " \t\n ", "emoji": "😀🎉🔥", "huge": "Paris " * 200_000,
              "german": "Der Kölner Dom steht in Köln am Rhein.", "chinese": "北京天安门广场的照片",
              "nul": "bad\x00byte Berlin"}
-    with Store.init(tmp_path / "s") as s:
+    with store as s:
         s.con.register("_bad", pa.table({"v": list(texts), "t": list(texts.values())}))
         s.execute("INSERT INTO captions SELECT uuid(), uuid(), v, t, NULL, NULL, 'bad', 0 FROM _bad")
         stage = build_stage("knowledge.spacy_ner.v1", {"model": MODEL, "max_chars": 100_000})
