@@ -157,8 +157,8 @@ def test_ingest_option_reaches_the_format(tmp_path, capsys, laion_file, laion_ro
         assert s.execute("SELECT max(length(text)) FROM captions").fetchall()[0][0] <= 30
 
 
-def test_ingest_option_of_another_format(tmp_path, capsys, shared_data):
-    pairs = shared_data / "laclip-rewrites" / "meta_input_output_pairs.jsonl"
+def test_ingest_option_of_another_format(tmp_path, capsys, laclip_dir):
+    pairs = laclip_dir / "meta_input_output_pairs.jsonl"
     store = tmp_path / "s"
     rc, out, _ = curate(capsys, "ingest", "laclip", pairs, "--source", "lc", "--store", store)
     assert rc == 0 and "0 samples" in out and "original not in store: 48" in out

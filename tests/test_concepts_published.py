@@ -31,8 +31,8 @@ REFERENCE = {"cc3m": (39.3, 3), "cc12m": (31.0, 36), "yfcc15m": (24.8, 52), "lai
 
 
 @pytest.fixture(scope="module")
-def nzs(shared_data):
-    return shared_data / "nozeroshot-frequencies"
+def nzs(nozeroshot_dir):
+    return nozeroshot_dir
 
 
 @pytest.fixture(scope="module")

@@ -58,10 +58,10 @@ def test_caption_lemmas_normalise_case_punctuation_possessives_and_accents(lem):
     assert lem.lemmas("😀 🎉") == ""
 
 
-def test_phrase_matcher_equals_a_plain_python_oracle(lem, cc3m_texts, shared_data):
+def test_phrase_matcher_equals_a_plain_python_oracle(lem, cc3m_texts, classnames_dir):
     import json
 
-    names = json.loads((shared_data / "classnames" / "en_classnames.json").read_text(encoding="utf-8"))
+    names = json.loads((classnames_dir / "en_classnames.json").read_text(encoding="utf-8"))
     concepts = sorted({c.lower() for k in ("imagenet1k", "pets", "flowers", "country211") for c in names[k]})
     patterns = [(c, lem.lemmas(c)) for c in concepts]
     texts = [lem.lemmas(t) for t in cc3m_texts[:4000]]
@@ -174,8 +174,8 @@ def test_unknown_vocabulary_and_missing_name_are_clear_errors(store):
         run_stage(store, stage)
 
 
-def test_a_bundled_vocabulary_is_added_on_first_use(tmp_path, cc3m_file):
-    with Store.init(tmp_path / "s") as s:
+def test_a_bundled_vocabulary_is_added_on_first_use(store, cc3m_file):
+    with store as s:
         ingest(s, "table", cc3m_file, "cc3m", preset="cc3m")
         run_stage(s, build_stage("concepts.text_match.v1", {"vocabulary": "cifar10", "model": MODEL}),
                   RunOptions(batch_size=8000))
@@ -196,7 +196,7 @@ def test_paper_mode_runs_through_the_stage(tmp_path, cc3m_file):
     assert paper["hot dog"] == 0  # "hot" is an adjective: never in the paper's noun index
 
 
-def test_cli_count_then_audit_and_compare_store_counts(tmp_path, capsys, cc3m_file):
+def test_cli_count_then_audit_and_compare_store_counts(tmp_path, capsys, cc3m_file, nozeroshot_dir):
     from curate.cli import main
 
     store = str(tmp_path / "s")
@@ -211,17 +211,11 @@ def test_cli_count_then_audit_and_compare_store_counts(tmp_path, capsys, cc3m_fi
     out = capsys.readouterr().out
     assert "store:cifar10:raw:cc3m" in out and "plot:" in out
     assert (tmp_path / "plots").is_dir() and len(list((tmp_path / "plots").glob("*.png"))) == 1
-    assert main(["concepts", "import-published", str(REPO_DATA()), "--store", store]) == 0
+    assert main(["concepts", "import-published", str(nozeroshot_dir), "--store", store]) == 0
     capsys.readouterr()
     assert main(["concepts", "compare", "published:cc3m", "store:cifar10", "--store", store,
                  "--vocabulary", "cifar10"]) == 0
     assert "Spearman" in capsys.readouterr().out
-
-
-def REPO_DATA() -> Path:
-    from .conftest import SHARED_DATA
-
-    return SHARED_DATA / "nozeroshot-frequencies"
 
 
 def test_tail_benchmark_takes_the_rarest_concepts_with_a_floor_and_a_cap(cc3m_store, tmp_path):
@@ -271,12 +265,12 @@ def test_tail_command_writes_the_manifest_and_reports_the_overlap(cc3m_store, tm
     assert main(["concepts", "tail", "--store", str(cc3m_store), "--vocabulary", "nope"]) != 0
 
 
-def test_every_concepts_query_runs(cc3m_store, shared_data):
+def test_every_concepts_query_runs(cc3m_store, nozeroshot_dir):
     from curate.concepts.published import import_published
     from curate.sqlfiles import named_queries
 
     with Store.open(cc3m_store) as s:
-        import_published(s, shared_data / "nozeroshot-frequencies")
+        import_published(s, nozeroshot_dir)
         values = {"vocabulary": "mini", "concept": "beach", "name": "mini"}
         for q in named_queries().values():
             if q.domain == "concepts":

@@ -40,8 +40,8 @@ def test_bundled_imagenet_reports_the_two_shared_names():
     assert rep.duplicates[0].startswith("'missile'") and rep.duplicates[1].startswith("'sunglasses'")
 
 
-def test_bundled_classnames_cover_clip_benchmark_and_slip(shared_data):
-    cb = json.loads((shared_data / "classnames" / "en_classnames.json").read_text())
+def test_bundled_classnames_cover_clip_benchmark_and_slip(classnames_dir):
+    cb = json.loads((classnames_dir / "en_classnames.json").read_text())
     names = bundled_vocabularies()
     assert set(cb) <= set(names)
     for key in cb:  # copied entry for entry

@@ -37,12 +37,12 @@ def laion_texts(laion_file) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def corpus_store(tmp_path_factory, shared_data, laion_file):
+def corpus_store(tmp_path_factory, laion_file, cc3m_file, capsfusion_file):
     """LAION, CC3M and CapsFusion in one store, with one default dedup run."""
     s = Store.init(tmp_path_factory.mktemp("dedup") / "store")
     ingest(s, "table", laion_file, "laion400m", preset="laion")
-    ingest(s, "table", shared_data / "cc3m-val" / "Validation_GCC-1.1.0-Validation.tsv", "cc3m", preset="cc3m")
-    ingest(s, "capsfusion", shared_data / "capsfusion-examples" / "example_data.json", "capsfusion")
+    ingest(s, "table", cc3m_file, "cc3m", preset="cc3m")
+    ingest(s, "capsfusion", capsfusion_file, "capsfusion")
     res = dedup_captions(s)
     yield s, res
     s.close()
@@ -142,8 +142,8 @@ def test_short_caption_traps_are_never_grouped():
     assert len(groups) == 1
 
 
-def test_coco_paraphrases_are_mostly_not_merged(shared_data):
-    data = json.loads((shared_data / "coco-captions-val2017" / "captions_val2017.json").read_text())
+def test_coco_paraphrases_are_mostly_not_merged(coco_val2017_file):
+    data = json.loads(coco_val2017_file.read_text())
     caps = [(a["image_id"], a["caption"]) for a in data["annotations"]][:10_000]
     res = find_duplicates([c for _, c in caps])
     g = res.groups.to_pydict()

@@ -19,8 +19,8 @@ WORDS = r"[^\s\pZ\x{1c}-\x{1f}\x{85}]+"
 
 
 @pytest.fixture(scope="module")
-def example(shared_data: Path) -> Path:
-    return shared_data / "capsfusion-examples" / "example_data.json"
+def example(capsfusion_file: Path) -> Path:
+    return capsfusion_file
 
 
 def _reasons(store) -> list[tuple[str, str]]:

@@ -15,8 +15,8 @@ from tests.conftest import table_snapshot
 
 
 @pytest.fixture(scope="module")
-def val2017(shared_data: Path) -> Path:
-    return shared_data / "coco-captions-val2017" / "captions_val2017.json"
+def val2017(coco_val2017_file: Path) -> Path:
+    return coco_val2017_file
 
 
 def _reasons(store) -> list[tuple[str, str]]:

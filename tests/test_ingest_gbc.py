@@ -14,11 +14,6 @@ from curate.ingest.gbc import ingest_gbc
 from tests.conftest import table_snapshot
 
 
-@pytest.fixture(scope="module")
-def gbc_dir(shared_data: Path) -> Path:
-    return shared_data / "gbc-wiki"
-
-
 def _graphs(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 

@@ -52,11 +52,11 @@ def _ingest_cli(store_dir: Path, path: Path) -> subprocess.Popen:
                                    "--source", "big"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def test_sigkill_during_an_ingest_loses_and_doubles_nothing(tmp_path, laion_file, shared_data):
+def test_sigkill_during_an_ingest_loses_and_doubles_nothing(tmp_path, laion_file, capsfusion_file):
     big = tmp_path / "big.parquet"
     n = _big_parquet(laion_file, big, copies=120)
     assert n == 1_200_000
-    capsfusion = shared_data / "capsfusion-examples" / "example_data.json"
+    capsfusion = capsfusion_file
 
     # The reference: the same two ingests, never interrupted.
     ref = tmp_path / "ref"

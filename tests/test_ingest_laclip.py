@@ -16,11 +16,6 @@ from tests.conftest import table_snapshot
 
 
 @pytest.fixture(scope="module")
-def laclip_dir(shared_data: Path) -> Path:
-    return shared_data / "laclip-rewrites"
-
-
-@pytest.fixture(scope="module")
 def pairs(laclip_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (laclip_dir / "meta_input_output_pairs.jsonl").read_text("utf-8").splitlines()]
 

@@ -21,13 +21,13 @@ from tests.conftest import table_snapshot
 
 
 @pytest.fixture(scope="module")
-def laion(shared_data):
-    return shared_data / "laion400m-img2dataset-10k" / "test_10000.parquet"
+def laion(laion_file):
+    return laion_file
 
 
 @pytest.fixture(scope="module")
-def cc3m(shared_data):
-    return shared_data / "cc3m-val" / "Validation_GCC-1.1.0-Validation.tsv"
+def cc3m(cc3m_file):
+    return cc3m_file
 
 
 def test_laion_parquet(store, laion):
@@ -487,10 +487,10 @@ def test_jsonl_keys_with_quotes_dots_and_slashes(store, tmp_path):
     assert got == [(f"http://q/{i}", f"caption {i}", str(i)) for i in range(3)]
 
 
-def test_out_of_memory_while_reading_is_a_one_line_error(tmp_path, shared_data):
+def test_out_of_memory_while_reading_is_a_one_line_error(tmp_path, capsfusion_file):
     """A memory limit too small for the input fails in one line that says what to raise,
     and the store is unchanged (before, the JSONL reader's own statements gave a traceback)."""
-    recs = json.loads((shared_data / "capsfusion-examples" / "example_data.json").read_text(encoding="utf-8"))
+    recs = json.loads(capsfusion_file.read_text(encoding="utf-8"))
     f = tmp_path / "caps.jsonl"
     f.write_text("".join(json.dumps({"url": f"http://r/{i}", "caption": r["capsfuion_official"], "raw": r["laion_2b"]})
                          + "\n" for i, r in enumerate(recs)), encoding="utf-8")

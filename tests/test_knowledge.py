@@ -29,8 +29,8 @@ def nlp():
 
 
 @pytest.fixture(scope="module")
-def capsfusion_300(tmp_path_factory, shared_data) -> Path:
-    records = json.loads((shared_data / "capsfusion-examples" / "example_data.json").read_text(encoding="utf-8"))
+def capsfusion_300(tmp_path_factory, capsfusion_file) -> Path:
+    records = json.loads(capsfusion_file.read_text(encoding="utf-8"))
     out = tmp_path_factory.mktemp("caps") / "capsfusion_300.json"
     out.write_text(json.dumps(records[:300]), encoding="utf-8")
     return out
@@ -80,9 +80,9 @@ def test_matching_rules_tolerate_case_punctuation_possessives_and_partial_names(
     assert not kn.supported(kn.normalize_entity("Michelle Obama"), "barack obama speaks", [])
 
 
-def test_normalisation_sql_twin_equals_python_on_real_captions(store, laion_file, shared_data):
+def test_normalisation_sql_twin_equals_python_on_real_captions(store, laion_file, capsfusion_file):
     texts = pl.read_parquet(laion_file)["TEXT"].drop_nulls().to_list()
-    for r in json.loads((shared_data / "capsfusion-examples" / "example_data.json").read_text(encoding="utf-8"))[:3000]:
+    for r in json.loads(capsfusion_file.read_text(encoding="utf-8"))[:3000]:
         texts += [v for v in r.values() if isinstance(v, str)]
     texts += ["a's's b", "İstanbul", "ﬁne Ｔｏｋｙｏ", "x\u0301y", "The", "ǅemal", "क्षत्रिय"]
     store.con.register("_t", pa.table({"t": texts}))
@@ -185,8 +185,8 @@ def test_every_caption_gets_a_row_and_scores_add_up(scored):
         assert n_entities == rows["n_entities"].sum() > 500
 
 
-def test_label_weights_shape_the_score(tmp_path, capsfusion_300):
-    with Store.init(tmp_path / "s") as s:
+def test_label_weights_shape_the_score(store, capsfusion_300):
+    with store as s:
         ingest(s, "capsfusion", capsfusion_300, "capsfusion")
         stage = build_stage("knowledge.spacy_ner.v1", {"model": MODEL, "label_weights": {"PERSON": 3.0, "ORG": 0.5}})
         run_stage(s, stage, RunOptions(limit=200))
@@ -260,7 +260,7 @@ def test_retention_on_a_hand_checked_sample(scored):
     assert fused_lost.filter(pl.col("raw_caption").str.starts_with("Christ before")).height == 0
 
 
-def test_hallucinations_on_hand_checked_real_triples(tmp_path, shared_data):
+def test_hallucinations_on_hand_checked_real_triples(tmp_path, capsfusion_file):
     """Two CapsFusion triples (records 8957 and 5383 of example_data.json), read by eye.
     Dynamo Kyiv: raw "Dynamo Kyiv look for comeback victory against Brugge", synthetic "The
     logos for Dynamo Kry and Club Bruce."; the fused caption adds "a Ukrainian football
@@ -269,7 +269,7 @@ def test_hallucinations_on_hand_checked_real_triples(tmp_path, shared_data):
     "... from Leadhill, Arkansas, ...": the expansion of "Ark" is flagged, because the rule
     asks for the entity in a reference and "Arkansas" is not there (a right guess by the
     LLM, still an invented word by this rule)."""
-    records = json.loads((shared_data / "capsfusion-examples" / "example_data.json").read_text(encoding="utf-8"))
+    records = json.loads(capsfusion_file.read_text(encoding="utf-8"))
     f = tmp_path / "two.json"
     f.write_text(json.dumps([records[8957], records[5383]]), encoding="utf-8")
     assert "Dynamo Kyiv" in records[8957]["laion_2b"] and "Troy Dixon" in records[5383]["laion_2b"]
@@ -290,11 +290,11 @@ def test_hallucinations_on_hand_checked_real_triples(tmp_path, shared_data):
     assert per_caption["Dynamo Kyiv,"] == (True, 2) and per_caption["Pfc. Troy Di"][0] is True
 
 
-def test_bad_captions_get_a_row_with_a_status(tmp_path):
+def test_bad_captions_get_a_row_with_a_status(store):
     texts = {"empty": "", "blank": " \t\n ", "emoji": "😀🎉🔥", "huge": "Paris " * 200_000,
              "german": "Der Kölner Dom steht in Köln am Rhein.", "chinese": "北京天安门广场的照片",
              "nul": "bad\x00byte Berlin"}
-    with Store.init(tmp_path / "s") as s:
+    with store as s:
         s.con.register("_bad", pa.table({"v": list(texts), "t": list(texts.values())}))
         s.execute("INSERT INTO captions SELECT uuid(), uuid(), v, t, NULL, NULL, 'bad', 0 FROM _bad")
         stage = build_stage("knowledge.spacy_ner.v1", {"model": MODEL, "max_chars": 100_000})

@@ -567,7 +567,7 @@ def test_print_policy_needs_no_store(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("seed", [0, 7])
-def test_one_caption_of_several_is_the_smallest_hash_then_caption_id(tmp_path, seed):
+def test_one_caption_of_several_is_the_smallest_hash_then_caption_id(store, seed):
     """COCO's images have 5-7 human captions each. The variant strategy takes, per
     sample, the caption with the smallest hash(caption_id, seed) (ties: smaller
     caption_id); samples with one caption of the variant pass without the ranking
@@ -575,7 +575,7 @@ def test_one_caption_of_several_is_the_smallest_hash_then_caption_id(tmp_path, s
     with one image cut to a single caption so both paths meet in one pool."""
     from curate.ingest import ingest
 
-    with Store.init(tmp_path / "s") as s:
+    with store as s:
         ingest(s, "coco", EXAMPLES / "coco" / "captions_val2017_first1000.json", "coco")
         first = s.execute("SELECT min(uid) FROM captions").fetchall()[0][0]
         s.execute("DELETE FROM captions WHERE uid = ? AND caption_id <> (SELECT min(caption_id) FROM captions "

@@ -57,11 +57,11 @@ def knob(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def laion_store(tmp_path_factory, shared_data) -> Path:
+def laion_store(tmp_path_factory, laion_file) -> Path:
     """A store holding LAION, closed: pipelines are run against it through the CLI."""
     path = tmp_path_factory.mktemp("pipeline") / "store"
     with Store.init(path) as s:
-        ingest(s, "table", shared_data / "laion400m-img2dataset-10k" / "test_10000.parquet", "laion", preset="laion")
+        ingest(s, "table", laion_file, "laion", preset="laion")
     return path
 
 
@@ -344,9 +344,9 @@ def test_parse_pipeline_uses_the_base_it_is_given(project):
         parse_pipeline(data, base=project)
 
 
-def test_laclip_originals_resolve_against_the_pipeline_folder(project, shared_data, capsys, monkeypatch, tmp_path):
+def test_laclip_originals_resolve_against_the_pipeline_folder(project, laclip_dir, capsys, monkeypatch, tmp_path):
     pairs = [json.loads(line) for line in
-             (shared_data / "laclip-rewrites" / "meta_input_output_pairs.jsonl").read_text("utf-8").splitlines()]
+             (laclip_dir / "meta_input_output_pairs.jsonl").read_text("utf-8").splitlines()]
     chat = [p for p in pairs if p["strategy"] == "chatgpt"]
     (project / "data" / "originals.txt").write_text("".join(p["source_caption"] + "\n" for p in chat), "utf-8")
     (project / "data" / "chatgpt.txt").write_text("".join(p["rewritten_caption"] + "\n" for p in chat), "utf-8")
@@ -453,10 +453,10 @@ suffix = "|"
     assert hashes == {Knob(n=3, upper=True, suffix="|").config_hash()}
 
 
-def test_dedup_and_mix_steps_run_after_the_stages(tmp_path, capsys, shared_data):
+def test_dedup_and_mix_steps_run_after_the_stages(tmp_path, capsys, capsfusion_file):
     import json
 
-    records = json.loads((shared_data / "capsfusion-examples" / "example_data.json").read_text(encoding="utf-8"))
+    records = json.loads(capsfusion_file.read_text(encoding="utf-8"))
     (tmp_path / "c.json").write_text(json.dumps(records[:300]), encoding="utf-8")
     policy = REPO / "pipelines" / "policies" / "capsfusion_guard.toml"
     text = f"""

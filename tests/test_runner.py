@@ -24,9 +24,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
-def laion_store(store, shared_data):
-    ingest(store, "table", shared_data / "laion400m-img2dataset-10k" / "test_10000.parquet", "laion", preset="laion")
-    ingest(store, "table", shared_data / "cc3m-val" / "Validation_GCC-1.1.0-Validation.tsv", "cc3m", preset="cc3m")
+def laion_store(store, laion_file, cc3m_file):
+    ingest(store, "table", laion_file, "laion", preset="laion")
+    ingest(store, "table", cc3m_file, "cc3m", preset="cc3m")
     return store
 
 
@@ -61,19 +61,19 @@ def test_second_run_processes_nothing_and_limit_resumes(laion_store):
     assert runs == [(4500, "ok"), (25_832 - 4500, "ok"), (0, "ok")]
 
 
-def test_new_captions_are_scored_incrementally(store, shared_data):
-    ingest(store, "table", shared_data / "laion400m-img2dataset-10k" / "test_10000.parquet", "laion", preset="laion")
+def test_new_captions_are_scored_incrementally(store, laion_file, cc3m_file):
+    ingest(store, "table", laion_file, "laion", preset="laion")
     first = run_stage(store, CaptionStats())
-    ingest(store, "table", shared_data / "cc3m-val" / "Validation_GCC-1.1.0-Validation.tsv", "cc3m", preset="cc3m")
+    ingest(store, "table", cc3m_file, "cc3m", preset="cc3m")
     second = run_stage(store, CaptionStats())
     assert (first.rows_in, second.rows_in) == (9_999, 15_833)
 
 
-def test_process_pool_gives_the_same_rows_as_inline(tmp_path, shared_data):
+def test_process_pool_gives_the_same_rows_as_inline(tmp_path, laion_file):
     stores = []
     for name, workers in (("inline", 1), ("pool", 2)):
         s = Store.init(tmp_path / name)
-        ingest(s, "table", shared_data / "laion400m-img2dataset-10k" / "test_10000.parquet", "laion", preset="laion")
+        ingest(s, "table", laion_file, "laion", preset="laion")
         run_stage(s, CaptionStats(), RunOptions(batch_size=2000, workers=workers))
         stores.append(stats_rows(s))
         s.close()
@@ -144,12 +144,12 @@ def _curate(*args: str, **kw) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "curate.cli", *args], env=env, text=True, **kw)
 
 
-def test_sigkill_mid_stage_then_rerun_equals_uninterrupted_run(tmp_path, shared_data):
+def test_sigkill_mid_stage_then_rerun_equals_uninterrupted_run(tmp_path, cc3m_file):
     pipeline = tmp_path / "p.toml"
     pipeline.write_text(f"""
 [[ingest]]
 format = "table"
-path = "{shared_data / 'cc3m-val' / 'Validation_GCC-1.1.0-Validation.tsv'}"
+path = "{cc3m_file}"
 source = "cc3m"
 preset = "cc3m"
 
@@ -270,12 +270,12 @@ def ray_session():
     ray.shutdown()
 
 
-def test_ray_actors_give_the_same_rows_as_inline(tmp_path, shared_data, ray_session):
+def test_ray_actors_give_the_same_rows_as_inline(tmp_path, laion_file, ray_session):
     got = {}
     for name, opts in (("inline", RunOptions(batch_size=2000)),
                        ("ray", RunOptions(batch_size=2000, workers=2, executor="ray"))):
         with Store.init(tmp_path / name) as s:
-            ingest(s, "table", shared_data / "laion400m-img2dataset-10k" / "test_10000.parquet", "laion", preset="laion")
+            ingest(s, "table", laion_file, "laion", preset="laion")
             a = run_stage(s, CaptionStats(), opts)
             b = run_stage(s, Truncate(n=4, upper=True), opts)  # the configured stage object reaches the actors
             assert a.rows_in == b.rows_in == 9_999

@@ -78,8 +78,8 @@ def test_failed_migration_rolls_back(tmp_path, monkeypatch):
     assert con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'half'").fetchall()[0][0] == 0
 
 
-def test_python_api_returns_polars_arrow_and_connection(store, shared_data):
-    ingest(store, "table", shared_data / "laion400m-img2dataset-10k" / "test_10000.parquet", "laion", preset="laion")
+def test_python_api_returns_polars_arrow_and_connection(store, laion_file):
+    ingest(store, "table", laion_file, "laion", preset="laion")
     df = store.df("SELECT variant, count(*) AS n FROM captions GROUP BY variant")
     assert isinstance(df, pl.DataFrame) and df.to_dicts() == [{"variant": "raw", "n": 9_999}]
     lf = store.lazy("SELECT uid, url FROM samples")
@@ -103,8 +103,8 @@ def test_ids_python_twins_equal_sql(store):
     assert caption_id(u, "raw", "a cat") != caption_id(u, "raw", "a dog")
 
 
-def test_stored_ids_follow_the_documented_rule(store, shared_data):
-    ingest(store, "table", shared_data / "laion400m-img2dataset-10k" / "test_10000.parquet", "laion", preset="laion")
+def test_stored_ids_follow_the_documented_rule(store, laion_file):
+    ingest(store, "table", laion_file, "laion", preset="laion")
     rows = store.con.execute(
         "SELECT s.uid::VARCHAR, s.url, c.caption_id::VARCHAR, c.text FROM samples s JOIN captions c USING (uid) LIMIT 50"
     ).fetchall()
@@ -113,8 +113,8 @@ def test_stored_ids_follow_the_documented_rule(store, shared_data):
         assert cid == str(caption_id(uid, "raw", text))
 
 
-def test_named_queries_all_run(store, shared_data):
-    ingest(store, "table", shared_data / "laion400m-img2dataset-10k" / "test_10000.parquet", "laion", preset="laion")
+def test_named_queries_all_run(store, laion_file):
+    ingest(store, "table", laion_file, "laion", preset="laion")
     from curate.runner import run_stage
     from curate.stages.caption_stats import CaptionStats
 
@@ -140,13 +140,13 @@ def test_every_named_query_is_documented():
         assert q.doc, f"{q.qualname} has no documenting comment"
 
 
-def test_catalog_opens_in_the_duckdb_cli(store, shared_data):
+def test_catalog_opens_in_the_duckdb_cli(store, cc3m_file):
     """The store is an ordinary DuckDB file: the `duckdb` CLI from PyPI (1.x) reads it."""
     import subprocess
     import sys
     from pathlib import Path
 
-    ingest(store, "table", shared_data / "cc3m-val" / "Validation_GCC-1.1.0-Validation.tsv", "cc3m", preset="cc3m")
+    ingest(store, "table", cc3m_file, "cc3m", preset="cc3m")
     path = store.path / "catalog.duckdb"
     store.close()
     cli = Path(sys.executable).parent / "duckdb"
