@@ -113,8 +113,10 @@ class Store:
             raise StoreError(f"cannot open store {p} with {given or 'these settings'} "
                              f"(see CURATE_MEMORY_LIMIT, CURATE_THREADS): {str(e).splitlines()[0]}") from None
         con.execute("SET temp_directory = ?", [str((p / "tmp").resolve())])
-        if sys.stderr.isatty():  # DuckDB's own progress bar for long statements (ingest, audits)
-            con.execute("SET enable_progress_bar = true")
+        # DuckDB's own progress bar for long statements (ingest, audits) on a terminal only:
+        # DuckDB 2 turns it on by default and prints it to stdout, which would mix it into
+        # piped output whenever a statement runs long (machine load decides when)
+        con.execute(f"SET enable_progress_bar = {'true' if sys.stderr.isatty() else 'false'}")
         store = cls(p, con, read_only=read_only)
         if not read_only:
             store._migrate()

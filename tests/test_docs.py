@@ -182,3 +182,14 @@ def test_every_module_and_sql_folder_is_in_architecture():
 def test_shipped_pipelines_validate(path):
     pipe = load_pipeline(path)
     assert pipe.stages or pipe.ingests
+
+
+def test_the_mixing_attribute_table_is_the_declared_catalogue():
+    """docs/mixing.md's attribute table is generated from the stages' and passes'
+    declarations; regenerate it with `python -m curate.mix.attributes --write-docs`."""
+    from curate.mix.attributes import markdown_table
+
+    text = (REPO / "docs" / "mixing.md").read_text(encoding="utf-8")
+    start, end = "<!-- attributes:start -->\n", "<!-- attributes:end -->"
+    assert start in text and end in text
+    assert text.split(start, 1)[1].split(end, 1)[0].strip() == markdown_table().strip()

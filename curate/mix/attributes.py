@@ -128,3 +128,24 @@ def markdown_table() -> str:
         rows.append(f"| `{a.name}` | {a.key} | {a.type} | {default} | {a.producer or 'ingest'} | "
                     f"{a.doc}{params}{latest} |")
     return "\n".join(rows)
+
+
+def write_docs(path: str = "docs/mixing.md") -> None:
+    """Replace the attribute table between the markers of ``path`` with :func:`markdown_table`."""
+    from pathlib import Path
+
+    p = Path(path)
+    text = p.read_text(encoding="utf-8")
+    start, end = "<!-- attributes:start -->\n", "<!-- attributes:end -->"
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    p.write_text(head + start + markdown_table() + "\n" + end + tail, encoding="utf-8")
+
+
+if __name__ == "__main__":  # python -m curate.mix.attributes --write-docs
+    import sys
+
+    if sys.argv[1:] == ["--write-docs"]:
+        write_docs()
+    else:
+        print(markdown_table())
