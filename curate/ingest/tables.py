@@ -297,7 +297,7 @@ def prepare_table(store: Store, files: list[Path], fmt: str, source: str, mappin
         # number, true/false, an object or a list), or an id that is neither a string nor
         # an integer, is a reject, not a silent cast
         sel = []
-        for role, c in resolved.items():
+        for c in resolved.values():
             if c:
                 sel.append(f"j->>{_json_ptr(c)} AS {quote_ident(c)}")
         allowed = {"url_col": "('VARCHAR', 'NULL')", "caption_col": "('VARCHAR', 'NULL')",
@@ -419,8 +419,8 @@ def _check_parquet(path: Path) -> None:
     import pyarrow.parquet as pq
 
     try:
-        pq.ParquetFile(path).metadata
-    except Exception as e:  # pyarrow raises several types for corrupt files
+        _ = pq.ParquetFile(path).metadata
+    except Exception as e:  # noqa: BLE001 - pyarrow raises several types for corrupt files
         raise InputError(f"{path.name} is not a readable parquet file (truncated or corrupt?): {str(e).splitlines()[0]}") from None
 
 
