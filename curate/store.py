@@ -13,8 +13,9 @@ import datetime as _dt
 import os
 import re
 import sys
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import duckdb
 import pyarrow as pa
@@ -71,7 +72,7 @@ class Store:
 
     # -- opening -----------------------------------------------------------------
     @classmethod
-    def init(cls, path: str | os.PathLike | None = None) -> "Store":
+    def init(cls, path: str | os.PathLike | None = None) -> Store:
         """Create the store directory (if needed) and open it."""
         p = Path(path) if path is not None else default_store_path()
         p.mkdir(parents=True, exist_ok=True)
@@ -79,7 +80,7 @@ class Store:
 
     @classmethod
     def open(cls, path: str | os.PathLike | None = None, *, create: bool = False, read_only: bool = False,
-             memory_limit: str | None = None, threads: int | None = None) -> "Store":
+             memory_limit: str | None = None, threads: int | None = None) -> Store:
         p = Path(path) if path is not None else default_store_path()
         db = p / CATALOG
         if not db.exists() and not create:
@@ -123,7 +124,7 @@ class Store:
     def close(self) -> None:
         self.con.close()
 
-    def __enter__(self) -> "Store":
+    def __enter__(self) -> Store:
         return self
 
     def __exit__(self, *exc: object) -> None:

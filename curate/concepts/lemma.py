@@ -31,8 +31,8 @@ NOUN and PROPN tokens only.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from functools import lru_cache
-from typing import Iterable
 
 from .._optional import require
 from ..errors import ConfigError

@@ -31,8 +31,8 @@ from pathlib import Path
 from ..errors import InputError
 from ..ids import sample_uid
 from ..store import Store
-from .jsonrecords import BadRecord, Collected, dump_record, field, input_file, json_type, read_json_document
 from .core import IngestResult, Prepared, run_ingest
+from .jsonrecords import BadRecord, Collected, dump_record, field, input_file, json_type, read_json_document
 
 IMAGE_KEYS = ("id", "coco_url", "file_name", "width", "height")
 

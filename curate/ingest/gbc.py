@@ -43,8 +43,8 @@ from typing import Any
 
 from ..ids import sample_uid
 from ..store import Store
-from .jsonrecords import BadRecord, Collected, dump_record, field, input_file, iter_json_lines, json_type
 from .core import IngestResult, Prepared, run_ingest
+from .jsonrecords import BadRecord, Collected, dump_record, field, input_file, iter_json_lines, json_type
 
 GENERATOR = "GBC"
 #: top-level key -> (variant, generator, the image vertex's description label it repeats)

@@ -31,16 +31,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pyarrow as pa
 
 from ..errors import ConfigError, InputError
 from ..ids import sample_uid
 from ..store import Store
-from .jsonrecords import ArrowRows, BadRecord, dump_record, field, input_file, iter_json_lines, json_type
 from .core import IngestResult, Prepared, run_ingest
+from .jsonrecords import ArrowRows, BadRecord, dump_record, field, input_file, iter_json_lines, json_type
 
 INPUT_SCHEMA = pa.schema([
     ("row_ref", pa.string()), ("row_ord", pa.int64()), ("original", pa.string()), ("rewrite", pa.string()),

@@ -35,8 +35,8 @@ kept members), ``member_kind`` (``uid`` or ``caption_id``), ``member_id``, ``kep
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import pyarrow as pa

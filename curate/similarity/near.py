@@ -26,8 +26,17 @@ import pyarrow as pa
 from ..errors import ConfigError
 from ..store import Store
 from ..vectors import open_set
-from .groups import Groups, check_threshold, ensure_tables, group_pairs, ingest_order, keep_rank, require_ids, \
-    score_column, write_groups
+from .groups import (
+    Groups,
+    check_threshold,
+    ensure_tables,
+    group_pairs,
+    ingest_order,
+    keep_rank,
+    require_ids,
+    score_column,
+    write_groups,
+)
 from .index import Index, build_index, exact_scores, load_index
 from .runs import start_run
 

@@ -41,8 +41,17 @@ import pyarrow as pa
 from ..errors import ConfigError, InputError
 from ..store import Store
 from ..vectors import VectorSet, open_set
-from .groups import (Groups, check_threshold, ensure_tables, group_pairs, ingest_order, keep_rank, require_ids,
-                     score_column, write_groups)
+from .groups import (
+    Groups,
+    check_threshold,
+    ensure_tables,
+    group_pairs,
+    ingest_order,
+    keep_rank,
+    require_ids,
+    score_column,
+    write_groups,
+)
 from .index import exact_scores, faiss_module, resolve_device
 from .runs import start_run
 

@@ -101,7 +101,7 @@ class ConceptText(Stage):
         if "lemmatizer" not in components:
             raise ConfigError(f"spaCy pipeline {self.model!r} has no 'lemmatizer' component")
 
-    def prepare(self, store: Any) -> "ConceptText":
+    def prepare(self, store: Any) -> ConceptText:
         rows = _vocabulary_rows(store, self.vocabulary)
         digest = hashlib.sha256(json.dumps(rows, ensure_ascii=False).encode()).hexdigest()[:16]
         return dataclasses.replace(self, vocab_hash=digest, patterns=tuple(tuple(r) for r in rows))
