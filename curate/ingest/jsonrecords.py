@@ -57,6 +57,7 @@ def iter_json_lines(path: Path) -> Iterator[tuple[int, Any, tuple[str, str, str]
         if bad is not None:
             yield i, None, bad
             continue
+        assert text is not None  # iter_text_lines gives text exactly when there is no problem
         try:
             yield i, json.loads(text), None
         except json.JSONDecodeError as e:
@@ -87,7 +88,8 @@ def json_type(value: Any) -> str:
         return "boolean"
     if isinstance(value, (int, float)):
         return "number"
-    return {str: "string", list: "array", dict: "object"}.get(type(value), type(value).__name__)
+    names: dict[type, str] = {str: "string", list: "array", dict: "object"}
+    return names.get(type(value), type(value).__name__)
 
 
 def dump_record(value: Any) -> str:

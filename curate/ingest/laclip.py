@@ -188,6 +188,7 @@ def _aligned(originals: Path, rewrites: Path, style: str) -> Iterator[Triple]:
             yield ref, line, BadRecord("not UTF-8", f"{f.name} line {line}: invalid byte at position {e.start}",
                                        e.object[:1000].decode("utf-8", "replace"))
             continue
+        assert isinstance(orig, str) and isinstance(rew, str)  # an undecodable line was yielded above
         try:
             original = _original(orig)
         except BadRecord as e:

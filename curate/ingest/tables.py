@@ -28,7 +28,7 @@ import pyarrow as pa
 
 from ..errors import ConfigError, InputError
 from ..store import Store, quote_ident
-from .core import Prepared, Variant, run_ingest
+from .core import MAX_CAPTION_CHARS, Prepared, Variant, run_ingest
 from .jsonrecords import iter_text_lines
 
 TABLE_FORMATS = ("parquet", "csv", "tsv", "jsonl")
@@ -193,7 +193,8 @@ def _row_select(resolved: dict[str, str | None], extras: list[str], row_ref: str
         c = resolved.get(role)
         return quote_ident(c) if c else None
 
-    url = url_sql(col("url_col")) if col("url_col") else None
+    url_col = col("url_col")
+    url = url_sql(url_col) if url_col else None
     if col("uid_col"):
         uid = uid_from_id_sql(f"{col('uid_col')}::VARCHAR")
     elif url:
@@ -341,7 +342,7 @@ def prepare_table(store: Store, files: list[Path], fmt: str, source: str, mappin
         fmt="table", source=source, config=config, rows_sql=rows_sql, variants=variants,
         reader_rejects_sql=reader_rejects, params={"files": file_list}, register=register,
         require_caption=bool(variants), rows_where_ord=rows_where_ord,
-        **({"max_caption_chars": max_caption_chars} if max_caption_chars else {}),
+        max_caption_chars=max_caption_chars or MAX_CAPTION_CHARS,
     )
 
 
@@ -488,6 +489,7 @@ def _load_jsonl(con, files: list[Path]) -> list[str]:
                 if len(bad["line"]) >= JSONL_CHUNK:
                     flush("_curate_jsonl_bad", bad)
                 continue
+            assert text is not None  # iter_text_lines gives text exactly when there is no problem
             good["file"].append(name)
             good["line"].append(i)
             good["text"].append(text)
