@@ -46,7 +46,7 @@ def check_counts(counts: pl.DataFrame, what: str = "counts") -> pl.DataFrame:
         raise InputError(f"{what}: count must be an integer column, got {counts.schema['count']}")
     if counts["concept"].null_count() or counts["count"].null_count():
         raise InputError(f"{what}: null concept or count")
-    if counts.height and counts["count"].min() < 0:
+    if (counts["count"] < 0).any():
         raise InputError(f"{what}: negative counts")
     keys = ["vocabulary", "concept"] if "vocabulary" in counts.columns else ["concept"]
     if counts.select(keys).is_duplicated().any():

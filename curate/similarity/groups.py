@@ -37,6 +37,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -139,7 +140,7 @@ class Groups:
 
     def as_sets(self) -> set[tuple[int, frozenset[int]]]:
         """{(kept row, frozenset of member rows)}: for comparing with an oracle."""
-        out = {}
+        out: dict[int, list[Any]] = {}  # group -> [kept row, member rows]
         for g, r, k in zip(self.group, self.row, self.kept):
             out.setdefault(g, [None, set()])
             out[g][1].add(int(r))

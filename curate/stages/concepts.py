@@ -104,7 +104,7 @@ class ConceptText(Stage):
     def prepare(self, store: Any) -> ConceptText:
         rows = _vocabulary_rows(store, self.vocabulary)
         digest = hashlib.sha256(json.dumps(rows, ensure_ascii=False).encode()).hexdigest()[:16]
-        return dataclasses.replace(self, vocab_hash=digest, patterns=tuple(tuple(r) for r in rows))
+        return dataclasses.replace(self, vocab_hash=digest, patterns=tuple((c, a) for c, a in rows))
 
     def setup(self) -> None:
         from ..concepts.lemma import NounLemmatizer, PosLemmatizer
@@ -112,12 +112,14 @@ class ConceptText(Stage):
 
         if not self.patterns:
             raise ConfigError(f"{self.registry_name()}: no concepts loaded; the runner calls prepare(store) first")
+        lem: NounLemmatizer | PosLemmatizer
+        matcher: PhraseMatcher | BagMatcher
         if self.mode == "phrase":
-            lem = NounLemmatizer(self.model)
-            matcher: Any = PhraseMatcher((c, lem.lemmas(a)) for c, a in self.patterns)
+            noun = NounLemmatizer(self.model)
+            lem, matcher = noun, PhraseMatcher((c, noun.lemmas(a)) for c, a in self.patterns)
         else:
-            lem = PosLemmatizer(self.model)
-            matcher = BagMatcher((c, lem.concept_words(a)) for c, a in self.patterns)
+            pos = PosLemmatizer(self.model)
+            lem, matcher = pos, BagMatcher((c, pos.concept_words(a)) for c, a in self.patterns)
         object.__setattr__(self, "_lem", lem)
         object.__setattr__(self, "_matcher", matcher)
 
@@ -129,7 +131,8 @@ class ConceptText(Stage):
             found = dict(zip(unique, matcher.match(lem.many(unique))))
         else:
             found = dict(zip(unique, matcher.match(lem.noun_lemma_sets(unique))))
-        status, concepts = [], []
+        status: list[str] = []
+        concepts: list[list[str] | None] = []
         for t in texts:
             if t is None:
                 status.append("error"); concepts.append(None)  # noqa: E702
