@@ -45,7 +45,7 @@ import re
 import time
 import uuid
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self
 
 import numpy as np
 import pyarrow as pa
@@ -54,6 +54,10 @@ from .._optional import require
 from ..errors import ConfigError
 from ..images import ImageFailure, ImageRef, decode_loader, default_workers, read_images
 from .base import Stage
+
+if TYPE_CHECKING:
+    from ..runner import RunOptions
+    from ..store import Store
 
 log = logging.getLogger("curate.clip")
 
@@ -304,7 +308,7 @@ class _ClipStage(Stage):
     def preflight(self) -> None:
         check_weights(self.model, self.pretrained, self.model_config)
 
-    def prepare(self, store: Any) -> _ClipStage:
+    def prepare(self, store: Store) -> Self:
         parts = store.path / "vectors" / ".parts" / self.registry_name() / self.config_hash()
         return dataclasses.replace(self, parts_dir=str(parts.resolve()), model_id=self.label)
 
@@ -359,9 +363,9 @@ class ClipScore(_ClipStage):
     ])
     views: ClassVar[tuple[str, ...]] = (SCORES_LATEST_VIEW,)
 
-    def prepare(self, store: Any) -> ClipScore:
+    def prepare(self, store: Store) -> Self:
         store.con.execute(INPUT_VIEW)
-        return super().prepare(store)  # type: ignore[return-value]
+        return super().prepare(store)
 
     def __call__(self, batch: pa.RecordBatch) -> pa.Table:
         clip: ClipModel = self._clip  # type: ignore[attr-defined]
@@ -441,7 +445,7 @@ class ClipImage(_ClipStage):
 
 
 # -- finalising vector sets --------------------------------------------------------------------
-def finalize_vectors(store: Any, stage: _ClipStage, prefix: str | None = None) -> list[Any]:
+def finalize_vectors(store: Store, stage: _ClipStage, prefix: str | None = None) -> list[Any]:
     """Register the committed rows' vectors of ``stage`` (its parts) as vector sets, and
     delete the parts read. Idempotent; safe after a kill at any point (module docstring).
     Returns the :class:`curate.vectors.WriteResult` of every set written."""
@@ -477,7 +481,7 @@ def finalize_vectors(store: Any, stage: _ClipStage, prefix: str | None = None) -
     return results
 
 
-def _finalize_one(store: Any, V: Any, name: str, kind: str, id_col: str, files: list[str], committed: str,
+def _finalize_one(store: Store, V: Any, name: str, kind: str, id_col: str, files: list[str], committed: str,
                   params: dict[str, Any], stage: _ClipStage, variant: str | None) -> list[Any]:
     if not files:
         return []
@@ -519,7 +523,7 @@ def _finalize_one(store: Any, V: Any, name: str, kind: str, id_col: str, files: 
 
 
 # -- the API --------------------------------------------------------------------------------------
-def embed(store: Any, stage: _ClipStage, options: Any = None, *, finalize: bool = True) -> dict[str, Any]:
+def embed(store: Store, stage: _ClipStage, options: RunOptions | None = None, *, finalize: bool = True) -> dict[str, Any]:
     """Run ``stage`` over its pending rows, then register its vectors. Returns the run
     result, the vector sets written and the images/s and texts/s of this run."""
     from ..runner import RunOptions, run_stage

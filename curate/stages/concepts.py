@@ -21,13 +21,16 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import pyarrow as pa
 
 from ..errors import ConfigError
 from ..knowledge.ner import DEFAULT_MODEL
 from .base import Stage
+
+if TYPE_CHECKING:
+    from ..store import Store
 
 HITS_VIEW = """
 CREATE OR REPLACE VIEW concept_hits AS
@@ -101,7 +104,7 @@ class ConceptText(Stage):
         if "lemmatizer" not in components:
             raise ConfigError(f"spaCy pipeline {self.model!r} has no 'lemmatizer' component")
 
-    def prepare(self, store: Any) -> ConceptText:
+    def prepare(self, store: Store) -> ConceptText:
         rows = _vocabulary_rows(store, self.vocabulary)
         digest = hashlib.sha256(json.dumps(rows, ensure_ascii=False).encode()).hexdigest()[:16]
         return dataclasses.replace(self, vocab_hash=digest, patterns=tuple((c, a) for c, a in rows))
@@ -153,7 +156,7 @@ class ConceptText(Stage):
         })
 
 
-def _vocabulary_rows(store: Any, name: str) -> list[list[str]]:
+def _vocabulary_rows(store: Store, name: str) -> list[list[str]]:
     """(concept, alias) rows of a vocabulary, adding a bundled one on first use."""
     def rows() -> list[list[str]]:
         if "concepts" not in store.tables():
