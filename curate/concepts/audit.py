@@ -70,7 +70,7 @@ def summarize(counts: pl.DataFrame, quantiles: tuple[float, ...] = QUANTILES) ->
 
 
 # -- plots ---------------------------------------------------------------------------
-def _pyplot():
+def _pyplot() -> Any:
     mpl = require("matplotlib", purpose="concept plots")
     mpl.use("Agg")
     import matplotlib.pyplot as plt
@@ -78,7 +78,7 @@ def _pyplot():
     return plt
 
 
-def _save(fig, out: Path) -> list[Path]:
+def _save(fig: Any, out: Path) -> list[Path]:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     stem = out.with_suffix("") if out.suffix.lower() in (".png", ".svg") else out

@@ -39,7 +39,7 @@ from ..errors import ConfigError
 from ..knowledge.normalize import normalize_text
 
 
-def _rule_tables(model: str) -> tuple[dict, set, list]:
+def _rule_tables(model: str) -> tuple[dict[str, list[str]], set[str], list[tuple[str, ...]]]:
     """(noun exceptions, noun index, noun rules) from a pipeline's rule lemmatizer."""
     from ..knowledge.ner import pipeline_components
 

@@ -116,7 +116,7 @@ class ArrowRows:
 
     def __init__(self, schema: pa.Schema):
         self.schema = schema
-        self.pending: list[tuple] = []
+        self.pending: list[tuple[Any, ...]] = []
         self.batches: list[pa.RecordBatch] = []
 
     def add(self, *values: Any) -> None:
@@ -157,7 +157,7 @@ class Collected:
         self.rejects.add(row_ref, reason, detail, None if record is None else record[:1000])
 
     def row(self, row_ref: str, uid: str, fingerprint: str, url: str | None = None, image_path: str | None = None,
-            width: int | None = None, height: int | None = None, extra: dict | None = None) -> bool:
+            width: int | None = None, height: int | None = None, extra: dict[str, Any] | None = None) -> bool:
         """Add a sample; False (and a reject) when its uid already came in this input."""
         fp = hashlib.md5(fingerprint.encode("utf-8")).digest()
         first = self._uids.get(uid)
@@ -173,7 +173,7 @@ class Collected:
         return True
 
     def caption(self, uid: str, row_ref: str, variant: str, text: Any, generator: str | None,
-                provenance: dict | None, what: str = "caption") -> None:
+                provenance: dict[str, Any] | None, what: str = "caption") -> None:
         """Add a caption; a non-string (other than null, which run_ingest rejects) is ``wrong type``."""
         if text is not None and not isinstance(text, str):
             self.reject(row_ref, "wrong type", f"{what} is {json_type(text)}, expected a string (variant {variant})",
@@ -208,7 +208,7 @@ class Collected:
         )
 
 
-def field(obj: dict, key: str, kinds: type | tuple[type, ...], required: bool = True) -> Any:
+def field(obj: dict[str, Any], key: str, kinds: type | tuple[type, ...], required: bool = True) -> Any:
     """``obj[key]`` checked against ``kinds``; raises :class:`BadRecord` (``missing key`` or
     ``wrong type``). An absent or null optional key gives None."""
     value = obj.get(key)

@@ -151,7 +151,7 @@ def ingest_laclip(store: Store, path: str | Path, source: str | None = None, *, 
     return run_ingest(store, plan)
 
 
-Triple = tuple[str, int, "tuple[str, Any, str, dict] | BadRecord"]
+Triple = tuple[str, int, "tuple[str, Any, str, dict[str, Any]] | BadRecord"]
 
 
 def _pairs(path: Path) -> Iterator[Triple]:

@@ -346,7 +346,7 @@ def prepare_table(store: Store, files: list[Path], fmt: str, source: str, mappin
     )
 
 
-def _describe(con, sql: str, params: dict[str, Any]) -> dict[str, str]:
+def _describe(con: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any]) -> dict[str, str]:
     try:
         rows = con.execute(f"DESCRIBE {sql}", params).fetchall()
     except duckdb.Error as e:
@@ -385,7 +385,7 @@ def is_parquet(path: Path) -> bool:
         return False
 
 
-def parquet_source(con, files: list[Path]) -> tuple[str, dict[Path, dict[str, str]]]:
+def parquet_source(con: duckdb.DuckDBPyConnection, files: list[Path]) -> tuple[str, dict[Path, dict[str, str]]]:
     """Check every parquet file and read its schema; return the ``read_parquet`` source to
     use (by column name across files when their schemas differ) and each file's columns."""
     schemas: dict[Path, dict[str, str]] = {}
@@ -449,7 +449,7 @@ def _json_ptr(key: str) -> str:
     return _sql_str("/" + key.replace("~", "~0").replace("/", "~1"))
 
 
-def _load_jsonl(con, files: list[Path]) -> list[str]:
+def _load_jsonl(con: duckdb.DuckDBPyConnection, files: list[Path]) -> list[str]:
     """Stream JSONL files into the temp tables ``_curate_jsonl_in (file, line, text)`` and
     ``_curate_jsonl_bad`` (lines that are not UTF-8), one chunk of lines at a time; return
     the keys of the JSON objects in order of first appearance (found chunk by chunk, so a
@@ -459,7 +459,7 @@ def _load_jsonl(con, files: list[Path]) -> list[str]:
                 "(file VARCHAR, line BIGINT, reason VARCHAR, detail VARCHAR, text VARCHAR)")
     keys: dict[str, None] = {}
 
-    def flush(table: str, cols: dict[str, list]) -> None:
+    def flush(table: str, cols: dict[str, list[Any]]) -> None:
         if cols["line"]:
             con.register("_curate_jsonl_chunk", pa.table(cols))
             try:
@@ -476,8 +476,8 @@ def _load_jsonl(con, files: list[Path]) -> list[str]:
         for v in cols.values():
             v.clear()
 
-    good: dict[str, list] = {"file": [], "line": [], "text": []}
-    bad: dict[str, list] = {"file": [], "line": [], "reason": [], "detail": [], "text": []}
+    good: dict[str, list[Any]] = {"file": [], "line": [], "text": []}
+    bad: dict[str, list[Any]] = {"file": [], "line": [], "reason": [], "detail": [], "text": []}
     for f in files:
         name = str(f.resolve())
         chars = 0

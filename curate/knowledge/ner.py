@@ -52,7 +52,7 @@ def _gemm_ops_class() -> type:
 
         name = "numpy"
 
-        def gemm(self, x, y, out=None, trans1=False, trans2=False):
+        def gemm(self, x: Any, y: Any, out: Any = None, trans1: bool = False, trans2: bool = False) -> Any:
             if trans1:
                 x = x.T
             if trans2:

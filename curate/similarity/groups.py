@@ -39,6 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 
@@ -302,7 +303,7 @@ def group_pairs(pi: np.ndarray, pj: np.ndarray, psim: np.ndarray, rank: np.ndarr
     return Groups(row.astype(np.int64), grp.astype(np.int64), kp, sm.astype(np.float64), sizes)
 
 
-def write_groups(cur, groups: Groups, ids: pa.Array, *, kind: str, scope: str, member_kind: str, method: str,
+def write_groups(cur: duckdb.DuckDBPyConnection, groups: Groups, ids: pa.Array, *, kind: str, scope: str, member_kind: str, method: str,
                  config_hash: str, run_id: int) -> int:
     """Replace the rows of (kind, config_hash) in ``dedup_groups`` with ``groups``
     (inside the caller's transaction). Returns rows written."""

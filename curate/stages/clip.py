@@ -44,6 +44,7 @@ import os
 import re
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self
 
@@ -154,7 +155,7 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def _cached(cfg: dict) -> bool:
+def _cached(cfg: dict[str, Any]) -> bool:
     hub = cfg.get("hf_hub", "")
     if not hub:
         return False
@@ -207,7 +208,7 @@ class ClipModel:
         self.tokenizer = open_clip.get_tokenizer(model)
         self.torch = torch
 
-    def _ctx(self):
+    def _ctx(self) -> Any:  # a torch.autocast context
         torch = self.torch
         if self.autocast is None:
             return torch.autocast("cpu", enabled=False)
@@ -506,7 +507,7 @@ def _finalize_one(store: Store, V: Any, name: str, kind: str, id_col: str, files
         by_file.setdefault(f, ([], []))[0].append(r)
         by_file[f][1].append(i)
 
-    def blocks():
+    def blocks() -> Iterator[Any]:  # curate.vectors.Block
         if existing is not None:
             ids = existing.ids()
             offs = existing.offsets
