@@ -1,13 +1,14 @@
 # Two commands do everything on a fresh machine:
 #   make demo   set up .venv and run the demo pipeline on bundled real data
 #   make test   set up .venv and run the test suite
+#   make lint   ruff over the code, tests, benchmarks and examples; mypy over curate/
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STORE ?= demo-store
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: demo test setup clean bench
+.PHONY: demo test lint setup clean bench
 
 # The CLIP extra brings torch; .ci/constraints-clip.txt pins the build that lies on this
 # machine's disk so no resolver downloads another. img2dataset pins pandas<3, so it gets a
@@ -29,6 +30,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	CURATE_IMG2DATASET_PYTHON=$(CURDIR)/$(I2D_VENV)/bin/python $(BIN)/python -m pytest -q
+
+# Settings live in pyproject.toml ([tool.ruff], [tool.mypy]).
+lint: $(STAMP)
+	$(BIN)/ruff check curate tests benchmarks examples
+	$(BIN)/mypy
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_ingest.py --rows 10000000

@@ -63,7 +63,7 @@ def main() -> None:
     a = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="curate_bench_jsonl_"))
     try:
-        print(f"| lines | file MB | memory_limit | seconds | RSS growth MB |\n|---:|---:|---|---:|---:|")
+        print("| lines | file MB | memory_limit | seconds | RSS growth MB |\n|---:|---:|---|---:|---:|")
         for n in a.lines or [750_000, 3_000_000]:
             f = work / f"lines_{n}.jsonl"
             make_jsonl(f, n)

@@ -86,7 +86,7 @@ def score(nlp, sents, mapping, case_fix: str, casing: str) -> dict:
     texts = [c if len(c) == len(t) else t for c, (t, _) in zip(texts, sents)]
     tp = n_pred = n_gold = 0
     t0 = time.perf_counter()
-    for (text, gold), ents in zip(sents, extract(nlp, texts, case_fix=case_fix)):
+    for (_text, gold), ents in zip(sents, extract(nlp, texts, case_fix=case_fix)):
         n_gold += len(gold)
         gold_by_span = {(s, e): typ for s, e, typ in gold}
         for label, _, s, e in ents:

@@ -58,9 +58,10 @@ def emit(**kw) -> None:
 
 # -- data ----------------------------------------------------------------------------------
 def generate(a) -> None:
+    import pyarrow as pa
+
     from curate import Store
     from curate.vectors import Block, write_set
-    import pyarrow as pa
 
     t0 = time.perf_counter()
     store_path = Path(a.work) / "store"
@@ -217,12 +218,12 @@ def run_truth(a) -> None:
     index = faiss.IndexFlatIP(X.shape[1])
     index.add(X)
     t0 = time.perf_counter()
-    lims, _, I = index.range_search(X[q], thr - 1e-4)
+    lims, _, nbr = index.range_search(X[q], thr - 1e-4)
     t_truth = time.perf_counter() - t0
     qi = np.repeat(q, np.diff(lims).astype(np.int64))
-    sc = np.einsum("ij,ij->i", X[qi].astype(np.float64), X[I].astype(np.float64))
-    m = (sc > thr) & (I != qi)
-    true_pairs = set(zip(qi[m].tolist(), I[m].tolist()))
+    sc = np.einsum("ij,ij->i", X[qi].astype(np.float64), X[nbr].astype(np.float64))
+    m = (sc > thr) & (nbr != qi)
+    true_pairs = set(zip(qi[m].tolist(), nbr[m].tolist()))
 
     def scores(z):
         grp = {}

@@ -6,8 +6,8 @@ no logging configuration.
 
 __version__ = "0.1.0"
 
-from .errors import ConfigError, CurateError, InputError, MissingExtraError, QueryError, StoreError  # noqa: E402
-from .store import Store, open_store  # noqa: E402
+from .errors import ConfigError, CurateError, InputError, MissingExtraError, QueryError, StoreError
+from .store import Store, open_store
 
 __all__ = [
     "Store", "open_store", "CurateError", "ConfigError", "InputError", "StoreError", "MissingExtraError",

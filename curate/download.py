@@ -154,8 +154,8 @@ def _url_file_columns(path: Path) -> list[str] | None:
         raise InputError(f"{path.name}: cannot read its columns ({' '.join(str(e).split())[:200]})") from None
 
 
-def download(store: Store, output: str | os.PathLike, *, source: str, urls: str | os.PathLike | None = None,
-             url_col: str = "url", caption_col: str | None = "caption", uid_col: str | None = "uid",
+def download(store: Store, output: str | os.PathLike[str], *, source: str,
+             urls: str | os.PathLike[str] | None = None, url_col: str = "url", caption_col: str | None = "caption", uid_col: str | None = "uid",
              img2dataset_python: str | None = None, options: dict[str, Any] | None = None,
              timeout: float | None = None) -> DownloadResult:
     """Download the URLs of store ``source`` (or of the file ``urls``) into ``output``

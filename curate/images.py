@@ -36,7 +36,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
 #: binary columns tried, in order, for the image bytes of a parquet shard
@@ -273,7 +273,7 @@ def decode_loader(items: Sequence[bytes | ImageFailure], transform: Callable[[An
 
     Yields ``(indices, tensor (n, C, H, W) or None, [(index, failure)])`` per batch, in
     order; every index comes back exactly once, as a tensor row or as a failure."""
-    from torch.utils.data import DataLoader
+    from torch.utils.data import DataLoader, Dataset
 
     if not items:
         return
@@ -284,8 +284,12 @@ def decode_loader(items: Sequence[bytes | ImageFailure], transform: Callable[[An
         # forkserver avoids forking a process that holds a CUDA context.
         kw["multiprocessing_context"] = "forkserver" if pin_memory else "fork"
         kw["prefetch_factor"] = 2
-    loader = DataLoader(_DecodeDataset(items, transform), batch_size=batch_size, shuffle=False, num_workers=workers,
-                        collate_fn=_collate, pin_memory=pin_memory, **kw)
+    # A map-style dataset is anything with __len__ and __getitem__; _DecodeDataset does not
+    # subclass torch's Dataset so that this module imports without torch.
+    dataset = cast("Dataset[tuple[int, Any, ImageFailure | None]]", _DecodeDataset(items, transform))
+    loader: DataLoader[tuple[int, Any, ImageFailure | None]] = DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=_collate, pin_memory=pin_memory,
+        **kw)
     yield from loader
 
 

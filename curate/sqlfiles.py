@@ -111,7 +111,7 @@ def _expand(queries: dict[str, NamedQuery], qualname: str, stack: tuple[str, ...
     defaults = dict(q.defaults)
     extra_defaults: dict[str, str] = {}
 
-    def sub(m: re.Match) -> str:
+    def sub(m: re.Match[str]) -> str:
         other = m.group(1)
         if other not in queries:
             raise QueryError(f"{q.path}: query {q.name!r} includes unknown named query {other!r}")

@@ -13,14 +13,18 @@ import datetime as _dt
 import os
 import re
 import sys
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 import pyarrow as pa
 
 from .errors import QueryError, StoreError
 from .sqlfiles import get_query, sql_root
+
+if TYPE_CHECKING:
+    import polars as pl
 
 DEFAULT_STORE = "curate-store"
 CATALOG = "catalog.duckdb"
@@ -71,15 +75,15 @@ class Store:
 
     # -- opening -----------------------------------------------------------------
     @classmethod
-    def init(cls, path: str | os.PathLike | None = None) -> "Store":
+    def init(cls, path: str | os.PathLike[str] | None = None) -> Store:
         """Create the store directory (if needed) and open it."""
         p = Path(path) if path is not None else default_store_path()
         p.mkdir(parents=True, exist_ok=True)
         return cls.open(p, create=True)
 
     @classmethod
-    def open(cls, path: str | os.PathLike | None = None, *, create: bool = False, read_only: bool = False,
-             memory_limit: str | None = None, threads: int | None = None) -> "Store":
+    def open(cls, path: str | os.PathLike[str] | None = None, *, create: bool = False, read_only: bool = False,
+             memory_limit: str | None = None, threads: int | None = None) -> Store:
         p = Path(path) if path is not None else default_store_path()
         db = p / CATALOG
         if not db.exists() and not create:
@@ -125,7 +129,7 @@ class Store:
     def close(self) -> None:
         self.con.close()
 
-    def __enter__(self) -> "Store":
+    def __enter__(self) -> Store:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -199,14 +203,14 @@ class Store:
     def arrow(self, sql: str, params: Mapping[str, Any] | None = None) -> pa.Table:
         return _or_empty(self.relation(sql, params)).to_arrow_table()
 
-    def df(self, sql: str, params: Mapping[str, Any] | None = None):
+    def df(self, sql: str, params: Mapping[str, Any] | None = None) -> pl.DataFrame:
         """Run SQL and return a polars DataFrame."""
         import polars as pl
 
         rel = self.relation(sql, params)
         return pl.DataFrame() if rel is None else rel.pl()
 
-    def lazy(self, sql: str, params: Mapping[str, Any] | None = None):
+    def lazy(self, sql: str, params: Mapping[str, Any] | None = None) -> pl.LazyFrame:
         """Run SQL and return a polars LazyFrame streamed from DuckDB."""
         import polars as pl
 
@@ -250,7 +254,7 @@ class Store:
         return {t: self.count(t) for t in self.tables()}
 
 
-def _or_empty(rel):
+def _or_empty(rel: duckdb.DuckDBPyRelation | None) -> duckdb.DuckDBPyRelation:
     if rel is None:
         raise QueryError("the statement returned no result set")
     return rel
@@ -261,6 +265,6 @@ def _one_line(e: BaseException) -> str:
     return " ".join(lines[:3]) if lines else type(e).__name__
 
 
-def open_store(path: str | os.PathLike | None = None, **kw: Any) -> Store:
+def open_store(path: str | os.PathLike[str] | None = None, **kw: Any) -> Store:
     """Open an existing store (``$CURATE_STORE`` or ``./curate-store`` by default)."""
     return Store.open(path, **kw)

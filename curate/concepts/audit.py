@@ -46,7 +46,7 @@ def check_counts(counts: pl.DataFrame, what: str = "counts") -> pl.DataFrame:
         raise InputError(f"{what}: count must be an integer column, got {counts.schema['count']}")
     if counts["concept"].null_count() or counts["count"].null_count():
         raise InputError(f"{what}: null concept or count")
-    if counts.height and counts["count"].min() < 0:
+    if (counts["count"] < 0).any():
         raise InputError(f"{what}: negative counts")
     keys = ["vocabulary", "concept"] if "vocabulary" in counts.columns else ["concept"]
     if counts.select(keys).is_duplicated().any():
@@ -70,7 +70,7 @@ def summarize(counts: pl.DataFrame, quantiles: tuple[float, ...] = QUANTILES) ->
 
 
 # -- plots ---------------------------------------------------------------------------
-def _pyplot():
+def _pyplot() -> Any:
     mpl = require("matplotlib", purpose="concept plots")
     mpl.use("Agg")
     import matplotlib.pyplot as plt
@@ -78,7 +78,7 @@ def _pyplot():
     return plt
 
 
-def _save(fig, out: Path) -> list[Path]:
+def _save(fig: Any, out: Path) -> list[Path]:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     stem = out.with_suffix("") if out.suffix.lower() in (".png", ".svg") else out

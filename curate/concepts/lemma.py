@@ -31,15 +31,15 @@ NOUN and PROPN tokens only.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from functools import lru_cache
-from typing import Iterable
 
 from .._optional import require
 from ..errors import ConfigError
 from ..knowledge.normalize import normalize_text
 
 
-def _rule_tables(model: str) -> tuple[dict, set, list]:
+def _rule_tables(model: str) -> tuple[dict[str, list[str]], set[str], list[tuple[str, ...]]]:
     """(noun exceptions, noun index, noun rules) from a pipeline's rule lemmatizer."""
     from ..knowledge.ner import pipeline_components
 

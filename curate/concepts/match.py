@@ -14,7 +14,7 @@ A caption counts once per concept however often the concept occurs in it.
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import polars as pl
 

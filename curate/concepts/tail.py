@@ -40,9 +40,11 @@ class TailBenchmark:
     rows: int
 
     def summary(self) -> str:
+        if not self.concepts.height:
+            return f"tail benchmark: no concept qualifies -> {self.path}"
+        lo, hi = self.concepts.select(pl.col("count").min().alias("lo"), pl.col("count").max().alias("hi")).row(0)
         return (f"tail benchmark: {self.concepts.height} concepts, {self.rows:,} samples -> {self.path} "
-                f"(counts {self.concepts['count'].min()}..{self.concepts['count'].max()})"
-                if self.concepts.height else f"tail benchmark: no concept qualifies -> {self.path}")
+                f"(counts {lo}..{hi})")
 
 
 def build_tail_benchmark(store: Store, vocabulary: str, *, n: int = 50, min_count: int = 1, cap: int = 50,

@@ -47,15 +47,23 @@ import json
 from pathlib import Path
 from typing import Any
 
-
 from ..errors import InputError
 from ..ids import SEP, sample_uid, uid_from_record_sql, uid_sql
 from ..store import Store, quote_ident
 from .core import IngestResult, Prepared, Variant, run_ingest
-from .jsonrecords import (Collected, _first_char, dump_record, input_file, iter_json_lines, json_type,
-                          read_json_document)
-from .tables import (PARQUET_ROW_ORD, PARQUET_ROW_REF, PARQUET_ROWS_WHERE_ORD, TRIM_CODEPOINTS, extras_sql,
-                     input_files, is_parquet, merged_columns, parquet_source, url_sql)
+from .jsonrecords import Collected, _first_char, dump_record, input_file, iter_json_lines, json_type, read_json_document
+from .tables import (
+    PARQUET_ROW_ORD,
+    PARQUET_ROW_REF,
+    PARQUET_ROWS_WHERE_ORD,
+    TRIM_CODEPOINTS,
+    extras_sql,
+    input_files,
+    is_parquet,
+    merged_columns,
+    parquet_source,
+    url_sql,
+)
 
 CAPSFUSION_KEYS = {
     "laion_2b": ("raw", "alt-text"),
@@ -170,7 +178,7 @@ def ingest_capsfusion(store: Store, path: str | Path, source: str | None = None)
     return run_ingest(store, prepare_capsfusion(store, path, source or Path(path).stem))
 
 
-def _add_record(out: "Collected", source: str, ref: str, rec: Any) -> None:
+def _add_record(out: Collected, source: str, ref: str, rec: Any) -> None:
     if not isinstance(rec, dict):
         out.reject(ref, "not a JSON object", f"expected an object, got {json_type(rec)}", dump_record(rec))
         return

@@ -27,12 +27,13 @@ earlier caption of their image word for word, so 25,010 captions.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from ..errors import InputError
 from ..ids import sample_uid
 from ..store import Store
-from .jsonrecords import BadRecord, Collected, dump_record, field, input_file, json_type, read_json_document
 from .core import IngestResult, Prepared, run_ingest
+from .jsonrecords import BadRecord, Collected, dump_record, field, input_file, json_type, read_json_document
 
 IMAGE_KEYS = ("id", "coco_url", "file_name", "width", "height")
 
@@ -66,7 +67,7 @@ def prepare_coco(store: Store, path: str | Path, source: str) -> Prepared:
         images.append((ref, image_id, checked, img))
     known = {image_id for _, image_id, _, _ in images}
 
-    by_image: dict[int | str, list[tuple[str, dict]]] = {}
+    by_image: dict[int | str, list[tuple[str, dict[str, Any]]]] = {}
     seen_ids: dict[int | str, str] = {}  # annotation id -> row_ref of its first use
     for j, ann in enumerate(doc["annotations"]):
         ref = f"{name}:annotations[{j}]"

@@ -39,12 +39,12 @@ detail image captions, so 497 captions.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from ..ids import sample_uid
 from ..store import Store
-from .jsonrecords import BadRecord, Collected, dump_record, field, input_file, iter_json_lines, json_type
 from .core import IngestResult, Prepared, run_ingest
+from .jsonrecords import BadRecord, Collected, dump_record, field, input_file, iter_json_lines, json_type
 
 GENERATOR = "GBC"
 #: top-level key -> (variant, generator, the image vertex's description label it repeats)
@@ -133,7 +133,7 @@ def _add_graph(out: Collected, source: str, ref: str, graph: Any) -> None:
             out.caption(uid, f"{ref} {key}", variant, text, generator, prov, what=key)
 
 
-def _is_size(size: Any) -> bool:
+def _is_size(size: Any) -> TypeGuard[list[int]]:
     return (isinstance(size, list) and len(size) == 2
             and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size))
 

@@ -47,7 +47,7 @@ import pyarrow as pa
 from ..errors import InputError
 from ..ids import uid_from_id_sql, uid_sql
 from ..store import Store, quote_ident
-from .core import IngestResult, Prepared, Variant, _p, run_ingest
+from .core import MAX_CAPTION_CHARS, IngestResult, Prepared, Variant, _p, run_ingest
 from .tables import TableMapping, _check_columns, _check_parquet, _describe, _extras, _row_select
 
 #: Columns img2dataset writes for its own use (main.py reserves these names); they go
@@ -249,7 +249,7 @@ def prepare_img2dataset(store: Store, folder: str | Path, source: str, caption_c
     return Prepared(
         fmt="img2dataset", source=source, config=config, rows_sql=rows_sql, variants=variants, params=params,
         require_caption=require_caption and bool(variants), register={"_i2d_shards": table}, after=after,
-        **({"max_caption_chars": max_caption_chars} if max_caption_chars else {}),
+        max_caption_chars=max_caption_chars or MAX_CAPTION_CHARS,
     )
 
 
@@ -272,12 +272,12 @@ def _record_downloads(con: duckdb.DuckDBPyConnection, rows_sql: str, downloads_s
         ANTI JOIN (SELECT shard, key FROM downloads WHERE source = $source) AS x USING (shard, key)
     """)
     ok, failed = run("SELECT count(*) FILTER (status = 'success'), count(*) FILTER (status IS DISTINCT FROM 'success') "
-                     "FROM downloads WHERE run_id = $run_id").fetchone()
+                     "FROM downloads WHERE run_id = $run_id").fetchall()[0]
     shards = run("""
         INSERT INTO download_shards (source, shard, stats, run_id)
         SELECT $source, s.shard, s.stats::JSON, $run_id FROM _i2d_shards AS s
         ANTI JOIN (SELECT shard FROM download_shards WHERE source = $source) AS x USING (shard)
-    """).fetchone()[0]
+    """).fetchall()[0][0]
     # A sample that exists without an image (its URL table came first) gets this download's
     # image; the first success by input order wins when a uid repeats. Values the sample
     # already has (sha256, size from the URL table) are kept.
@@ -288,7 +288,7 @@ def _record_downloads(con: duckdb.DuckDBPyConnection, rows_sql: str, downloads_s
         FROM (SELECT DISTINCT ON (uid) uid, image_shard, image_key, image_path, sha256, width, height
               FROM ({rows_sql}) ORDER BY uid, row_ord) AS r
         WHERE s.uid = r.uid AND s.image_shard IS NULL AND s.image_path IS NULL
-    """).fetchone()[0]
+    """).fetchall()[0][0]
     return {"linked": linked, "downloads": ok + failed, "failed downloads": failed, "shards": shards}
 
 

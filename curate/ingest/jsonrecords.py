@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pyarrow as pa
 
@@ -56,6 +57,7 @@ def iter_json_lines(path: Path) -> Iterator[tuple[int, Any, tuple[str, str, str]
         if bad is not None:
             yield i, None, bad
             continue
+        assert text is not None  # iter_text_lines gives text exactly when there is no problem
         try:
             yield i, json.loads(text), None
         except json.JSONDecodeError as e:
@@ -86,7 +88,8 @@ def json_type(value: Any) -> str:
         return "boolean"
     if isinstance(value, (int, float)):
         return "number"
-    return {str: "string", list: "array", dict: "object"}.get(type(value), type(value).__name__)
+    names: dict[type, str] = {str: "string", list: "array", dict: "object"}
+    return names.get(type(value), type(value).__name__)
 
 
 def dump_record(value: Any) -> str:
@@ -113,7 +116,7 @@ class ArrowRows:
 
     def __init__(self, schema: pa.Schema):
         self.schema = schema
-        self.pending: list[tuple] = []
+        self.pending: list[tuple[Any, ...]] = []
         self.batches: list[pa.RecordBatch] = []
 
     def add(self, *values: Any) -> None:
@@ -154,7 +157,7 @@ class Collected:
         self.rejects.add(row_ref, reason, detail, None if record is None else record[:1000])
 
     def row(self, row_ref: str, uid: str, fingerprint: str, url: str | None = None, image_path: str | None = None,
-            width: int | None = None, height: int | None = None, extra: dict | None = None) -> bool:
+            width: int | None = None, height: int | None = None, extra: dict[str, Any] | None = None) -> bool:
         """Add a sample; False (and a reject) when its uid already came in this input."""
         fp = hashlib.md5(fingerprint.encode("utf-8")).digest()
         first = self._uids.get(uid)
@@ -170,7 +173,7 @@ class Collected:
         return True
 
     def caption(self, uid: str, row_ref: str, variant: str, text: Any, generator: str | None,
-                provenance: dict | None, what: str = "caption") -> None:
+                provenance: dict[str, Any] | None, what: str = "caption") -> None:
         """Add a caption; a non-string (other than null, which run_ingest rejects) is ``wrong type``."""
         if text is not None and not isinstance(text, str):
             self.reject(row_ref, "wrong type", f"{what} is {json_type(text)}, expected a string (variant {variant})",
@@ -205,7 +208,7 @@ class Collected:
         )
 
 
-def field(obj: dict, key: str, kinds: type | tuple[type, ...], required: bool = True) -> Any:
+def field(obj: dict[str, Any], key: str, kinds: type | tuple[type, ...], required: bool = True) -> Any:
     """``obj[key]`` checked against ``kinds``; raises :class:`BadRecord` (``missing key`` or
     ``wrong type``). An absent or null optional key gives None."""
     value = obj.get(key)

@@ -31,16 +31,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pyarrow as pa
 
 from ..errors import ConfigError, InputError
 from ..ids import sample_uid
 from ..store import Store
-from .jsonrecords import ArrowRows, BadRecord, dump_record, field, input_file, iter_json_lines, json_type
 from .core import IngestResult, Prepared, run_ingest
+from .jsonrecords import ArrowRows, BadRecord, dump_record, field, input_file, iter_json_lines, json_type
 
 INPUT_SCHEMA = pa.schema([
     ("row_ref", pa.string()), ("row_ord", pa.int64()), ("original", pa.string()), ("rewrite", pa.string()),
@@ -150,7 +151,7 @@ def ingest_laclip(store: Store, path: str | Path, source: str | None = None, *, 
     return run_ingest(store, plan)
 
 
-Triple = tuple[str, int, "tuple[str, Any, str, dict] | BadRecord"]
+Triple = tuple[str, int, "tuple[str, Any, str, dict[str, Any]] | BadRecord"]
 
 
 def _pairs(path: Path) -> Iterator[Triple]:
@@ -187,6 +188,7 @@ def _aligned(originals: Path, rewrites: Path, style: str) -> Iterator[Triple]:
             yield ref, line, BadRecord("not UTF-8", f"{f.name} line {line}: invalid byte at position {e.start}",
                                        e.object[:1000].decode("utf-8", "replace"))
             continue
+        assert isinstance(orig, str) and isinstance(rew, str)  # an undecodable line was yielded above
         try:
             original = _original(orig)
         except BadRecord as e:

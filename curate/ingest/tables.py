@@ -28,7 +28,7 @@ import pyarrow as pa
 
 from ..errors import ConfigError, InputError
 from ..store import Store, quote_ident
-from .core import Prepared, Variant, run_ingest
+from .core import MAX_CAPTION_CHARS, Prepared, Variant, run_ingest
 from .jsonrecords import iter_text_lines
 
 TABLE_FORMATS = ("parquet", "csv", "tsv", "jsonl")
@@ -193,7 +193,8 @@ def _row_select(resolved: dict[str, str | None], extras: list[str], row_ref: str
         c = resolved.get(role)
         return quote_ident(c) if c else None
 
-    url = url_sql(col("url_col")) if col("url_col") else None
+    url_col = col("url_col")
+    url = url_sql(url_col) if url_col else None
     if col("uid_col"):
         uid = uid_from_id_sql(f"{col('uid_col')}::VARCHAR")
     elif url:
@@ -297,7 +298,7 @@ def prepare_table(store: Store, files: list[Path], fmt: str, source: str, mappin
         # number, true/false, an object or a list), or an id that is neither a string nor
         # an integer, is a reject, not a silent cast
         sel = []
-        for role, c in resolved.items():
+        for c in resolved.values():
             if c:
                 sel.append(f"j->>{_json_ptr(c)} AS {quote_ident(c)}")
         allowed = {"url_col": "('VARCHAR', 'NULL')", "caption_col": "('VARCHAR', 'NULL')",
@@ -341,11 +342,11 @@ def prepare_table(store: Store, files: list[Path], fmt: str, source: str, mappin
         fmt="table", source=source, config=config, rows_sql=rows_sql, variants=variants,
         reader_rejects_sql=reader_rejects, params={"files": file_list}, register=register,
         require_caption=bool(variants), rows_where_ord=rows_where_ord,
-        **({"max_caption_chars": max_caption_chars} if max_caption_chars else {}),
+        max_caption_chars=max_caption_chars or MAX_CAPTION_CHARS,
     )
 
 
-def _describe(con, sql: str, params: dict[str, Any]) -> dict[str, str]:
+def _describe(con: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any]) -> dict[str, str]:
     try:
         rows = con.execute(f"DESCRIBE {sql}", params).fetchall()
     except duckdb.Error as e:
@@ -384,7 +385,7 @@ def is_parquet(path: Path) -> bool:
         return False
 
 
-def parquet_source(con, files: list[Path]) -> tuple[str, dict[Path, dict[str, str]]]:
+def parquet_source(con: duckdb.DuckDBPyConnection, files: list[Path]) -> tuple[str, dict[Path, dict[str, str]]]:
     """Check every parquet file and read its schema; return the ``read_parquet`` source to
     use (by column name across files when their schemas differ) and each file's columns."""
     schemas: dict[Path, dict[str, str]] = {}
@@ -419,8 +420,8 @@ def _check_parquet(path: Path) -> None:
     import pyarrow.parquet as pq
 
     try:
-        pq.ParquetFile(path).metadata
-    except Exception as e:  # pyarrow raises several types for corrupt files
+        _ = pq.ParquetFile(path).metadata
+    except Exception as e:  # noqa: BLE001 - pyarrow raises several types for corrupt files
         raise InputError(f"{path.name} is not a readable parquet file (truncated or corrupt?): {str(e).splitlines()[0]}") from None
 
 
@@ -448,7 +449,7 @@ def _json_ptr(key: str) -> str:
     return _sql_str("/" + key.replace("~", "~0").replace("/", "~1"))
 
 
-def _load_jsonl(con, files: list[Path]) -> list[str]:
+def _load_jsonl(con: duckdb.DuckDBPyConnection, files: list[Path]) -> list[str]:
     """Stream JSONL files into the temp tables ``_curate_jsonl_in (file, line, text)`` and
     ``_curate_jsonl_bad`` (lines that are not UTF-8), one chunk of lines at a time; return
     the keys of the JSON objects in order of first appearance (found chunk by chunk, so a
@@ -458,7 +459,7 @@ def _load_jsonl(con, files: list[Path]) -> list[str]:
                 "(file VARCHAR, line BIGINT, reason VARCHAR, detail VARCHAR, text VARCHAR)")
     keys: dict[str, None] = {}
 
-    def flush(table: str, cols: dict[str, list]) -> None:
+    def flush(table: str, cols: dict[str, list[Any]]) -> None:
         if cols["line"]:
             con.register("_curate_jsonl_chunk", pa.table(cols))
             try:
@@ -475,8 +476,8 @@ def _load_jsonl(con, files: list[Path]) -> list[str]:
         for v in cols.values():
             v.clear()
 
-    good: dict[str, list] = {"file": [], "line": [], "text": []}
-    bad: dict[str, list] = {"file": [], "line": [], "reason": [], "detail": [], "text": []}
+    good: dict[str, list[Any]] = {"file": [], "line": [], "text": []}
+    bad: dict[str, list[Any]] = {"file": [], "line": [], "reason": [], "detail": [], "text": []}
     for f in files:
         name = str(f.resolve())
         chars = 0
@@ -488,6 +489,7 @@ def _load_jsonl(con, files: list[Path]) -> list[str]:
                 if len(bad["line"]) >= JSONL_CHUNK:
                     flush("_curate_jsonl_bad", bad)
                 continue
+            assert text is not None  # iter_text_lines gives text exactly when there is no problem
             good["file"].append(name)
             good["line"].append(i)
             good["text"].append(text)

@@ -21,8 +21,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Literal
+from typing import Any, Literal
 
 from .._optional import require
 from ..errors import ConfigError
@@ -43,15 +44,15 @@ def _gemm_ops_class() -> type:
     global _GEMM_OPS
     if _GEMM_OPS is not None:
         return _GEMM_OPS
-    from thinc.api import NumpyOps
     import numpy
+    from thinc.api import NumpyOps
 
     class NumpyGemmOps(NumpyOps):
         """thinc's NumpyOps with ``gemm`` done by numpy (OpenBLAS) instead of blis."""
 
         name = "numpy"
 
-        def gemm(self, x, y, out=None, trans1=False, trans2=False):  # noqa: D401 - thinc's signature
+        def gemm(self, x: Any, y: Any, out: Any = None, trans1: bool = False, trans2: bool = False) -> Any:
             if trans1:
                 x = x.T
             if trans2:

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from typing import Iterable
+from collections.abc import Iterable
 
 _POSSESSIVE = re.compile(r"['’]s([\W_]|\Z)")  # consumes the next character, as the SQL twin does
 _NON_ALNUM = re.compile(r"[\W_]+")

@@ -35,9 +35,11 @@ kept members), ``member_kind`` (``uid`` or ``caption_id``), ``member_id``, ``kep
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 
@@ -139,7 +141,7 @@ class Groups:
 
     def as_sets(self) -> set[tuple[int, frozenset[int]]]:
         """{(kept row, frozenset of member rows)}: for comparing with an oracle."""
-        out = {}
+        out: dict[int, list[Any]] = {}  # group -> [kept row, member rows]
         for g, r, k in zip(self.group, self.row, self.kept):
             out.setdefault(g, [None, set()])
             out[g][1].add(int(r))
@@ -301,7 +303,7 @@ def group_pairs(pi: np.ndarray, pj: np.ndarray, psim: np.ndarray, rank: np.ndarr
     return Groups(row.astype(np.int64), grp.astype(np.int64), kp, sm.astype(np.float64), sizes)
 
 
-def write_groups(cur, groups: Groups, ids: pa.Array, *, kind: str, scope: str, member_kind: str, method: str,
+def write_groups(cur: duckdb.DuckDBPyConnection, groups: Groups, ids: pa.Array, *, kind: str, scope: str, member_kind: str, method: str,
                  config_hash: str, run_id: int) -> int:
     """Replace the rows of (kind, config_hash) in ``dedup_groups`` with ``groups``
     (inside the caller's transaction). Returns rows written."""

@@ -31,9 +31,11 @@ import os
 import re
 import shutil
 import uuid
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from types import ModuleType
+from typing import Any
 
 import numpy as np
 
@@ -47,7 +49,7 @@ RANGE_MARGIN = 1e-4
 TIE_MARGIN = 8
 
 
-def faiss_module():
+def faiss_module() -> ModuleType:
     return require("faiss", purpose="the FAISS similarity layer (curate vectors/similarity)")
 
 

@@ -26,8 +26,17 @@ import pyarrow as pa
 from ..errors import ConfigError
 from ..store import Store
 from ..vectors import open_set
-from .groups import Groups, check_threshold, ensure_tables, group_pairs, ingest_order, keep_rank, require_ids, \
-    score_column, write_groups
+from .groups import (
+    Groups,
+    check_threshold,
+    ensure_tables,
+    group_pairs,
+    ingest_order,
+    keep_rank,
+    require_ids,
+    score_column,
+    write_groups,
+)
 from .index import Index, build_index, exact_scores, load_index
 from .runs import start_run
 
@@ -44,7 +53,9 @@ def self_pairs(index: Index, threshold: float, block_rows: int = 16_384) -> tupl
             qi = qi + s
             m = rows != qi
             lo, hi = np.minimum(qi[m], rows[m]), np.maximum(qi[m], rows[m])
-            out_i.append(lo), out_j.append(hi), out_s.append(sc[m])
+            out_i.append(lo)
+            out_j.append(hi)
+            out_s.append(sc[m])
     if not out_i:
         return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0)
     pi, pj, ps = np.concatenate(out_i), np.concatenate(out_j), np.concatenate(out_s)
@@ -187,7 +198,8 @@ def exact_duplicates(store: Store, *, min_urls: int = 20, keep: Literal["first",
                        (SELECT count(*) FROM image_placeholders WHERE config_hash = $h),
                        (SELECT coalesce(sum(samples), 0) FROM image_placeholders WHERE config_hash = $h)
             """, {"h": run.hash}).fetchall()[0]
-            res = ExactResult(*[int(v) for v in stats], run_id=run.id)
+            samples, groups, duplicates, placeholders, placeholder_samples = (int(v) for v in stats)
+            res = ExactResult(samples, groups, duplicates, placeholders, placeholder_samples, run_id=run.id)
             res.seconds = time.perf_counter() - t0
             run.commit_ok(w, res.samples, res.groups + res.duplicates, 0,
                           f"{res.groups} groups, {res.placeholders} placeholder hashes")

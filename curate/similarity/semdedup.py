@@ -41,8 +41,17 @@ import pyarrow as pa
 from ..errors import ConfigError, InputError
 from ..store import Store
 from ..vectors import VectorSet, open_set
-from .groups import (Groups, check_threshold, ensure_tables, group_pairs, ingest_order, keep_rank, require_ids,
-                     score_column, write_groups)
+from .groups import (
+    Groups,
+    check_threshold,
+    ensure_tables,
+    group_pairs,
+    ingest_order,
+    keep_rank,
+    require_ids,
+    score_column,
+    write_groups,
+)
 from .index import exact_scores, faiss_module, resolve_device
 from .runs import start_run
 
@@ -148,8 +157,8 @@ def cluster_pairs(vs: VectorSet, labels: np.ndarray, threshold: float, *, tile: 
         return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0)
     pi_sorted, pj_sorted = np.concatenate(ci), np.concatenate(cj)
     sim = np.empty(len(pi_sorted))
-    for s in range(0, len(pi_sorted), 1 << 18):
-        sim[s:s + (1 << 18)] = exact_scores(xs[pi_sorted[s:s + (1 << 18)]], xs[pj_sorted[s:s + (1 << 18)]])
+    for c0 in range(0, len(pi_sorted), 1 << 18):
+        sim[c0:c0 + (1 << 18)] = exact_scores(xs[pi_sorted[c0:c0 + (1 << 18)]], xs[pj_sorted[c0:c0 + (1 << 18)]])
     keep = sim > threshold
     pi, pj = order[pi_sorted[keep]], order[pj_sorted[keep]]
     lo, hi = np.minimum(pi, pj), np.maximum(pi, pj)

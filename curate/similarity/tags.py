@@ -22,7 +22,7 @@ from ..errors import ConfigError, InputError
 from ..store import Store
 from ..vectors import open_set
 from .groups import ensure_tables
-from .index import build_index
+from .index import Index, build_index
 from .runs import start_run
 
 STAGE = "similarity.tags.v1"
@@ -43,7 +43,7 @@ class TagResult:
                 f"{self.concept_set!r}; {self.rows:,} tag rows; {self.seconds:.1f}s, run {self.run_id}")
 
 
-def top_concepts(image_vectors: np.ndarray, index, k: int) -> tuple[np.ndarray, np.ndarray]:
+def top_concepts(image_vectors: np.ndarray, index: Index, k: int) -> tuple[np.ndarray, np.ndarray]:
     """(scores, concept rows) of the top ``k`` per image, exact and tie-ordered (Index.knn)."""
     return index.knn(image_vectors, k)
 

@@ -44,8 +44,9 @@ import os
 import re
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self
 
 import numpy as np
 import pyarrow as pa
@@ -55,6 +56,10 @@ from ..errors import ConfigError
 from ..images import ImageFailure, ImageRef, decode_loader, default_workers, read_images
 from ..attributes import Attribute
 from .base import Stage
+
+if TYPE_CHECKING:
+    from ..runner import RunOptions
+    from ..store import Store
 
 log = logging.getLogger("curate.clip")
 
@@ -142,7 +147,7 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def _cached(cfg: dict) -> bool:
+def _cached(cfg: dict[str, Any]) -> bool:
     hub = cfg.get("hf_hub", "")
     if not hub:
         return False
@@ -195,7 +200,7 @@ class ClipModel:
         self.tokenizer = open_clip.get_tokenizer(model)
         self.torch = torch
 
-    def _ctx(self):
+    def _ctx(self) -> Any:  # a torch.autocast context
         torch = self.torch
         if self.autocast is None:
             return torch.autocast("cpu", enabled=False)
@@ -296,7 +301,7 @@ class _ClipStage(Stage):
     def preflight(self) -> None:
         check_weights(self.model, self.pretrained, self.model_config)
 
-    def prepare(self, store: Any) -> _ClipStage:
+    def prepare(self, store: Store) -> Self:
         parts = store.path / "vectors" / ".parts" / self.registry_name() / self.config_hash()
         return dataclasses.replace(self, parts_dir=str(parts.resolve()), model_id=self.label)
 
@@ -362,9 +367,9 @@ class ClipScore(_ClipStage):
     produced_by: ClassVar[str | None] = ("the CLIP embedding stage (curate embed ...), clip.score.v1; "
                                          "see docs/mixing.md for the table contract")
 
-    def prepare(self, store: Any) -> ClipScore:
+    def prepare(self, store: Store) -> Self:
         store.con.execute(INPUT_VIEW)
-        return super().prepare(store)  # type: ignore[return-value]
+        return super().prepare(store)
 
     def __call__(self, batch: pa.RecordBatch) -> pa.Table:
         clip: ClipModel = self._clip  # type: ignore[attr-defined]
@@ -448,7 +453,7 @@ class ClipImage(_ClipStage):
 
 
 # -- finalising vector sets --------------------------------------------------------------------
-def finalize_vectors(store: Any, stage: _ClipStage, prefix: str | None = None) -> list[Any]:
+def finalize_vectors(store: Store, stage: _ClipStage, prefix: str | None = None) -> list[Any]:
     """Register the committed rows' vectors of ``stage`` (its parts) as vector sets, and
     delete the parts read. Idempotent; safe after a kill at any point (module docstring).
     Returns the :class:`curate.vectors.WriteResult` of every set written."""
@@ -484,7 +489,7 @@ def finalize_vectors(store: Any, stage: _ClipStage, prefix: str | None = None) -
     return results
 
 
-def _finalize_one(store: Any, V: Any, name: str, kind: str, id_col: str, files: list[str], committed: str,
+def _finalize_one(store: Store, V: Any, name: str, kind: str, id_col: str, files: list[str], committed: str,
                   params: dict[str, Any], stage: _ClipStage, variant: str | None) -> list[Any]:
     if not files:
         return []
@@ -509,7 +514,7 @@ def _finalize_one(store: Any, V: Any, name: str, kind: str, id_col: str, files: 
         by_file.setdefault(f, ([], []))[0].append(r)
         by_file[f][1].append(i)
 
-    def blocks():
+    def blocks() -> Iterator[Any]:  # curate.vectors.Block
         if existing is not None:
             ids = existing.ids()
             offs = existing.offsets
@@ -526,7 +531,7 @@ def _finalize_one(store: Any, V: Any, name: str, kind: str, id_col: str, files: 
 
 
 # -- the API --------------------------------------------------------------------------------------
-def embed(store: Any, stage: _ClipStage, options: Any = None, *, finalize: bool = True) -> dict[str, Any]:
+def embed(store: Store, stage: _ClipStage, options: RunOptions | None = None, *, finalize: bool = True) -> dict[str, Any]:
     """Run ``stage`` over its pending rows, then register its vectors. Returns the run
     result, the vector sets written and the images/s and texts/s of this run."""
     from ..runner import RunOptions, run_stage

@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import pyarrow as pa
 
@@ -29,6 +29,9 @@ from ..errors import ConfigError
 from ..knowledge.ner import DEFAULT_MODEL
 from ..attributes import Attribute
 from .base import Stage
+
+if TYPE_CHECKING:
+    from ..store import Store
 
 #: One row per (caption, concept) of concept_text_latest (the latest configuration run
 #: per vocabulary and mode).
@@ -97,10 +100,10 @@ class ConceptText(Stage):
         if "lemmatizer" not in components:
             raise ConfigError(f"spaCy pipeline {self.model!r} has no 'lemmatizer' component")
 
-    def prepare(self, store: Any) -> "ConceptText":
+    def prepare(self, store: Store) -> ConceptText:
         rows = _vocabulary_rows(store, self.vocabulary)
         digest = hashlib.sha256(json.dumps(rows, ensure_ascii=False).encode()).hexdigest()[:16]
-        return dataclasses.replace(self, vocab_hash=digest, patterns=tuple(tuple(r) for r in rows))
+        return dataclasses.replace(self, vocab_hash=digest, patterns=tuple((c, a) for c, a in rows))
 
     def setup(self) -> None:
         from ..concepts.lemma import NounLemmatizer, PosLemmatizer
@@ -108,12 +111,14 @@ class ConceptText(Stage):
 
         if not self.patterns:
             raise ConfigError(f"{self.registry_name()}: no concepts loaded; the runner calls prepare(store) first")
+        lem: NounLemmatizer | PosLemmatizer
+        matcher: PhraseMatcher | BagMatcher
         if self.mode == "phrase":
-            lem = NounLemmatizer(self.model)
-            matcher: Any = PhraseMatcher((c, lem.lemmas(a)) for c, a in self.patterns)
+            noun = NounLemmatizer(self.model)
+            lem, matcher = noun, PhraseMatcher((c, noun.lemmas(a)) for c, a in self.patterns)
         else:
-            lem = PosLemmatizer(self.model)
-            matcher = BagMatcher((c, lem.concept_words(a)) for c, a in self.patterns)
+            pos = PosLemmatizer(self.model)
+            lem, matcher = pos, BagMatcher((c, pos.concept_words(a)) for c, a in self.patterns)
         object.__setattr__(self, "_lem", lem)
         object.__setattr__(self, "_matcher", matcher)
 
@@ -125,7 +130,8 @@ class ConceptText(Stage):
             found = dict(zip(unique, matcher.match(lem.many(unique))))
         else:
             found = dict(zip(unique, matcher.match(lem.noun_lemma_sets(unique))))
-        status, concepts = [], []
+        status: list[str] = []
+        concepts: list[list[str] | None] = []
         for t in texts:
             if t is None:
                 status.append("error"); concepts.append(None)  # noqa: E702
@@ -146,7 +152,7 @@ class ConceptText(Stage):
         })
 
 
-def _vocabulary_rows(store: Any, name: str) -> list[list[str]]:
+def _vocabulary_rows(store: Store, name: str) -> list[list[str]]:
     """(concept, alias) rows of a vocabulary, adding a bundled one on first use."""
     def rows() -> list[list[str]]:
         if "concepts" not in store.tables():

@@ -135,7 +135,7 @@ class KnowledgeNER(Stage):
         nlp = self._nlp  # type: ignore[attr-defined]
         try:
             return list(extract(nlp, texts, case_fix=self.case_fix, batch_size=self.spacy_batch_size))
-        except Exception:  # find the culprit(s): parse one by one
+        except Exception:  # noqa: BLE001 - find the culprit(s): parse one by one, each error kept
             out: list[Any] = []
             for t in texts:
                 try:
