@@ -134,7 +134,7 @@ def expand(sql: str) -> tuple[str, dict[str, str]]:
     the defaults of the included queries' parameters."""
     defaults: dict[str, str] = {}
 
-    def sub(m: re.Match) -> str:
+    def sub(m: re.Match[str]) -> str:
         inc = get_query(m.group(1))
         for k, v in inc.defaults:
             defaults.setdefault(k, v)

@@ -16,8 +16,8 @@ How a data file is found (:func:`resolve_shared`, fixture ``shared_file``):
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 

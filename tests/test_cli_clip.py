@@ -17,11 +17,11 @@ import tests.test_download as td
 from curate import Store
 from curate.ingest import ingest
 from curate.runner import RunOptions
-from tests.test_cli import curate as cli, one_error_line
+from curate.stages.clip import embed
+from tests.test_cli import curate as cli
+from tests.test_cli import one_error_line
 from tests.test_clip import make_coco, scores, tiny, tiny_stage  # noqa: F401 - `tiny` is a fixture
 from tests.test_download import i2d_python, server  # noqa: F401 - fixtures
-
-from curate.stages.clip import embed  # noqa: E402 - after test_clip's importorskip of torch/open_clip
 
 
 # -- curate embed ---------------------------------------------------------------------------

@@ -34,8 +34,8 @@ from curate.runner import RunOptions
 torch = pytest.importorskip("torch")
 open_clip = pytest.importorskip("open_clip")
 
-from curate import vectors as V
-from curate.stages.clip import ClipImage, ClipScore, embed, finalize_vectors
+from curate import vectors as V  # noqa: E402 - only once torch and open_clip are known to import
+from curate.stages.clip import ClipImage, ClipScore, embed, finalize_vectors  # noqa: E402 - as above
 
 TEST_DATA = Path(__file__).resolve().parent / "data"
 TINY = {"embed_dim": 32,
@@ -145,7 +145,7 @@ def test_scores_equal_open_clip_and_bad_images_have_reasons(tmp_path, tiny):
             "k.variant FROM clip_scores k JOIN captions c USING (caption_id) JOIN samples s ON s.uid = k.uid").fetchall()
         direct = Direct(tiny)
         statuses = {}
-        for cid, uid, path, text, score, status, detail, model, variant in rows:
+        for _cid, _uid, path, text, score, status, detail, model, variant in rows:
             assert model == "tiny/seed1234" and variant == "human"
             statuses[Path(path).name] = (status, detail)
             if path in files:

@@ -7,8 +7,6 @@ brute-force definition."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 

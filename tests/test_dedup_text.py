@@ -20,8 +20,15 @@ import pytest
 
 from curate import CurateError, MissingExtraError, Store
 from curate.dedup.hll import distinct_counts, registers
-from curate.dedup.minhash import (band_keys, candidate_pairs, jaccard_pairs, lsh_params, shingle_hashes, shingles_of,
-                                  signatures)
+from curate.dedup.minhash import (
+    band_keys,
+    candidate_pairs,
+    jaccard_pairs,
+    lsh_params,
+    shingle_hashes,
+    shingles_of,
+    signatures,
+)
 from curate.dedup.normalize import NO_WORDS, NULL_TEXT, normalize_sql, normalize_text
 from curate.dedup.quality import SHORT_SAME, SHORT_TRAPS, group_pairs, oracle_pairs, plant, score
 from curate.dedup.text import dedup_captions, find_duplicates
@@ -258,7 +265,7 @@ def test_rerun_replaces_and_other_configs_write_beside(laion_store):
 def test_keep_rules(store):
     base = "blue cotton summer dress with two pockets and a belt for women"
     texts = [base, base.title() + "!!!", base + " xl"]
-    for i, t in enumerate(texts):
+    for t in texts:
         store.con.execute("INSERT INTO captions (caption_id, uid, variant, text, source, run_id) "
                           "VALUES (md5_number(?)::UUID, md5_number(?)::UUID, 'raw', ?, 'x', 0)", [t, t, t])
     ids = {t: str(store.con.execute("SELECT md5_number(?)::UUID", [t]).fetchall()[0][0]) for t in texts}
@@ -285,7 +292,7 @@ def test_failed_write_leaves_the_previous_result(laion_store, monkeypatch):
         return t
 
     monkeypatch.setattr(text_mod.pa, "table", broken_summary)
-    with pytest.raises(Exception):
+    with pytest.raises(Exception):  # noqa: B017 - any failure of the write must roll back
         dedup_captions(s)
     assert s.con.execute("SELECT * FROM dedup_groups ORDER BY ALL").fetchall() == before
     status = s.con.execute("SELECT run_id, status FROM runs WHERE kind = 'dedup' ORDER BY run_id").fetchall()

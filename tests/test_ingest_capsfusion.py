@@ -7,12 +7,12 @@ import json
 from pathlib import Path
 
 import pytest
-from tests.conftest import table_snapshot
 
 from curate import InputError
 from curate.ids import sample_uid
 from curate.ingest.capsfusion import ingest_capsfusion, prepare_capsfusion
 from curate.ingest.core import run_ingest
+from tests.conftest import table_snapshot
 
 # Python's str.split() whitespace (Unicode spaces, \x1c-\x1f, \x85) as an RE2 class.
 WORDS = r"[^\s\pZ\x{1c}-\x{1f}\x{85}]+"

@@ -24,7 +24,6 @@ from curate.ids import sample_uid
 from curate.ingest import format_options, ingest
 from curate.ingest.img2dataset import find_shards, ingest_img2dataset
 from curate.ingest.tables import TableMapping, ingest_table
-
 from tests.conftest import TEST_DATA, table_snapshot
 
 I2D = TEST_DATA / "img2dataset"

@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import duckdb
-import pytest
 
 from curate import Store
 from curate.ingest import ingest

@@ -26,7 +26,6 @@ import math
 import shutil
 import uuid
 from collections import defaultdict
-from pathlib import Path
 from typing import Any
 
 import duckdb

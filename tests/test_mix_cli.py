@@ -24,8 +24,17 @@ import pyarrow.parquet as pq
 import pytest
 
 from curate import Store
-from curate.mix import (Budget, KnowledgeAware, MetaCLIPWeight, OneVariant, Output, Policy, Ratio, load_policy,
-                        write_manifest)
+from curate.mix import (
+    Budget,
+    KnowledgeAware,
+    MetaCLIPWeight,
+    OneVariant,
+    Output,
+    Policy,
+    Ratio,
+    load_policy,
+    write_manifest,
+)
 from curate.mix.attributes import named
 from curate.mix.manifest import EXT
 from tests.test_mix import mix_store, run_cli  # noqa: F401

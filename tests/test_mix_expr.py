@@ -19,8 +19,17 @@ from hypothesis import strategies as st
 
 from curate import Store
 from curate.errors import ConfigError
-from curate.mix import (OneVariant, Policy, Predicate, attribute_frame, col, keep_fraction, load_policy,
-                        policy_from_dict, run_policy)
+from curate.mix import (
+    OneVariant,
+    Policy,
+    Predicate,
+    attribute_frame,
+    col,
+    keep_fraction,
+    load_policy,
+    policy_from_dict,
+    run_policy,
+)
 from curate.registry import build_stage
 from curate.runner import RunOptions, run_stage
 

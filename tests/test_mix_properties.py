@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from curate import Store
-from curate.mix import (Budget, MetaCLIPWeight, OneVariant, Policy, Predicate, Ratio, TemperatureWeight, run_policy)
+from curate.mix import Budget, MetaCLIPWeight, OneVariant, Policy, Predicate, Ratio, TemperatureWeight, run_policy
 from curate.mix.compile import largest_remainder
 
 N = 2000

@@ -7,20 +7,25 @@ from __future__ import annotations
 
 import json
 
-import uuid
-
 import numpy as np
-import pyarrow as pa
 import pytest
 from click.testing import CliRunner
 
 from curate.errors import ConfigError, InputError, StoreError
-from curate.similarity import (build_index, create_index, exact_duplicates, load_index, merged_captions,
-                               near_duplicates, semdedup, tag, target_filter)
-from curate.similarity.groups import group_pairs, keep_rank
-from curate.similarity.index import exact_scores, gpu_count, resolve_device
+from curate.similarity import (
+    build_index,
+    create_index,
+    exact_duplicates,
+    load_index,
+    merged_captions,
+    near_duplicates,
+    semdedup,
+    tag,
+    target_filter,
+)
+from curate.similarity.groups import group_pairs
+from curate.similarity.index import gpu_count, resolve_device
 from curate.similarity.near import self_pairs
-from curate.similarity.semdedup import assign, cluster_pairs
 from curate.vectors import open_set, write_set
 
 from .test_vectors import add_samples, make_uids, normalise, planted, sim_store  # noqa: F401
@@ -491,7 +496,7 @@ def test_tags_equal_brute_force(sim_store, factory):
     got = s.con.execute("SELECT uid::VARCHAR, concept, rank, score FROM concept_tags WHERE run_id = ? "
                         "ORDER BY uid, rank", [res.run_id]).fetchall()
     by_uid: dict[str, list] = {}
-    for u, con, r, sc in got:
+    for u, con, _r, sc in got:
         by_uid.setdefault(u, []).append((con, sc))
     for i, u in enumerate(uids):
         assert [con for con, _ in by_uid[u]] == [names[j] for j in want[i]]
@@ -605,8 +610,8 @@ def test_cli_errors_are_one_line(sim_store):
 
     if "similarity" not in cli.commands:
         cli.add_command(similarity)
-    import io
     import contextlib
+    import io
 
     err = io.StringIO()
     with contextlib.redirect_stderr(err):

@@ -158,8 +158,7 @@ def test_catalog_opens_in_the_duckdb_cli(store, cc3m_file):
 
 
 def test_missing_extra_names_the_install_command(monkeypatch):
-    from curate import MissingExtraError
-    from curate import _optional
+    from curate import MissingExtraError, _optional
 
     monkeypatch.setitem(_optional.KNOWN, "curate_no_such_module", ("no-such-package", "index"))
     with pytest.raises(MissingExtraError, match=r"FAISS dedup needs .*pip install 'curate\[index\]'"):

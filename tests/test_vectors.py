@@ -16,8 +16,15 @@ import pytest
 
 from curate import Store
 from curate.errors import ConfigError, InputError, StoreError
-from curate.vectors import (Block, export_clip_retrieval, import_clip_retrieval, import_datacomp, list_sets, open_set,
-                            write_set)
+from curate.vectors import (
+    Block,
+    export_clip_retrieval,
+    import_clip_retrieval,
+    import_datacomp,
+    list_sets,
+    open_set,
+    write_set,
+)
 
 
 # -- shared helpers ------------------------------------------------------------------------

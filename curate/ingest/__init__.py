@@ -10,8 +10,9 @@ import importlib
 import inspect
 import os
 import typing
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..config import check
 from ..errors import ConfigError
@@ -40,8 +41,9 @@ TABLE_OPTIONS = tuple(TABLE_OPTION_TYPES)
 def ingest_function(fmt: str) -> Callable[..., Any]:
     if fmt not in FORMATS:
         raise ConfigError(f"unknown ingest format {fmt!r}; valid formats: {', '.join(FORMATS)}")
-    module, fn = FORMATS[fmt].split(":")
-    return getattr(importlib.import_module(module), fn)
+    module, name = FORMATS[fmt].split(":")
+    fn: Callable[..., Any] = getattr(importlib.import_module(module), name)
+    return fn
 
 
 def option_types(fmt: str) -> dict[str, Any]:

@@ -15,8 +15,18 @@ from .expr import Predicate, col, keep_fraction, predicates_from_expr
 from .frame import attribute_frame
 from .manifest import write_manifest
 from .policy import Budget, Output, Policy, load_policy, policy_from_dict, save_policy
-from .strategies import (CapsFusion, KnowledgeAware, LaCLIP, MetaCLIPWeight, Nguyen, NoWeight, OneVariant, Ratio,
-                         TemperatureWeight, VeCLIP)
+from .strategies import (
+                         CapsFusion,
+                         KnowledgeAware,
+                         LaCLIP,
+                         MetaCLIPWeight,
+                         Nguyen,
+                         NoWeight,
+                         OneVariant,
+                         Ratio,
+                         TemperatureWeight,
+                         VeCLIP,
+)
 
 __all__ = [
     "attribute_frame", "col", "keep_fraction", "predicates_from_expr",

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from .attributes import ATTRIBUTES, relation
-from .sql import ensure_clip_view, lit, named, source_cond
 from .compile import MixResult
+from .sql import ensure_clip_view, lit, named, source_cond
 
 
 def _views(store: Any, res: MixResult) -> None:

@@ -38,7 +38,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import polars as pl
 
@@ -48,7 +49,7 @@ from .sql import FRACTION_EPS
 
 _NAME = re.compile(r"^\s*([a-z_][a-z0-9_]*)\s*(?:\[(.*)\])?\s*$")
 _OPTIONS = ("model", "vocabulary", "mode")
-_CMP = {
+_CMP: dict[str, Callable[[pl.Expr, Any], pl.Expr]] = {
     "=": lambda a, b: a == b, "!=": lambda a, b: a != b, "<": lambda a, b: a < b,
     "<=": lambda a, b: a <= b, ">": lambda a, b: a > b, ">=": lambda a, b: a >= b,
 }
@@ -118,7 +119,7 @@ class Predicate:
         return predicate_expr(self)
 
     @staticmethod
-    def from_expr(expr: Any) -> tuple["Predicate", ...]:
+    def from_expr(expr: Any) -> tuple[Predicate, ...]:
         """Predicates from a polars expression (``&`` of several gives several)."""
         return predicates_from_expr(expr)
 
@@ -175,7 +176,8 @@ def reader(**kw: Any) -> Any:
     name = kw["attribute"]
     if name not in ATTRIBUTES:
         raise ConfigError(f"unknown attribute {name!r}; valid: {', '.join(sorted(ATTRIBUTES))}")
-    probe = {"number": 0, "bool": True, "str": ""}[ATTRIBUTES[name].type]
+    probes: dict[str, bool | int | str] = {"number": 0, "bool": True, "str": ""}
+    probe = probes[ATTRIBUTES[name].type]
     return Predicate(op="=", value=probe, **kw)
 
 

@@ -40,9 +40,9 @@ from .. import __version__
 from ..errors import ConfigError, QueryError
 from .attributes import producer_of
 from .check import required_tables
-from .sql import lit
 from .compile import MixResult, run_policy
 from .policy import Policy
+from .sql import lit
 
 EXT = {"parquet": "parquet", "csv": "csv", "tsv": "tsv", "json": "samples.jsonl", "jsonl": "jsonl", "npy": "npy"}
 def stage_of(table: str) -> str | None:
@@ -114,7 +114,7 @@ def json_keys(con: Any, res: MixResult) -> tuple[str, list[tuple[str, float]]]:
     per = (f"SELECT k.uid, {pivot}, struct_pack({probs}) AS caption_probs FROM _mix_keyed k "
            f"JOIN captions t USING (caption_id) GROUP BY k.uid")
     keycols = ", ".join(f"\"{k}\"" for k, _ in keys)
-    inner = (f"SELECT f.uid, f.source, s.url, s.image_path, c.text AS caption, f.variant, f.weight, "
+    inner = ("SELECT f.uid, f.source, s.url, s.image_path, c.text AS caption, f.variant, f.weight, "
              + ", ".join(f"p.\"{k}\"" for k, _ in keys) + ", p.caption_probs "
              f"FROM _mix_final f JOIN samples s USING (uid) JOIN captions c ON c.caption_id = f.caption_id "
              f"JOIN ({per}) p ON p.uid = f.uid ORDER BY f.key, f.uid")
@@ -234,15 +234,13 @@ def input_versions(store: Any, policy: Policy,
 
 def _vocabularies(policy: Policy) -> set[str]:
     out = {p.vocabulary for p in policy.select if p.vocabulary}
-    if getattr(policy.weight, "vocabulary", None):
-        out.add(policy.weight.vocabulary)
-    return out
+    return out | {v for v, _ in policy.weight.vocabularies()}
 
 
 
 def manifest_path(store: Any, policy: Policy) -> Path:
     name = policy.output.name or policy.name
-    return store.path / "manifests" / f"{name}.{EXT[policy.output.format]}"
+    return Path(store.path) / "manifests" / f"{name}.{EXT[policy.output.format]}"
 
 
 def write_manifest(store: Any, policy: Policy, path: Path | None = None, res: MixResult | None = None) -> dict[str, Any]:

@@ -65,8 +65,23 @@ from ..config import check, dump_toml, from_dict, load_toml, to_dict
 from ..config import drop_none as _drop_none
 from ..errors import ConfigError
 from .expr import OPS, Predicate, conjunction, predicates_from_expr
-from .strategies import (STRATEGIES, WEIGHTS, CapsFusion, Choose, KnowledgeAware, LaCLIP, MetaCLIPWeight, Nguyen,
-                         NoWeight, OneVariant, Ratio, TemperatureWeight, VeCLIP, WeightRule, _check_probs)
+from .strategies import (
+    STRATEGIES,
+    WEIGHTS,
+    CapsFusion,
+    KnowledgeAware,
+    LaCLIP,
+    MetaCLIPWeight,
+    Nguyen,
+    NoWeight,
+    OneVariant,
+    Ratio,
+    Strategy,
+    TemperatureWeight,
+    VeCLIP,
+    Weight,
+    _check_probs,
+)
 
 __all__ = ["OPS", "FORMATS", "Budget", "CapsFusion", "KnowledgeAware", "LaCLIP", "MetaCLIPWeight", "Nguyen", "NoWeight",
            "OneVariant", "Output", "Policy", "Predicate", "Ratio", "STRATEGIES", "TemperatureWeight", "VeCLIP",
@@ -139,9 +154,9 @@ class Output:
 @dataclasses.dataclass(frozen=True)
 class Policy:
     name: str
-    choose: Choose = dataclasses.field(default_factory=OneVariant)
+    choose: Strategy = dataclasses.field(default_factory=OneVariant)
     select: tuple[Predicate, ...] = ()
-    weight: WeightRule = dataclasses.field(default_factory=NoWeight)
+    weight: Weight = dataclasses.field(default_factory=NoWeight)
     budget: Budget = dataclasses.field(default_factory=Budget)
     output: Output = dataclasses.field(default_factory=Output)
     seed: int = 0
@@ -170,7 +185,7 @@ class Policy:
         :func:`curate.mix.attribute_frame` the way the policy's SQL selects."""
         return conjunction(self.select)
 
-    def with_seed(self, seed: int) -> "Policy":
+    def with_seed(self, seed: int) -> Policy:
         return dataclasses.replace(self, seed=seed)
 
     def to_dict(self) -> dict[str, Any]:
@@ -185,7 +200,8 @@ class Policy:
             "budget": to_dict(self.budget),
             "output": to_dict(self.output),
         }
-        return _drop_none(out)
+        plain: dict[str, Any] = _drop_none(out)
+        return plain
 
     def to_toml(self) -> str:
         """The policy file for :meth:`to_dict` (every default written out):

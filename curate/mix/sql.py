@@ -141,7 +141,7 @@ def clip_model(store: Store, model: str | None, where: str) -> str:
         if len(models) != 1:
             raise ConfigError(f"{where}: clip_scores holds {len(models)} models ({', '.join(models) or 'none'}); "
                               "name one with model = ...")
-        return models[0]
+        return str(models[0])
     if model not in models:
         raise ConfigError(f"{where}: clip_scores has no scores of model {model!r}; it has {', '.join(models) or 'none'}")
     return model

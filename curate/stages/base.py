@@ -83,7 +83,7 @@ class Stage:
     def preflight(self) -> None:
         """Fail early (a ConfigError naming the fix) when the stage cannot run here."""
 
-    def prepare(self, store: Any) -> "Stage":
+    def prepare(self, store: Any) -> Stage:
         """The stage to run against ``store``: a stage whose input depends on the store
         (e.g. a vocabulary table) returns a copy with that content filled in, so it is
         part of the config hash and reaches the workers. Called once, in the runner."""
@@ -104,7 +104,7 @@ class Stage:
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
     @classmethod
-    def from_config(cls, config: dict[str, Any] | None) -> "Stage":
+    def from_config(cls, config: dict[str, Any] | None) -> Stage:
         """Build the stage from a plain dict by the rules of :mod:`curate.config`
         (unknown keys, wrong types and non-finite numbers are ConfigErrors)."""
         return from_dict(cls, dict(config or {}), f"{cls.registry_name()} config")

@@ -52,9 +52,9 @@ import numpy as np
 import pyarrow as pa
 
 from .._optional import require
+from ..attributes import Attribute
 from ..errors import ConfigError
 from ..images import ImageFailure, ImageRef, decode_loader, default_workers, read_images
-from ..attributes import Attribute
 from .base import Stage
 
 if TYPE_CHECKING:

@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import pyarrow as pa
 
+from ..attributes import Attribute
 from ..errors import ConfigError
 from ..knowledge.ner import DEFAULT_MODEL
-from ..attributes import Attribute
 from .base import Stage
 
 if TYPE_CHECKING:

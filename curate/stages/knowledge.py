@@ -29,9 +29,9 @@ from typing import Any, ClassVar
 
 import pyarrow as pa
 
+from ..attributes import Attribute
 from ..knowledge.ner import DEFAULT_MODEL, CaseFix, check_pipeline, extract, load_ner
 from ..knowledge.normalize import normalize_entity
-from ..attributes import Attribute
 from .base import Stage
 
 KNOWLEDGE_LABELS = ("PERSON", "NORP", "FAC", "ORG", "GPE", "LOC", "PRODUCT", "EVENT", "WORK_OF_ART", "LAW", "LANGUAGE")
