@@ -79,6 +79,7 @@ def embed(store_path: Path, model: str, pretrained: str, model_config: str | Non
              "device": device, "precision": precision, "model_batch_size": model_batch_size,
              "decode_workers": decode_workers, "threads": threads}
     stage = cls.from_config({k: v for k, v in given.items() if v is not None})
+    assert isinstance(stage, (ClipImage, ClipScore))  # from_config builds a cls; it is typed as returning a Stage
     with Store.open(store_path) as store:
         if finalize_only:
             sets = finalize_vectors(store, stage)

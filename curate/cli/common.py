@@ -5,8 +5,9 @@ prints, and how a failure becomes one ``error: ...`` line and an exit code
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import click
 
@@ -85,6 +86,7 @@ def show_table(table: Any, max_rows: int = 40, *, float_precision: int | None = 
     import polars as pl
 
     df = table if isinstance(table, pl.DataFrame) else pl.from_arrow(table)
+    assert isinstance(df, pl.DataFrame)  # from_arrow of a table is a DataFrame (a Series only for an array)
     with pl.Config(tbl_rows=max_rows, tbl_cols=-1, fmt_str_lengths=60, tbl_width_chars=200,
                    tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True,
                    float_precision=float_precision, thousands_separator=thousands_separator):

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from ..errors import ConfigError
 from ..store import Store
 from .common import executor_options, max_rows_option, progress_option, run_options, show_table, store_option
+
+if TYPE_CHECKING:
+    from ..concepts.audit import CountSpec
 
 method_option = click.option("--method", default="lemmatized", show_default=True,
                              help="Published count method: lemmatized, lowercased, rampp0.7, "
@@ -28,7 +32,7 @@ out_dir_option = click.option("--out-dir", type=click.Path(file_okay=False, path
                               help="Folder for plots (default: the store's reports/).")
 
 
-def _show(df, max_rows: int = 40, float_precision: int | None = 4) -> None:
+def _show(df: Any, max_rows: int = 40, float_precision: int | None = 4) -> None:
     show_table(df, max_rows, float_precision=float_precision)
 
 
@@ -37,7 +41,7 @@ def _slug(text: str) -> str:
 
 
 def count_specs(published: tuple[str, ...], method: str, downstream: str, vocabulary: str | None,
-                counts: tuple[str, ...] = (), mode: str = "phrase"):
+                counts: tuple[str, ...] = (), mode: str = "phrase") -> list[CountSpec]:
     """CountSpecs from the audit options (``--published NAME[:METHOD]`` and
     ``--counts VOCABULARY[:VARIANT[:SOURCE]]`` for the store's own counts, repeatable)."""
     from ..concepts.audit import parse_spec
@@ -336,8 +340,8 @@ def fit(metric_csv: Path, store_path: Path, published: str | None, counts: tuple
         raise ConfigError("fit takes one count source: --published PRETRAIN or --counts VOCABULARY")
     (spec,) = specs
     with Store.open(store_path, read_only=True) as s:
-        counts = counts_source(s, spec)
-    res = loglinear_fit(counts, metric, drop_zero=drop_zero)
+        count_table = counts_source(s, spec)
+    res = loglinear_fit(count_table, metric, drop_zero=drop_zero)
     click.echo(f"{metric_csv.name} against {spec.label}: {res.summary()}")
     out = (out_dir or store_path / "reports") / f"concepts_fit_{_slug(metric_csv.stem)}_{_slug(spec.label)}"
     paths = fit_plot(res, out, title=f"{metric_csv.stem} against {spec.label}", metric_name=column or "metric")

@@ -135,7 +135,14 @@ def sql(query_text: str | None, store_path: Path, named: str | None, params: tup
     if fmt == "parquet" and out is None:
         raise ConfigError("--format parquet needs --out FILE")
     with Store.open(store_path, read_only=True) as s:
-        rel = s.query(named, **pairs(params, "--param")) if named else s.relation(query_text)
+        if named:
+            result = s.query(named, **pairs(params, "--param"))
+        else:
+            assert query_text is not None  # exactly one of QUERY and --query, checked above
+            result = s.relation(query_text)
+        # duckdb's sql() returns None for text that holds no statement (only a comment, say), though
+        # its stub, and so Store.relation and Store.query, says it always returns a relation
+        rel: duckdb.DuckDBPyRelation | None = result
         if rel is None:
             click.echo("ok")
             return

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import click
 
@@ -33,7 +34,8 @@ def dedup() -> None:
 @click.option("--bands", type=int, help="LSH bands (with --rows; default from threshold and num_perm).")
 @click.option("--rows", type=int, help="LSH rows per band.")
 def captions(store_path: Path, variants: tuple[str, ...], across_variants: bool, threshold: float, num_perm: int,
-             shingle: int, keep: str, grouping: str, seed: int, bands: int | None, rows: int | None) -> None:
+             shingle: int, keep: Literal["first", "longest", "shortest"], grouping: Literal["center", "components"],
+             seed: int, bands: int | None, rows: int | None) -> None:
     """Find duplicate captions and write them to dedup_groups (a rerun replaces its config's rows)."""
     from ..dedup.text import dedup_captions
 

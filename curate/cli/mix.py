@@ -6,14 +6,18 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from ..store import Store
 from .common import max_rows_option, show_table, store_option
 
+if TYPE_CHECKING:
+    from ..mix import MixResult
 
-def _counts(res) -> None:
+
+def _counts(res: MixResult) -> None:
     c = res.counts
     click.echo(f"policy {res.policy.name} (seed {res.policy.seed}): pool {c['pool_samples']:,} samples, "
                f"selected {c['selected']:,}, with a caption {c['with_caption']:,}, manifest {c['samples']:,}")

@@ -5,6 +5,7 @@ and exact duplicates, caption merge, tags, target filter, report), a thin layer 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import click
 
@@ -56,7 +57,8 @@ def similarity_index(set_name: str, store_path: Path, factory: str, name: str | 
 @click.option("--grouping", type=click.Choice(["center", "components"]), default="center", show_default=True)
 @device_option
 def similarity_semdedup(set_name: str, store_path: Path, eps: float, n_clusters: int | None, niter: int, seed: int,
-                        keep: str, score: str | None, grouping: str, device: str) -> None:
+                        keep: Literal["farthest", "nearest", "score", "first"], score: str | None,
+                        grouping: Literal["center", "components"], device: str) -> None:
     """Semantic dedup (SemDeDup) of SET into dedup_groups."""
     from ..similarity.semdedup import semdedup
 
@@ -79,8 +81,8 @@ def similarity_semdedup(set_name: str, store_path: Path, eps: float, n_clusters:
 @click.option("--grouping", type=click.Choice(["center", "components"]), default="center", show_default=True)
 @device_option
 def similarity_neardup(set_name: str, store_path: Path, threshold: float, factory: str, index_name: str | None,
-                       nprobe: int | None, ef_search: int | None, keep: str, score: str | None, grouping: str,
-                       device: str) -> None:
+                       nprobe: int | None, ef_search: int | None, keep: Literal["first", "score"], score: str | None,
+                       grouping: Literal["center", "components"], device: str) -> None:
     """Near-duplicate images of SET by range search, into dedup_groups."""
     from ..similarity.near import near_duplicates
 
@@ -95,7 +97,7 @@ def similarity_neardup(set_name: str, store_path: Path, threshold: float, factor
 @click.option("--min-urls", default=20, show_default=True, help="A sha256 behind this many distinct URLs is a placeholder.")
 @click.option("--keep", type=click.Choice(["first", "score"]), default="first", show_default=True)
 @click.option("--score", help="TABLE.COLUMN keyed by uid, for --keep score.")
-def similarity_exact(store_path: Path, min_urls: int, keep: str, score: str | None) -> None:
+def similarity_exact(store_path: Path, min_urls: int, keep: Literal["first", "score"], score: str | None) -> None:
     """Exact duplicate images by samples.sha256, and placeholder images."""
     from ..similarity.near import exact_duplicates
 

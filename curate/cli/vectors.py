@@ -4,12 +4,16 @@ a thin layer over :mod:`curate.vectors`."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal, cast
 
 import click
 
 from ..errors import ConfigError, InputError
 from ..store import Store
 from .common import show_table, store_option
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 
 @click.group()
@@ -50,9 +54,10 @@ def vectors_list(store_path: Path) -> None:
 @click.option("--normalise", type=click.Choice(["auto", "error"]), default="auto", show_default=True,
               help="Unnormalised vectors: normalise and report, or fail.")
 @click.option("--replace", is_flag=True, help="Replace an existing set of this name (atomically).")
-def vectors_import(name: str, path: Path, store_path: Path, fmt: str, kind: str | None, ids_path: Path | None,
-                   uids_path: Path | None, key: str, match: str, variant: str, model: str | None, on_bad: str | None,
-                   normalise: str, replace: bool) -> None:
+def vectors_import(name: str, path: Path, store_path: Path, fmt: str, kind: Literal["image", "text", "concept"] | None,
+                   ids_path: Path | None, uids_path: Path | None, key: str, match: Literal["auto", "uid", "url", "key"],
+                   variant: str, model: str | None, on_bad: Literal["error", "quarantine"] | None,
+                   normalise: Literal["auto", "error"], replace: bool) -> None:
     """Import embeddings at PATH as set NAME (clip-retrieval folder, DataComp .npz, or .npy + --ids)."""
     from .. import vectors as V
 
@@ -62,7 +67,9 @@ def vectors_import(name: str, path: Path, store_path: Path, fmt: str, kind: str 
             raise ConfigError(f"cannot tell the format of {path.name}; pass --format clip-retrieval|datacomp|npy")
     with Store.open(store_path) as s:
         if fmt == "clip-retrieval":
-            res = V.import_clip_retrieval(s, name, path, kind=kind or "image", match=match, variant=variant, model=model,
+            # --kind concept is passed on as given: import_clip_retrieval rejects it with a ConfigError
+            clip_kind = cast(Literal["image", "text"], kind or "image")
+            res = V.import_clip_retrieval(s, name, path, kind=clip_kind, match=match, variant=variant, model=model,
                                           on_bad=on_bad or "quarantine", replace=replace, normalise=normalise)
         elif fmt == "datacomp":
             if uids_path is None:
@@ -85,7 +92,7 @@ def vectors_import(name: str, path: Path, store_path: Path, fmt: str, kind: str 
     click.echo(res.summary())
 
 
-def _read_ids(path: Path):
+def _read_ids(path: Path) -> pa.ChunkedArray | list[str]:
     import pyarrow.parquet as pq
 
     if path.suffix.lower() == ".parquet":

@@ -24,10 +24,19 @@ The package is split by responsibility, and every public name is re-exported her
 
 from __future__ import annotations
 
-from .exchange import (DATACOMP_KEYS, export_clip_retrieval, export_datacomp, import_clip_retrieval,
-                       import_datacomp)
-from .read import (EMB_DIR, ID_COLUMN, KINDS, TABLE_SQL, VectorSet, check_name, ensure_table, list_sets, open_set,
-                   sets_table)
+from .exchange import DATACOMP_KEYS, export_clip_retrieval, export_datacomp, import_clip_retrieval, import_datacomp
+from .read import (
+    EMB_DIR,
+    ID_COLUMN,
+    KINDS,
+    TABLE_SQL,
+    VectorSet,
+    check_name,
+    ensure_table,
+    list_sets,
+    open_set,
+    sets_table,
+)
 from .write import DEFAULT_SHARD_ROWS, NORM_TOL, Block, WriteResult, drop_set, write_set
 
 __all__ = [

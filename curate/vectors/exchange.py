@@ -10,8 +10,9 @@ import os
 import re
 import shutil
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -78,7 +79,11 @@ def _map_ids(store: Store, meta: pa.Table, kind: str, match: str, variant: str |
     return np.asarray(keep, dtype=np.int64), pa.array(ids, pa.string()), bad
 
 
-def import_clip_retrieval(store: Store, name: str, folder: str | os.PathLike, *, kind: Literal["image", "text"] = "image",
+_MATCH_COLUMNS: tuple[Literal["uid", "url", "key"], ...] = ("uid", "url", "key")  # the order match='auto' tries
+
+
+def import_clip_retrieval(store: Store, name: str, folder: str | os.PathLike[str], *,
+                          kind: Literal["image", "text"] = "image",
                           match: Literal["auto", "uid", "url", "key"] = "auto", variant: str = "raw",
                           caption_col: str = "caption", model: str | None = None,
                           on_bad: Literal["error", "quarantine"] = "quarantine", replace: bool = False,
@@ -95,9 +100,9 @@ def import_clip_retrieval(store: Store, name: str, folder: str | os.PathLike, *,
     Rows that match nothing or more than one id are rejects (``no matching sample``,
     ``ambiguous url``, ...): quarantined by default, ``on_bad='error'`` to fail instead."""
     folder = Path(folder)
-    sub = EMB_DIR[kind] if kind in EMB_DIR else None
-    if sub is None or kind == "concept":
+    if kind not in ("image", "text"):
         raise ConfigError(f"kind must be image or text, got {kind!r}")
+    sub = EMB_DIR[kind]
     embs = _numbered(folder / sub, sub, ".npy")
     metas = _numbered(folder / "metadata", "metadata", ".parquet")
     if not embs:
@@ -108,10 +113,11 @@ def import_clip_retrieval(store: Store, name: str, folder: str | os.PathLike, *,
         raise InputError(f"{folder}: {sub}_{missing[0]}.npy has no metadata/metadata_{missing[0]}.parquet")
     first_cols = pq.read_schema(metas[min(embs)]).names
     if match == "auto":
-        match = next((c for c in ("uid", "url", "key") if c in first_cols), None)  # type: ignore[assignment]
-        if match is None:
+        found = next((c for c in _MATCH_COLUMNS if c in first_cols), None)
+        if found is None:
             raise InputError(f"{metas[min(embs)]}: no uid, url or key column to match samples by; "
                              f"columns: {', '.join(first_cols)}")
+        match = found
     if match not in ("uid", "url", "key"):
         raise ConfigError(f"match must be auto, uid, url or key, got {match!r}")
     for i in sorted(embs):  # validate every shard before any work
@@ -152,11 +158,12 @@ def import_clip_retrieval(store: Store, name: str, folder: str | os.PathLike, *,
                                config={"folder": str(folder), "match": match, "caption_col": caption_col})
 
 
-DATACOMP_KEYS = {"b32_img": ("image", "ViT-B-32/openai"), "b32_txt": ("text", "ViT-B-32/openai"),
-                 "l14_img": ("image", "ViT-L-14/openai"), "l14_txt": ("text", "ViT-L-14/openai")}
+DATACOMP_KEYS: dict[str, tuple[Literal["image", "text"], str]] = {
+    "b32_img": ("image", "ViT-B-32/openai"), "b32_txt": ("text", "ViT-B-32/openai"),
+    "l14_img": ("image", "ViT-L-14/openai"), "l14_txt": ("text", "ViT-L-14/openai")}
 
 
-def import_datacomp(store: Store, name: str, npz: str | os.PathLike, uids: str | os.PathLike, *,
+def import_datacomp(store: Store, name: str, npz: str | os.PathLike[str], uids: str | os.PathLike[str], *,
                     key: str = "l14_img", variant: str = "raw", uid_col: str = "uid",
                     on_bad: Literal["error", "quarantine"] = "quarantine", replace: bool = False,
                     normalise: Literal["auto", "error"] = "auto", shard_rows: int = DEFAULT_SHARD_ROWS) -> WriteResult:
@@ -201,7 +208,7 @@ def import_datacomp(store: Store, name: str, npz: str | os.PathLike, uids: str |
                      stage="vectors.import_datacomp.v1", config={"npz": str(npz), "uids": str(uids), "key": key})
 
 
-def export_datacomp(store: Store, out: str | os.PathLike, sets: dict[str, str]) -> tuple[Path, Path, int]:
+def export_datacomp(store: Store, out: str | os.PathLike[str], sets: dict[str, str]) -> tuple[Path, Path, int]:
     """Write vector sets as one DataComp embedding shard: ``out`` (an ``.npz`` with one
     float16 array per key of :data:`DATACOMP_KEYS`, e.g. ``{"l14_img": "clip.x.image",
     "l14_txt": "clip.x.text.raw"}``) and, beside it, ``out`` with suffix ``.parquet``
@@ -260,12 +267,13 @@ def export_datacomp(store: Store, out: str | os.PathLike, sets: dict[str, str]) 
     if texts:
         meta = meta.append_column("text", pa.array([texts.get(u) for u in order], pa.string()))
     out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(out, **arrays)
+    # allow_pickle=True is numpy's default, spelled out so that mypy does not match **arrays against it
+    np.savez(out, allow_pickle=True, **arrays)
     pq.write_table(meta, meta_path)
     return out, meta_path, len(order)
 
 
-def export_clip_retrieval(store: Store, name: str, out: str | os.PathLike) -> Path:
+def export_clip_retrieval(store: Store, name: str, out: str | os.PathLike[str]) -> Path:
     """Write the set as a clip-retrieval embedding folder: the float16 shards as they are,
     and ``metadata_<i>.parquet`` with the id column plus ``url`` and ``caption``
     (image sets: the sample's url and its smallest ``raw`` caption; text sets: the

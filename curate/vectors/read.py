@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -66,7 +67,7 @@ class VectorSet:
     variant: str | None
     shards: tuple[tuple[str, str, int], ...]  # (emb file, metadata file, rows), relative to path
     run_id: int
-    meta: dict = field(default_factory=dict, compare=False, repr=False)
+    meta: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def offsets(self) -> np.ndarray:

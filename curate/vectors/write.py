@@ -26,11 +26,13 @@ from __future__ import annotations
 import json
 import shutil
 import uuid
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -191,11 +193,11 @@ def write_set(store: Store, name: str, vectors: np.ndarray | Iterable[Block] | N
 
 
 def _write_files(tmp: Path, blocks: Iterable[Block], kind: str, id_col: str, dim: int | None, normalise: str,
-                 on_bad: str, shard_rows: int, rej: _Rejects, name: str) -> tuple[dict, int, int]:
+                 on_bad: str, shard_rows: int, rej: _Rejects, name: str) -> tuple[dict[str, Any], int, int]:
     emb_dir = EMB_DIR[kind]
     (tmp / emb_dir).mkdir(parents=True)
     (tmp / "metadata").mkdir()
-    shards: list[dict] = []
+    shards: list[dict[str, Any]] = []
     buf_v: list[np.ndarray] = []
     buf_i: list[pa.Array] = []
     buffered = 0
@@ -227,7 +229,7 @@ def _write_files(tmp: Path, blocks: Iterable[Block], kind: str, id_col: str, dim
         ids_ = _ids_array(block.ids, len(v), f"vector set {name}")
         refs = block.refs
         x = v.astype(np.float32)
-        finite = np.isfinite(x).all(axis=1)
+        finite: npt.NDArray[np.bool_] = np.all(np.isfinite(x), axis=1)
         norms = np.linalg.norm(np.where(finite[:, None], x, 0), axis=1)
         zero = finite & (norms == 0)
         bad = ~finite | zero
@@ -240,16 +242,16 @@ def _write_files(tmp: Path, blocks: Iterable[Block], kind: str, id_col: str, dim
                     f"are all zeros (first: {ref}, id {ids_[first].as_py()}); fix the input or pass "
                     "on_bad='quarantine' (--on-bad quarantine) to leave them out as rejects")
             for j in np.nonzero(bad)[0]:
-                rej.add(refs[j] if refs is not None else f"row {n_in + int(j)}",
+                rej.add(refs[int(j)] if refs is not None else f"row {n_in + int(j)}",
                         "nan or inf" if not finite[j] else "zero vector", f"id {ids_[int(j)].as_py()}",
                         str(ids_[int(j)].as_py()))
         off = np.abs(norms - 1.0) > NORM_TOL
         off &= ~bad
         if off.any():
             if normalise == "error":
-                j = int(np.nonzero(off)[0][0])
+                row = int(np.nonzero(off)[0][0])
                 raise InputError(f"vector set {name}: {int(off.sum()):,} vectors are not L2-normalised "
-                                 f"(first: row {n_in + j}, norm {norms[j]:.4g}); normalise them or use normalise='auto'")
+                                 f"(first: row {n_in + row}, norm {norms[row]:.4g}); normalise them or use normalise='auto'")
             normalised += int(off.sum())
         n_in += len(v)
         keep = ~bad
