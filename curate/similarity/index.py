@@ -386,7 +386,7 @@ def create_index(store: Store, set_name: str, factory: str = "Flat", *, name: st
                  seed: int = 1, device: str = "auto", float16: bool = False) -> tuple[Index, Path, int]:
     """Build and save an index over a stored set, with a ``runs`` row (``similarity.index.v1``).
     Returns (index, folder, run id)."""
-    from .runs import start_run
+    from ..runs import start_run
 
     vs = open_set(store, set_name)
     cfg = {"set": set_name, "set_run_id": vs.run_id, "factory": factory, "name": name, "nprobe": nprobe,

@@ -29,7 +29,7 @@ from ..vectors import open_set
 from .groups import Groups, check_threshold, ensure_tables, group_pairs, ingest_order, keep_rank, require_ids, \
     score_column, write_groups
 from .index import Index, build_index, exact_scores, load_index
-from .runs import start_run
+from ..runs import start_run
 
 NEAR_STAGE = "similarity.near.v1"
 EXACT_STAGE = "similarity.exact.v1"

@@ -44,7 +44,7 @@ from ..vectors import VectorSet, open_set
 from .groups import (Groups, check_threshold, ensure_tables, group_pairs, ingest_order, keep_rank, require_ids,
                      score_column, write_groups)
 from .index import exact_scores, faiss_module, resolve_device
-from .runs import start_run
+from ..runs import start_run
 
 STAGE = "similarity.semdedup.v1"
 PAIR_MARGIN = 1e-4

@@ -23,7 +23,7 @@ from ..store import Store
 from ..vectors import open_set
 from .groups import ensure_tables
 from .index import build_index
-from .runs import start_run
+from ..runs import start_run
 
 STAGE = "similarity.tags.v1"
 

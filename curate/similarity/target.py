@@ -24,7 +24,7 @@ from ..errors import ConfigError, InputError
 from ..store import Store
 from ..vectors import open_set
 from .groups import ensure_tables
-from .runs import start_run
+from ..runs import start_run
 from .semdedup import assign, kmeans
 
 STAGE = "similarity.target.v1"
