@@ -32,8 +32,9 @@ import datetime as _dt
 import hashlib
 import json
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 from . import __version__
 from .errors import CurateError
