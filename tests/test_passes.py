@@ -79,7 +79,7 @@ def test_the_engines_checks_run_when_a_pass_is_built():
         ("concepts.vocabulary.v1", {"vocabulary": "Bad Name", "source": "cifar10"}, "vocabulary name 'Bad Name'"),
         ("similarity.tags.v1", {"set_name": "s", "concept_set": "c", "k": 0}, "k must be at least 1"),
         ("similarity.near.v1", {"set_name": "s", "keep": "farthest"},
-         r"keep: expected one of 'first', 'score', got str 'farthest'"),
+         r"config\.keep: expected .*'first'.*'score'.*, got str 'farthest'"),
     ]:
         with pytest.raises(ConfigError, match=message):
             registry.build_pass(name, cfg)
