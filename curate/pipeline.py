@@ -1,4 +1,4 @@
-"""Pipelines: TOML files that name ingest steps and stages, validated whole before any work.
+"""Pipelines: TOML files that name ingest steps, stages and passes, validated whole before any work.
 
 ::
 
@@ -22,38 +22,51 @@
     [stage.config]             # the stage's own fields
 
     [[dedup]]                  # zero or more caption dedup passes, after the stages
-    variant = "synthetic"      # the keyword arguments of curate.dedup.text.dedup_captions
-    threshold = 0.8
+    variant = "synthetic"      # the fields of the pass dedup.captions.v1 (the keyword
+    threshold = 0.8            # arguments of curate.dedup.text.dedup_captions)
+
+    [[pass]]                   # zero or more whole-corpus passes, after the dedup passes
+    name = "similarity.near.v1"      # a key of curate.registry.PASSES
+    [pass.config]              # the pass's own fields
+    set_name = "img"
+    threshold = 0.95
 
     [[mix]]                    # zero or more mixing policies, last
     policy = "policies/capsfusion_guard.toml"   # relative to this file
     seed = 0                   # optional overrides of the policy's seed and output name
     name = "my-manifest"
 
-Steps run in that order: ingests, stages, dedup passes, mixes. Everything that can be
-checked without the store (formats, options, stage configs, dedup settings, policy
-files) is checked before any of them runs.
+Steps run in that order: ingests, stages, dedup passes, passes, mixes (each kind in file
+order). ``[[dedup]]`` is shorthand for ``[[pass]] name = "dedup.captions.v1"`` with the
+step's keys as its config. Everything that can be checked without the store (formats,
+options, stage and pass configs, policy files) is checked before any of them runs, by
+the one config engine (:mod:`curate.config`); a pass's path fields
+(``Pass.path_fields``) are resolved against the pipeline's folder.
 """
 
 from __future__ import annotations
 
 import os
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .config import check, check_keys, from_dict, load_toml
 from .errors import ConfigError
 from .ingest import FORMATS, validate_options
-from .registry import build_stage
+from .passes.base import Pass
+from .registry import build_stage, get_pass_class, pass_names
 from .runner import RunOptions
 from .stages.base import Stage
 
-TOP_KEYS = {"pipeline", "ingest", "stage", "dedup", "mix"}
+TOP_KEYS = {"pipeline", "ingest", "stage", "dedup", "pass", "mix"}
 MIX_KEYS = {"policy", "seed", "name"}
 PIPELINE_KEYS = {"name", "description"}
 INGEST_KEYS = {"format", "path", "source"}
 STAGE_KEYS = {"name", "config", "batch_size", "workers", "limit", "executor", "ray_address", "gpus_per_worker"}
+PASS_KEYS = {"name", "config"}
+#: a TOML array of tables
+STEPS = list[dict]
 
 
 @dataclass
@@ -79,10 +92,22 @@ class StageStep:
 
 @dataclass
 class DedupStep:
+    """A ``[[dedup]]`` step: its keys as written, and the dedup.captions.v1 pass they build."""
+
     options: dict[str, Any]
+    pass_: Pass
 
     def resolved(self) -> dict[str, Any]:
         return dict(self.options)
+
+
+@dataclass
+class PassStep:
+    pass_: Pass
+
+    def resolved(self) -> dict[str, Any]:
+        return {"name": self.pass_.registry_name(), "config_hash": self.pass_.config_hash(),
+                "config": self.pass_.config()}
 
 
 @dataclass
@@ -103,127 +128,121 @@ class Pipeline:
     ingests: list[IngestStep] = field(default_factory=list)
     stages: list[StageStep] = field(default_factory=list)
     dedups: list[DedupStep] = field(default_factory=list)
+    passes: list[PassStep] = field(default_factory=list)
     mixes: list[MixStep] = field(default_factory=list)
 
     def resolved(self) -> dict[str, Any]:
-        return {"pipeline": {"name": self.name, "description": self.description},
-                "ingest": [s.resolved() for s in self.ingests], "stage": [s.resolved() for s in self.stages],
-                "dedup": [s.resolved() for s in self.dedups], "mix": [s.resolved() for s in self.mixes]}
-
-
-def _expect(where: str, value: Any, tp: type | tuple[type, ...], what: str) -> Any:
-    if not isinstance(value, tp) or isinstance(value, bool) and bool not in (tp if isinstance(tp, tuple) else (tp,)):
-        raise ConfigError(f"{where}: expected {what}, got {type(value).__name__} {value!r}")
-    return value
+        """The pipeline as run: plain JSON. ``pass`` is present when the pipeline has
+        ``[[pass]]`` steps (a pipeline without them resolves as it always has)."""
+        out: dict[str, Any] = {"pipeline": {"name": self.name, "description": self.description},
+                               "ingest": [s.resolved() for s in self.ingests],
+                               "stage": [s.resolved() for s in self.stages],
+                               "dedup": [s.resolved() for s in self.dedups]}
+        if self.passes:
+            out["pass"] = [s.resolved() for s in self.passes]
+        out["mix"] = [s.resolved() for s in self.mixes]
+        return out
 
 
 def load_pipeline(path: str | Path) -> Pipeline:
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"pipeline file {p} does not exist")
-    try:
-        data = tomllib.loads(p.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{p}: not valid TOML: {e}") from None
-    return parse_pipeline(data, base=p.parent, path=p)
+    return parse_pipeline(load_toml(p, "pipeline file"), base=p.parent, path=p)
 
 
 def parse_pipeline(data: dict[str, Any], base: Path = Path("."), path: Path | None = None) -> Pipeline:
     where = str(path or "pipeline")
-    unknown = sorted(set(data) - TOP_KEYS)
-    if unknown:
-        raise ConfigError(f"{where}: unknown top-level key(s) {', '.join(unknown)}; valid: {', '.join(sorted(TOP_KEYS))}")
-    head = _expect(f"{where} [pipeline]", data.get("pipeline", {}), dict, "a table")
-    unknown = sorted(set(head) - PIPELINE_KEYS)
-    if unknown:
-        raise ConfigError(f"{where} [pipeline]: unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(PIPELINE_KEYS))}")
+    check_keys(f"{where} top level", data, TOP_KEYS)
+    head = check_keys(f"{where} [pipeline]", data.get("pipeline", {}), PIPELINE_KEYS)
     pipe = Pipeline(
-        name=_expect(f"{where} pipeline.name", head.get("name", path.stem if path else "pipeline"), str, "a string"),
-        description=_expect(f"{where} pipeline.description", head.get("description", ""), str, "a string"),
+        name=check(f"{where} pipeline.name", head.get("name", path.stem if path else "pipeline"), str),
+        description=check(f"{where} pipeline.description", head.get("description", ""), str),
         path=path,
     )
-    for i, step in enumerate(_expect(f"{where} ingest", data.get("ingest", []), list, "an array of tables")):
-        w = f"{where} ingest[{i}]"
-        _expect(w, step, dict, "a table")
-        fmt = _expect(f"{w}.format", step.get("format"), str, f"one of {', '.join(FORMATS)}")
-        if fmt not in FORMATS:
-            raise ConfigError(f"{w}.format: unknown format {fmt!r}; valid formats: {', '.join(FORMATS)}")
-        if "path" not in step:
-            raise ConfigError(f"{w}: missing key 'path'")
-        raw_path = Path(_expect(f"{w}.path", step["path"], str, "a string"))
-        full = raw_path if raw_path.is_absolute() else Path(os.path.abspath(base / raw_path))
-        if not full.exists():
-            raise ConfigError(f"{w}.path: {full} does not exist")
-        source = step.get("source")
-        if source is not None:
-            _expect(f"{w}.source", source, str, "a string")
-        options = {k: v for k, v in step.items() if k not in INGEST_KEYS}
-        try:
-            options = validate_options(fmt, options, base=base)
-        except ConfigError as e:
-            raise ConfigError(f"{w}: {e}") from None
-        pipe.ingests.append(IngestStep(fmt, full, source, options))
-    for i, step in enumerate(_expect(f"{where} stage", data.get("stage", []), list, "an array of tables")):
-        w = f"{where} stage[{i}]"
-        _expect(w, step, dict, "a table")
-        unknown = sorted(set(step) - STAGE_KEYS)
-        if unknown:
-            raise ConfigError(f"{w}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(STAGE_KEYS))}")
-        name = _expect(f"{w}.name", step.get("name"), str, "a stage registry name")
-        cfg = _expect(f"{w}.config", step.get("config", {}), dict, "a table")
-        try:
-            stage = build_stage(name, cfg)
-        except ConfigError as e:
-            raise ConfigError(f"{w}: {e}") from None
-        limit = step.get("limit")
-        if limit is not None:
-            _expect(f"{w}.limit", limit, int, "an integer")
-            if limit < 0:
-                raise ConfigError(f"{w}.limit: must be 0 or more, got {limit}")
-        batch_size = _expect(f"{w}.batch_size", step.get("batch_size", RunOptions.batch_size), int, "an integer")
-        workers = _expect(f"{w}.workers", step.get("workers", RunOptions.workers), int, "an integer")
-        executor = _expect(f"{w}.executor", step.get("executor", RunOptions.executor), str, "a string")
-        address = step.get("ray_address")
-        if address is not None:
-            _expect(f"{w}.ray_address", address, str, "a string")
-        gpus = step.get("gpus_per_worker", RunOptions.gpus_per_worker)
-        if isinstance(gpus, bool) or not isinstance(gpus, (int, float)):
-            raise ConfigError(f"{w}.gpus_per_worker: expected a number, got {gpus!r}")
-        try:
-            options = RunOptions(batch_size=batch_size, workers=workers, limit=limit, executor=executor,
-                                 ray_address=address, gpus_per_worker=float(gpus))
-        except ConfigError as e:
-            raise ConfigError(f"{w}: {e}") from None
-        pipe.stages.append(StageStep(stage, options))
-    for i, step in enumerate(_expect(f"{where} dedup", data.get("dedup", []), list, "an array of tables")):
-        pipe.dedups.append(_dedup_step(f"{where} dedup[{i}]", _expect(f"{where} dedup[{i}]", step, dict, "a table")))
-    for i, step in enumerate(_expect(f"{where} mix", data.get("mix", []), list, "an array of tables")):
-        pipe.mixes.append(_mix_step(f"{where} mix[{i}]", _expect(f"{where} mix[{i}]", step, dict, "a table"), base))
+    for i, step in enumerate(check(f"{where} ingest", data.get("ingest", []), STEPS)):
+        pipe.ingests.append(_ingest_step(f"{where} ingest[{i}]", step, base))
+    for i, step in enumerate(check(f"{where} stage", data.get("stage", []), STEPS)):
+        pipe.stages.append(_stage_step(f"{where} stage[{i}]", step))
+    for i, step in enumerate(check(f"{where} dedup", data.get("dedup", []), STEPS)):
+        pipe.dedups.append(_dedup_step(f"{where} dedup[{i}]", step))
+    for i, step in enumerate(check(f"{where} pass", data.get("pass", []), STEPS)):
+        pipe.passes.append(_pass_step(f"{where} pass[{i}]", step, base))
+    for i, step in enumerate(check(f"{where} mix", data.get("mix", []), STEPS)):
+        pipe.mixes.append(_mix_step(f"{where} mix[{i}]", step, base))
     return pipe
 
 
-def _dedup_step(w: str, step: dict[str, Any]) -> DedupStep:
-    """The keyword arguments of dedup_captions, checked by name and type, and by building
-    the DedupConfig that the pass would build."""
-    import typing
-
-    from .dedup.text import DedupConfig
-    from .config import check, check_keys
-
-    hints = typing.get_type_hints(DedupConfig)
-    hints["variant"] = str | list[str] | None
-    hints["batch_size"] = int
-    check_keys(w, step, hints)
-    for k, v in step.items():
-        check(f"{w}.{k}", v, hints[k])
-    cfg = {k: (tuple(v) if isinstance(v, list) else v) for k, v in step.items() if k != "batch_size"}
+def _ingest_step(w: str, step: dict[str, Any], base: Path) -> IngestStep:
+    if "format" not in step:
+        raise ConfigError(f"{w}: missing key 'format' (one of {', '.join(FORMATS)})")
+    fmt = check(f"{w}.format", step["format"], str)
+    if fmt not in FORMATS:
+        raise ConfigError(f"{w}.format: unknown format {fmt!r}; valid formats: {', '.join(FORMATS)}")
+    if "path" not in step:
+        raise ConfigError(f"{w}: missing key 'path'")
+    raw_path = Path(check(f"{w}.path", step["path"], str))
+    full = raw_path if raw_path.is_absolute() else Path(os.path.abspath(base / raw_path))
+    if not full.exists():
+        raise ConfigError(f"{w}.path: {full} does not exist")
+    source = check(f"{w}.source", step.get("source"), str | None)
+    options = {k: v for k, v in step.items() if k not in INGEST_KEYS}
     try:
-        DedupConfig(**cfg)
+        options = validate_options(fmt, options, base=base)
     except ConfigError as e:
         raise ConfigError(f"{w}: {e}") from None
-    if step.get("batch_size", 1) < 1:
-        raise ConfigError(f"{w}.batch_size: must be at least 1")
-    return DedupStep(dict(step))
+    return IngestStep(fmt, full, source, options)
+
+
+def _stage_step(w: str, step: dict[str, Any]) -> StageStep:
+    check_keys(w, step, STAGE_KEYS)
+    if "name" not in step:
+        raise ConfigError(f"{w}: missing key 'name' (a stage registry name)")
+    name = check(f"{w}.name", step["name"], str)
+    cfg = check(f"{w}.config", step.get("config", {}), dict)
+    try:
+        stage = build_stage(name, cfg)
+    except ConfigError as e:
+        raise ConfigError(f"{w}: {e}") from None
+    # how the stage runs: the fields of RunOptions (its own checks prefixed with the step)
+    options = from_dict(RunOptions, {k: v for k, v in step.items() if k not in ("name", "config")}, w)
+    if options.limit is not None and options.limit < 0:
+        raise ConfigError(f"{w}.limit: must be 0 or more, got {options.limit}")
+    return StageStep(stage, options)
+
+
+def _dedup_step(w: str, step: dict[str, Any]) -> DedupStep:
+    """The keys of a [[dedup]] step are the fields of the dedup.captions.v1 pass, checked
+    by building it."""
+    cls = get_pass_class("dedup.captions.v1")
+    return DedupStep(dict(step), from_dict(cls, step, w))
+
+
+def _pass_step(w: str, step: dict[str, Any], base: Path) -> PassStep:
+    check_keys(w, step, PASS_KEYS)
+    if "name" not in step:
+        raise ConfigError(f"{w}: missing key 'name' (a pass registry name: {', '.join(pass_names())})")
+    name = check(f"{w}.name", step["name"], str)
+    cfg = check(f"{w}.config", step.get("config", {}), dict)
+    try:
+        cls = get_pass_class(name)
+        built = cls.from_config(_resolve_paths(cls, cfg, base))
+    except ConfigError as e:
+        raise ConfigError(f"{w}: {e}") from None
+    return PassStep(built)
+
+
+def _resolve_paths(cls: type[Pass], cfg: dict[str, Any], base: Path) -> dict[str, Any]:
+    """``cfg`` with the pass's relative path fields resolved against the pipeline's folder:
+    a value that names a file or folder there, or looks like a path (has a ``/`` or a
+    suffix); anything else (a bundled vocabulary name) is kept as written."""
+    out = dict(cfg)
+    for k in cls.path_fields:
+        v = out.get(k)
+        if not isinstance(v, str) or not v or Path(v).is_absolute():
+            continue
+        full = Path(os.path.abspath(base / v))
+        if full.exists() or "/" in v or Path(v).suffix:
+            out[k] = str(full)
+    return out
 
 
 def _mix_step(w: str, step: dict[str, Any], base: Path) -> MixStep:
@@ -231,28 +250,26 @@ def _mix_step(w: str, step: dict[str, Any], base: Path) -> MixStep:
 
     from .mix import load_policy
 
-    unknown = sorted(set(step) - MIX_KEYS)
-    if unknown:
-        raise ConfigError(f"{w}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(MIX_KEYS))}")
+    check_keys(w, step, MIX_KEYS)
     if "policy" not in step:
         raise ConfigError(f"{w}: missing key 'policy' (a policy TOML file, relative to the pipeline)")
-    raw = Path(_expect(f"{w}.policy", step["policy"], str, "a path"))
+    raw = Path(check(f"{w}.policy", step["policy"], str))
     full = raw if raw.is_absolute() else Path(os.path.abspath(base / raw))
     try:
         policy = load_policy(full)
     except ConfigError as e:
         raise ConfigError(f"{w}: {e}") from None
     if "seed" in step:
-        policy = dataclasses.replace(policy, seed=_expect(f"{w}.seed", step["seed"], int, "an integer"))
+        policy = dataclasses.replace(policy, seed=check(f"{w}.seed", step["seed"], int))
     if "name" in step:
-        name = _expect(f"{w}.name", step["name"], str, "a string")
+        name = check(f"{w}.name", step["name"], str)
         policy = dataclasses.replace(policy, output=dataclasses.replace(policy.output, name=name))
     return MixStep(full, policy)
 
 
 def run_pipeline(store: Any, pipe: Pipeline, echo: Any = None, progress: bool | None = None) -> list[Any]:
-    """Run every ingest step, then every stage, dedup pass and mix, in order; ``echo``
-    gets one line per step."""
+    """Run every ingest step, then every stage, dedup pass, pass and mix, in order;
+    ``echo`` gets one line per step."""
     from dataclasses import replace
 
     from .ingest import ingest
@@ -260,6 +277,8 @@ def run_pipeline(store: Any, pipe: Pipeline, echo: Any = None, progress: bool | 
 
     for step in pipe.stages:  # a missing model fails here, before any ingest
         step.stage.preflight()
+    for pstep in [*pipe.dedups, *pipe.passes]:  # so does a missing extra or input file of a pass
+        pstep.pass_.preflight()
     results = []
     for step in pipe.ingests:
         res = ingest(store, step.format, step.path, step.source, **dict(step.options))
@@ -272,10 +291,8 @@ def run_pipeline(store: Any, pipe: Pipeline, echo: Any = None, progress: bool | 
         results.append(res)
         if echo:
             echo(res.summary())
-    for dstep in pipe.dedups:
-        from .dedup.text import dedup_captions
-
-        res = dedup_captions(store, **dstep.options)
+    for pstep in [*pipe.dedups, *pipe.passes]:
+        res = pstep.pass_.run(store)
         results.append(res)
         if echo:
             echo(res.summary().splitlines()[0])

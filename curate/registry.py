@@ -1,16 +1,21 @@
-"""The explicit stage registry: registry name -> stage class.
+"""The explicit registries: registry name -> stage class (:data:`STAGES`) and
+registry name -> pass class (:data:`PASSES`).
 
-Adding a stage means writing its module and adding one line here. Nothing registers
-itself on import; classes are imported lazily so an unused stage's dependencies (spaCy,
-torch, faiss) are never imported.
+Adding a stage or a pass means writing its class and adding one line here. Nothing
+registers itself on import; classes are imported lazily so an unused stage's or pass's
+dependencies (spaCy, torch, faiss) are never imported.
 """
 
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError
 from .stages.base import Stage
+
+if TYPE_CHECKING:
+    from .passes.base import Pass
 
 #: registry name -> "module:Class"
 STAGES: dict[str, str] = {
@@ -22,34 +27,50 @@ STAGES: dict[str, str] = {
 }
 
 
-#: registry name -> "module:Class" of whole-corpus passes (curate.passes)
-PASSES: dict[str, str] = {}
-
-
-def pass_names() -> list[str]:
-    return sorted(PASSES)
-
-
-def get_pass_class(name: str) -> type:
-    if name not in PASSES:
-        raise ConfigError(f"unknown pass {name!r}; valid passes: {', '.join(pass_names())}")
-    module, cls = PASSES[name].split(":")
-    return getattr(importlib.import_module(module), cls)
+#: registry name -> "module:Class" (whole-corpus passes, curate.passes.base)
+PASSES: dict[str, str] = {
+    "dedup.captions.v1": "curate.passes.dedup:DedupCaptions",
+    "similarity.semdedup.v1": "curate.passes.similarity:SemDedup",
+    "similarity.near.v1": "curate.passes.similarity:NearDuplicates",
+    "similarity.exact.v1": "curate.passes.similarity:ExactDuplicates",
+    "similarity.tags.v1": "curate.passes.similarity:Tags",
+    "similarity.target.v1": "curate.passes.similarity:TargetFilter",
+    "similarity.index.v1": "curate.passes.similarity:CreateIndex",
+    "similarity.merge_captions.v1": "curate.passes.similarity:MergeCaptions",
+    "concepts.vocabulary.v1": "curate.passes.concepts:Vocabulary",
+    "concepts.import_published.v1": "curate.passes.concepts:ImportPublished",
+}
 
 
 def stage_names() -> list[str]:
     return sorted(STAGES)
 
 
+def pass_names() -> list[str]:
+    return sorted(PASSES)
+
+
+def _load(table: dict[str, str], what: str, whats: str, name: str) -> Any:
+    if name not in table:
+        raise ConfigError(f"unknown {what} {name!r}; valid {whats}: {', '.join(sorted(table))}")
+    module, cls = table[name].split(":")
+    found = getattr(importlib.import_module(module), cls)
+    if found.registry_name() != name:
+        raise ConfigError(f"registry entry {name!r} points at {found.registry_name()}")
+    return found
+
+
 def get_stage_class(name: str) -> type[Stage]:
-    if name not in STAGES:
-        raise ConfigError(f"unknown stage {name!r}; valid stages: {', '.join(stage_names())}")
-    module, cls = STAGES[name].split(":")
-    stage_cls = getattr(importlib.import_module(module), cls)
-    if stage_cls.registry_name() != name:
-        raise ConfigError(f"registry entry {name!r} points at {stage_cls.registry_name()}")
-    return stage_cls
+    return _load(STAGES, "stage", "stages", name)
 
 
 def build_stage(name: str, config: dict | None = None) -> Stage:
     return get_stage_class(name).from_config(config)
+
+
+def get_pass_class(name: str) -> type[Pass]:
+    return _load(PASSES, "pass", "passes", name)
+
+
+def build_pass(name: str, config: dict | None = None) -> Pass:
+    return get_pass_class(name).from_config(config)

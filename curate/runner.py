@@ -28,11 +28,8 @@ from __future__ import annotations
 import collections
 import concurrent.futures as cf
 from concurrent.futures.process import BrokenProcessPool
-import datetime as _dt
-import json
 import logging
 import multiprocessing as mp
-import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -40,8 +37,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm.auto import tqdm
 
-from . import __version__
 from .errors import ConfigError, CurateError
+from .runs import start_run
 from .stages.base import Stage
 from .store import Store, check_identifier, quote_ident
 
@@ -148,16 +145,6 @@ def pending_sql(stage: Stage) -> str:
     )
 
 
-def mark_interrupted(store: Store) -> int:
-    n = store.con.execute("SELECT count(*) FROM runs WHERE status = 'running'").fetchall()[0][0]
-    if n:
-        store.con.execute(
-            "UPDATE runs SET status = 'interrupted', message = 'the process died before the run finished' "
-            "WHERE status = 'running'"
-        )
-    return n
-
-
 def run_stage(store: Store, stage: Stage, options: RunOptions | None = None) -> RunResult:
     """Run ``stage`` over its pending rows; see the module docstring for the guarantees."""
     options = options or RunOptions()
@@ -170,75 +157,57 @@ def run_stage(store: Store, stage: Stage, options: RunOptions | None = None) -> 
         require("ray", purpose='executor = "ray"')  # before any work: a missing extra is a one-line error
     stage.preflight()
     stage = stage.prepare(store)
-    mark_interrupted(store)
     ensure_output_table(store, stage)
     h = stage.config_hash()
-    resolved = {"stage": stage.registry_name(), "config": stage.config(),
-                "options": options.resolved()}
-    run_id = con.execute("SELECT nextval('run_id_seq')").fetchall()[0][0]
-    con.execute(
-        "INSERT INTO runs (run_id, kind, stage, config, config_hash, status, started_at, curate_version) "
-        "VALUES (?, 'stage', ?, ?, ?, 'running', ?, ?)",
-        [run_id, stage.registry_name(), json.dumps(resolved, default=str), h, _dt.datetime.now(), __version__],
-    )
-    t0 = time.perf_counter()
-    sql = pending_sql(stage)
-    pending = con.execute(f"SELECT count(*) FROM ({sql})", {"config_hash": h}).fetchall()[0][0]
-    total = min(pending, options.limit) if options.limit is not None else pending
-    log.info("run %d: %s has %d pending rows", run_id, stage.registry_name(), pending)
-    rows_in = rows_out = 0
-    status, message = "ok", None
-    bar = tqdm(total=total, unit="rows", desc=stage.registry_name(), disable=_no_bar(options), dynamic_ncols=True)
-    reader_cur = con.cursor()
-    writer = con.cursor()
-    try:
-        reader = reader_cur.sql(sql, params={"config_hash": h}).to_arrow_reader(options.batch_size)
-        batches = _limited(reader, options.limit)
-        execute = _execute_ray(stage, batches, options) if options.executor == "ray" else \
-            _execute(stage, batches, options.workers)
-        for batch, result in execute:
-            out = _check_result(stage, batch, result)
-            out = out.append_column("stage", pa.array([stage.registry_name()] * out.num_rows, pa.string()))
-            out = out.append_column("config_hash", pa.array([h] * out.num_rows, pa.string()))
-            out = out.append_column("run_id", pa.array([run_id] * out.num_rows, pa.int64()))
-            rows_in += batch.num_rows
-            rows_out += out.num_rows
-            writer.begin()
-            try:
-                writer.register("_curate_batch", out)
-                writer.execute(f"INSERT INTO {quote_ident(stage.output_table)} BY NAME SELECT * FROM _curate_batch")
-                writer.execute("UPDATE runs SET rows_in = ?, rows_out = ?, seconds = ? WHERE run_id = ?",
-                               [rows_in, rows_out, time.perf_counter() - t0, run_id])
-                writer.commit()
-            except BaseException:
-                writer.rollback()
-                raise
-            finally:
-                writer.unregister("_curate_batch")
-            log.debug("run %d: committed batch of %d rows (%d so far)", run_id, batch.num_rows, rows_in)
-            bar.update(batch.num_rows)
-    except KeyboardInterrupt:
-        status, message = "interrupted", "interrupted by the user; run again to resume"
-        raise
-    except BrokenProcessPool as e:
-        status, message = "failed", f"a worker process died ({e})"
-        raise CurateError(f"{stage.registry_name()}: a worker process died (out of memory or killed?); "
-                          f"{rows_in:,} rows were committed, run again to resume, or with workers=1 "
-                          "to see the error") from None
-    except BaseException as e:
-        status, message = "failed", f"{type(e).__name__}: {e}"
-        raise
-    finally:
-        bar.close()
-        reader_cur.close()
-        seconds = time.perf_counter() - t0
-        con.execute(
-            "UPDATE runs SET status = ?, rows_in = ?, rows_out = ?, seconds = ?, finished_at = ?, message = ? "
-            "WHERE run_id = ?",
-            [status, rows_in, rows_out, seconds, _dt.datetime.now(), message, run_id],
-        )
-        writer.close()
-    return RunResult(run_id, stage.registry_name(), h, rows_in, rows_out, pending, seconds, status)
+    with start_run(store, "stage", stage.registry_name(), stage.config(), options=options.resolved(), hash=h,
+                   interrupted="interrupted by the user; run again to resume") as run:
+        run_id = run.id
+        sql = pending_sql(stage)
+        pending = con.execute(f"SELECT count(*) FROM ({sql})", {"config_hash": h}).fetchall()[0][0]
+        total = min(pending, options.limit) if options.limit is not None else pending
+        log.info("run %d: %s has %d pending rows", run_id, stage.registry_name(), pending)
+        rows_in = rows_out = 0
+        bar = tqdm(total=total, unit="rows", desc=stage.registry_name(), disable=_no_bar(options), dynamic_ncols=True)
+        reader_cur = con.cursor()
+        writer = con.cursor()
+        try:
+            reader = reader_cur.sql(sql, params={"config_hash": h}).to_arrow_reader(options.batch_size)
+            batches = _limited(reader, options.limit)
+            execute = _execute_ray(stage, batches, options) if options.executor == "ray" else \
+                _execute(stage, batches, options.workers)
+            for batch, result in execute:
+                out = _check_result(stage, batch, result)
+                out = out.append_column("stage", pa.array([stage.registry_name()] * out.num_rows, pa.string()))
+                out = out.append_column("config_hash", pa.array([h] * out.num_rows, pa.string()))
+                out = out.append_column("run_id", pa.array([run_id] * out.num_rows, pa.int64()))
+                rows_in += batch.num_rows
+                rows_out += out.num_rows
+                run.counts.update(rows_in=rows_in, rows_out=rows_out)  # what a failed run reports
+                writer.begin()
+                try:
+                    writer.register("_curate_batch", out)
+                    writer.execute(f"INSERT INTO {quote_ident(stage.output_table)} BY NAME SELECT * FROM _curate_batch")
+                    run.progress(writer)  # the counters commit with the batch
+                    writer.commit()
+                except BaseException:
+                    writer.rollback()
+                    raise
+                finally:
+                    writer.unregister("_curate_batch")
+                log.debug("run %d: committed batch of %d rows (%d so far)", run_id, batch.num_rows, rows_in)
+                bar.update(batch.num_rows)
+        except BrokenProcessPool as e:
+            run.fail("failed", f"a worker process died ({e})")
+            raise CurateError(f"{stage.registry_name()}: a worker process died (out of memory or killed?); "
+                              f"{rows_in:,} rows were committed, run again to resume, or with workers=1 "
+                              "to see the error") from None
+        finally:
+            bar.close()
+            reader_cur.close()
+            writer.close()
+        seconds = run.seconds
+        run.ok(rows_in=rows_in, rows_out=rows_out, seconds=seconds)
+    return RunResult(run_id, stage.registry_name(), h, rows_in, rows_out, pending, seconds, "ok")
 
 
 def _no_bar(options: RunOptions) -> bool | None:

@@ -95,6 +95,8 @@ def test_demo_pipeline_loads_and_validates():
     for step in pipe.stages:
         step.stage.preflight()  # the demo's spaCy pipeline is installed by `make demo`
     json.dumps(pipe.resolved())  # the resolved config is plain JSON
+    assert list(pipe.resolved()) == ["pipeline", "ingest", "stage", "dedup", "mix"]  # as before [[pass]] existed
+    assert [d.pass_.registry_name() for d in pipe.dedups] == ["dedup.captions.v1"]
 
 
 def test_every_shipped_pipeline_loads():
@@ -128,7 +130,7 @@ BAD_PIPELINES = {
         r"ingest\[1\]\.format: unknown format 'tsv'; valid formats: table, img2dataset"),
     "ingest format missing": (
         CC3M_STEP + '[[ingest]]\npath = "{cc3m}"\n',
-        r"ingest\[1\]\.format: expected one of table, .*, got NoneType None"),
+        r"ingest\[1\]: missing key 'format' \(one of table, .*img2dataset.*\)"),
     "ingest path missing": (
         CC3M_STEP + '[[ingest]]\nformat = "table"\n',
         r"ingest\[1\]: missing key 'path'"),
@@ -143,16 +145,16 @@ BAD_PIPELINES = {
         r"ingest\[1\]\.source: expected a string, got int 3"),
     "ingest written as a table, not an array": (
         CC3M_STEP.replace("[[ingest]]", "[ingest]"),
-        r"ingest: expected an array of tables, got dict"),
+        r"ingest: expected a list of a table, got dict"),
     "unknown stage": (
         CC3M_STEP + STAGE.replace("caption_stats", "caption_stat"),
         r"stage\[0\]: unknown stage 'text\.caption_stat\.v1'; valid stages: .*text\.caption_stats\.v1"),
     "stage name missing": (
         CC3M_STEP + "[[stage]]\nbatch_size = 10\n",
-        r"stage\[0\]\.name: expected a stage registry name, got NoneType None"),
+        r"stage\[0\]: missing key 'name' \(a stage registry name\)"),
     "unknown top-level key": (
         CC3M_STEP + STAGE + '[pipline]\nname = "x"\n',
-        r"unknown top-level key\(s\) pipline; valid: dedup, ingest, mix, pipeline, stage"),
+        r"top level: unknown key\(s\) pipline; valid: dedup, ingest, mix, pass, pipeline, stage"),
     "unknown [pipeline] key": (
         '[pipeline]\nnmae = "x"\n' + CC3M_STEP,
         r"\[pipeline\]: unknown key\(s\) nmae; valid: description, name"),
@@ -171,7 +173,7 @@ BAD_PIPELINES = {
         r"stage\[0\]: ray_address and gpus_per_worker need executor = \"ray\""),
     "gpus_per_worker a string": (
         CC3M_STEP + STAGE + 'executor = "ray"\ngpus_per_worker = "one"\n',
-        r"stage\[0\]\.gpus_per_worker: expected a number, got 'one'"),
+        r"stage\[0\]\.gpus_per_worker: expected a number, got str 'one'"),
     "batch_size a string": (
         CC3M_STEP + STAGE + 'batch_size = "10"\n',
         r"stage\[0\]\.batch_size: expected an integer, got str '10'"),
@@ -202,6 +204,34 @@ BAD_PIPELINES = {
     "dedup threshold out of range": (
         CC3M_STEP + '[[dedup]]\nthreshold = 1.5\n',
         r"dedup\[0\]: threshold must be in \(0, 1\], got 1\.5"),
+    "dedup step not a table": (
+        'dedup = [3]\n' + CC3M_STEP,
+        r"dedup\[0\]: expected a table, got int 3"),
+    "unknown pass": (
+        CC3M_STEP + '[[pass]]\nname = "similarity.neardup.v1"\n',
+        r"pass\[0\]: unknown pass 'similarity\.neardup\.v1'; valid passes: .*similarity\.near\.v1"),
+    "pass name missing": (
+        CC3M_STEP + '[[pass]]\n[pass.config]\nset_name = "img"\n',
+        r"pass\[0\]: missing key 'name' \(a pass registry name: .*dedup\.captions\.v1"),
+    "unknown pass step key": (
+        CC3M_STEP + '[[pass]]\nname = "similarity.exact.v1"\nmin_urls = 3\n',
+        r"pass\[0\]: unknown key\(s\) min_urls; valid: config, name"),
+    "pass config key unknown": (
+        CC3M_STEP + '[[pass]]\nname = "similarity.near.v1"\n[pass.config]\nset_name = "img"\nthreshhold = 0.9\n',
+        r"pass\[0\]: similarity\.near\.v1 config: unknown key\(s\) threshhold; valid: .*threshold"),
+    "pass config of the wrong type": (
+        CC3M_STEP + '[[pass]]\nname = "similarity.near.v1"\n[pass.config]\nset_name = 3\n',
+        r"pass\[0\]: similarity\.near\.v1 config\.set_name: expected a string, got int 3"),
+    "pass config out of range": (
+        CC3M_STEP + '[[pass]]\nname = "similarity.near.v1"\n[pass.config]\nset_name = "img"\nthreshold = 1.5\n',
+        r"pass\[0\]: similarity\.near\.v1 config: threshold must be a cosine similarity in \[-1, 1\), got 1\.5"),
+    "pass required config missing": (
+        CC3M_STEP + '[[pass]]\nname = "similarity.semdedup.v1"\n',
+        r"pass\[0\]: similarity\.semdedup\.v1 config: missing key 'set_name' \(a string\)"),
+    "second pass is bad": (
+        CC3M_STEP + '[[pass]]\nname = "similarity.exact.v1"\n[[pass]]\nname = "similarity.exact.v1"\n'
+        '[pass.config]\nmin_urls = 1\n',
+        r"pass\[1\]: similarity\.exact\.v1 config: min_urls must be at least 2, got 1"),
     "mix without a policy": (
         CC3M_STEP + '[[mix]]\nseed = 3\n',
         r"mix\[0\]: missing key 'policy'"),
@@ -400,6 +430,47 @@ tags = ["a", "b"]
     rebuilt = build_stage(stage["name"], stage["config"])
     assert rebuilt == pipe.stages[0].stage == expected_stage
     assert rebuilt.config_hash() == stage["config_hash"]
+
+
+def test_resolved_config_carries_the_pass_steps(tmp_path, cc3m_file, capsys):
+    text = CC3M_STEP + """
+[[dedup]]
+variant = "raw"
+threshold = 0.9
+
+[[pass]]
+name = "similarity.near.v1"
+[pass.config]
+set_name = "img"
+threshold = 0.9
+keep = "score"
+score = "clip.score"
+
+[[pass]]
+name = "similarity.exact.v1"
+"""
+    p = write(tmp_path, text, cc3m=cc3m_file)
+    pipe = load_pipeline(p)
+    resolved = json.loads(json.dumps(pipe.resolved()))
+    assert list(resolved) == ["pipeline", "ingest", "stage", "dedup", "pass", "mix"]
+    assert resolved["dedup"] == [{"variant": "raw", "threshold": 0.9}]
+    near, exact = pipe.passes
+    assert resolved["pass"] == [
+        {"name": "similarity.near.v1", "config_hash": near.pass_.config_hash(), "config": near.pass_.config()},
+        {"name": "similarity.exact.v1", "config_hash": exact.pass_.config_hash(),
+         "config": {"min_urls": 20, "keep": "first", "score": None}},
+    ]
+    assert resolved["pass"][0]["config"]["keep"] == "score" and resolved["pass"][0]["config"]["threshold"] == 0.9
+    for step, built in zip(resolved["pass"], pipe.passes):
+        rebuilt = registry.build_pass(step["name"], step["config"])
+        assert rebuilt == built.pass_ and rebuilt.config_hash() == step["config_hash"]
+    # [[dedup]] is the dedup.captions.v1 pass with the step's keys as its config
+    assert pipe.dedups[0].pass_ == registry.build_pass("dedup.captions.v1", {"variant": "raw", "threshold": 0.9})
+
+    rc, out, err = run_cli(capsys, "run", p, "--store", tmp_path / "never", "--print-config")
+    assert rc == 0, err
+    assert json.loads(out)["pass"] == resolved["pass"]
+    assert not (tmp_path / "never").exists()
 
 
 def test_config_hash_follows_the_config(tmp_path, knob, cc3m_file):

@@ -29,11 +29,14 @@ from pathlib import Path
 import pyarrow as pa
 
 from ..errors import ConfigError, InputError, StoreError
+from ..runs import next_run_id, record_run
 from ..store import Store
 from .vocab import NOZEROSHOT_CLASSIFICATION
 
 COUNTS_TABLE = "published_concept_counts"
 MISALIGNMENT_TABLE = "published_misalignment"
+#: the ``runs.stage`` of an import (the pass concepts.import_published.v1; stored without ``.v1``)
+STAGE = "concepts.import_published"
 SUFFIX = "_search_counts.json"
 _FILE = re.compile(
     r"^(?P<downstream>[^_]+)_(?P<pretrain>.+?)_"
@@ -172,15 +175,13 @@ def import_published(store: Store, path: str | Path) -> ImportResult:
     form, counts_path, mis_path = locate(path)
     table = read_long_parquet(counts_path) if form == "parquet" else read_search_counts(counts_path)
     mis = read_misalignment(mis_path) if mis_path else None
-    from .. import __version__
-
     con = store.con
     con.execute(COUNTS_DDL)
     con.execute(MISALIGNMENT_DDL)
     config = {"path": str(Path(path).resolve()), "form": form}
     con.begin()
     try:
-        run_id = con.execute("SELECT nextval('run_id_seq')").fetchall()[0][0]
+        run_id = next_run_id(con)
         now = _dt.datetime.now()
         con.register("_curate_published_in", table)
         try:
@@ -203,12 +204,8 @@ def import_published(store: Store, path: str | Path) -> ImportResult:
                 con.unregister("_curate_misalignment_in")
         tables = con.execute(f"SELECT count(*) FROM (SELECT DISTINCT downstream, pretrain, method "
                              f"FROM {COUNTS_TABLE})").fetchall()[0][0]
-        con.execute(
-            "INSERT INTO runs (run_id, kind, stage, config, config_hash, status, rows_in, rows_out, started_at, "
-            "finished_at, curate_version) VALUES (?, 'concepts', 'concepts.import_published', ?, ?, 'ok', ?, ?, ?, ?, ?)",
-            [run_id, json.dumps(config), hashlib.sha256(json.dumps(config).encode()).hexdigest()[:16],
-             table.num_rows, table.num_rows, now, _dt.datetime.now(), __version__],
-        )
+        record_run(con, "concepts", STAGE, config, hashlib.sha256(json.dumps(config).encode()).hexdigest()[:16],
+                   rows_in=table.num_rows, rows_out=table.num_rows, started_at=now, run_id=run_id)
         con.commit()
     except BaseException:
         con.rollback()

@@ -27,7 +27,6 @@ kept) and reported. Bad input is handled as follows, and each case is in the
 from __future__ import annotations
 
 import csv
-import datetime as _dt
 import hashlib
 import io
 import json
@@ -41,9 +40,12 @@ from pathlib import Path
 import pyarrow as pa
 
 from ..errors import ConfigError, InputError, StoreError
+from ..runs import record_run
 from ..store import Store
 
 DATA = Path(__file__).resolve().parent / "data"
+#: the ``runs.stage`` of a vocabulary import (the pass concepts.vocabulary.v1; stored without ``.v1``)
+STAGE = "concepts.vocabulary"
 
 #: Words that never make a concept on their own (articles, pronouns, prepositions,
 #: conjunctions, auxiliaries). A concept whose every word is one of these is skipped.
@@ -411,20 +413,12 @@ def add_vocabulary(store: Store, name: str, source: str | Path, *, replace: bool
         n = len({c for c, _ in have})
         raise ConfigError(f"vocabulary {name!r} already exists with different content ({n:,} concepts stored, "
                           f"{len(vocab.concepts):,} in {vocab.source}); pass --replace to replace it")
-    from .. import __version__
-
     config = {"vocabulary": name, "source": vocab.source, "replace": replace}
     digest = hashlib.sha256(json.dumps(sorted(rows)).encode()).hexdigest()[:16]
     con.begin()
     try:
-        run_id = con.execute("SELECT nextval('run_id_seq')").fetchall()[0][0]
-        now = _dt.datetime.now()
-        con.execute(
-            "INSERT INTO runs (run_id, kind, stage, config, config_hash, status, rows_in, rows_out, started_at, "
-            "finished_at, curate_version, message) VALUES (?, 'concepts', 'concepts.vocabulary', ?, ?, 'ok', ?, ?, ?, ?, ?, ?)",
-            [run_id, json.dumps(config), digest, vocab.report.entries, len(rows), now, now, __version__,
-             "; ".join(vocab.report.notes()) or None],
-        )
+        run_id = record_run(con, "concepts", STAGE, config, digest, rows_in=vocab.report.entries, rows_out=len(rows),
+                            message="; ".join(vocab.report.notes()) or None)
         con.execute("DELETE FROM concepts WHERE vocabulary = ?", [name])
         table = pa.table({"vocabulary": pa.array([name] * len(rows), pa.string()),
                           "concept": pa.array([c for c, _ in rows], pa.string()),

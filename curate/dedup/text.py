@@ -45,7 +45,6 @@ them); a killed run leaves the previous result as it was. Each run has a ``runs`
 from __future__ import annotations
 
 import dataclasses
-import datetime as _dt
 import hashlib
 import json
 import logging
@@ -56,8 +55,8 @@ from typing import Any, Iterable, Iterator, Literal
 import numpy as np
 import pyarrow as pa
 
-from .. import __version__
 from ..errors import ConfigError, CurateError
+from ..runs import Run, start_run
 from ..store import Store
 from .minhash import Shingled, band_keys, candidate_pairs, jaccard_pairs, lsh_params, shingle_hashes, signatures
 from .normalize import NO_WORDS, NULL_TEXT, normalize_text
@@ -564,8 +563,6 @@ def dedup_captions(store: Store, *, variant: str | Iterable[str] | None = None, 
                    grouping: Literal["center", "components"] = "center", batch_size: int = 50_000) -> DedupResult:
     """Find exact and near-duplicate captions of the store and write them (see the module
     docstring). ``variant``: one variant, several, or None for all."""
-    from ..runner import mark_interrupted
-
     if store.read_only:
         raise CurateError(f"store {store.path} is open read-only")
     cfg = DedupConfig(variant=variant if variant is None or isinstance(variant, str) else tuple(variant),
@@ -579,19 +576,9 @@ def dedup_captions(store: Store, *, variant: str | Iterable[str] | None = None, 
         if missing:
             raise ConfigError(f"the store has no captions of variant(s) {', '.join(missing)}; "
                               f"variants: {', '.join(sorted(have)) or 'none'}")
-    mark_interrupted(store)
     ensure_tables(store)
-    h = cfg.config_hash()
-    run_id = con.execute("SELECT nextval('run_id_seq')").fetchall()[0][0]
-    con.execute(
-        "INSERT INTO runs (run_id, kind, stage, config, config_hash, status, started_at, curate_version) "
-        "VALUES (?, 'dedup', ?, ?, ?, 'running', ?, ?)",
-        [run_id, STAGE, json.dumps({"stage": STAGE, "config": cfg.resolved(), "options": {"batch_size": batch_size}}),
-         h, _dt.datetime.now(), __version__],
-    )
     where = "" if cfg.variant is None else "WHERE variant IN (SELECT unnest($variants))"
     params = {} if cfg.variant is None else {"variants": list(cfg.variant)}
-    t0 = time.perf_counter()
 
     def batches():
         cur = con.cursor()
@@ -618,25 +605,15 @@ def dedup_captions(store: Store, *, variant: str | Iterable[str] | None = None, 
             cur.unregister("_curate_dedup_reps")
             cur.close()
 
-    status, message = "ok", None
-    try:
+    with start_run(store, "dedup", STAGE, cfg.resolved(), options={"batch_size": batch_size},
+                   hash=cfg.config_hash()) as run:
         res = _run(cfg, batches(), rep_texts)
-        res.run_id = run_id
-        _write(store, res, h, run_id, t0)
-        return res
-    except KeyboardInterrupt:
-        status, message = "interrupted", "interrupted by the user; nothing was written"
-        raise
-    except BaseException as e:
-        status, message = "failed", f"{type(e).__name__}: {e}"
-        raise
-    finally:
-        if status != "ok":
-            con.execute("UPDATE runs SET status = ?, seconds = ?, finished_at = ?, message = ? WHERE run_id = ?",
-                        [status, time.perf_counter() - t0, _dt.datetime.now(), message, run_id])
+        res.run_id = run.id
+        _write(run, res)
+    return res
 
 
-def _write(store: Store, res: DedupResult, h: str, run_id: int, t0: float) -> None:
+def _write(run: Run, res: DedupResult) -> None:
     """Replace this config's rows and finish the runs row, in one transaction."""
     summary = pa.table({
         "scope": [s.scope for s in res.scopes.values()],
@@ -650,40 +627,33 @@ def _write(store: Store, res: DedupResult, h: str, run_id: int, t0: float) -> No
         "exact_rate": pa.array([s.exact_rate for s in res.scopes.values()], pa.float64()),
         "near_rate": pa.array([s.near_rate for s in res.scopes.values()], pa.float64()),
     })
+    h = run.hash
     meta = "$kind AS kind, $config_hash AS config_hash, $run_id AS run_id"
-    p = {"kind": KIND, "config_hash": h, "run_id": run_id}
-    w = store.con.cursor()
-    w.begin()
-    try:
-        for t in ("dedup_groups", "dedup_skipped", "dedup_summary"):
-            w.execute(f"DELETE FROM {t} WHERE kind = $kind AND config_hash = $config_hash",
-                      {"kind": KIND, "config_hash": h})
-        w.register("_curate_dedup_groups", res.groups)
-        w.register("_curate_dedup_skipped", res.skipped)
-        w.register("_curate_dedup_summary", summary)
-        w.execute(f"INSERT INTO dedup_groups BY NAME SELECT * REPLACE (member_id::UUID AS member_id), "
-                  f"'caption_id' AS member_kind, {meta} FROM _curate_dedup_groups", p)
-        w.execute(f"INSERT INTO dedup_skipped BY NAME SELECT * REPLACE (member_id::UUID AS member_id), "
-                  f"'caption_id' AS member_kind, {meta} FROM _curate_dedup_skipped", p)
-        w.execute(f"INSERT INTO dedup_summary BY NAME SELECT *, $threshold AS threshold, {meta} "
-                  f"FROM _curate_dedup_summary", {**p, "threshold": res.config.threshold})
-        items = sum(s.items for s in res.scopes.values())
-        skipped = sum(s.skipped for s in res.scopes.values())
-        res.seconds = time.perf_counter() - t0
-        w.execute("UPDATE runs SET status = 'ok', rows_in = ?, rows_out = ?, rows_rejected = ?, seconds = ?, "
-                  "finished_at = ? WHERE run_id = ?",
-                  [items, res.groups.num_rows, skipped, res.seconds, _dt.datetime.now(), run_id])
-        w.commit()
-    except BaseException:
-        w.rollback()
-        raise
-    finally:
-        for t in ("_curate_dedup_groups", "_curate_dedup_skipped", "_curate_dedup_summary"):
-            try:
-                w.unregister(t)
-            except Exception:  # noqa: BLE001 - not registered because an earlier step failed
-                pass
-        w.close()
+    p = {"kind": KIND, "config_hash": h, "run_id": run.id}
+    with run.transaction() as w:
+        try:
+            for t in ("dedup_groups", "dedup_skipped", "dedup_summary"):
+                w.execute(f"DELETE FROM {t} WHERE kind = $kind AND config_hash = $config_hash",
+                          {"kind": KIND, "config_hash": h})
+            w.register("_curate_dedup_groups", res.groups)
+            w.register("_curate_dedup_skipped", res.skipped)
+            w.register("_curate_dedup_summary", summary)
+            w.execute(f"INSERT INTO dedup_groups BY NAME SELECT * REPLACE (member_id::UUID AS member_id), "
+                      f"'caption_id' AS member_kind, {meta} FROM _curate_dedup_groups", p)
+            w.execute(f"INSERT INTO dedup_skipped BY NAME SELECT * REPLACE (member_id::UUID AS member_id), "
+                      f"'caption_id' AS member_kind, {meta} FROM _curate_dedup_skipped", p)
+            w.execute(f"INSERT INTO dedup_summary BY NAME SELECT *, $threshold AS threshold, {meta} "
+                      f"FROM _curate_dedup_summary", {**p, "threshold": res.config.threshold})
+            items = sum(s.items for s in res.scopes.values())
+            skipped = sum(s.skipped for s in res.scopes.values())
+            res.seconds = run.seconds
+            run.ok(w, rows_in=items, rows_out=res.groups.num_rows, rows_rejected=skipped, seconds=res.seconds)
+        finally:
+            for t in ("_curate_dedup_groups", "_curate_dedup_skipped", "_curate_dedup_summary"):
+                try:
+                    w.unregister(t)
+                except Exception:  # noqa: BLE001 - not registered because an earlier step failed
+                    pass
 
 
 def repetition(store: Store) -> pa.Table:

@@ -12,10 +12,13 @@ import os
 import typing
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..config import check
 from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    from ..store import Store
 
 #: format -> "module:function"; the function is ingest_<format>(store, path, source=None, **options)
 FORMATS: dict[str, str] = {
@@ -113,7 +116,7 @@ def validate_options(fmt: str, options: dict[str, Any], base: Path | None = None
     return out
 
 
-def ingest(store: Any, fmt: str, path: str | Path, source: str | None = None, **options: Any) -> Any:
+def ingest(store: Store, fmt: str, path: str | Path, source: str | None = None, **options: Any) -> Any:
     """Ingest ``path`` in format ``fmt`` into ``store``; returns an IngestResult."""
     import duckdb
 

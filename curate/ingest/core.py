@@ -20,7 +20,6 @@ by its ``memory_limit`` whatever the input size.
 
 from __future__ import annotations
 
-import datetime as _dt
 import hashlib
 import json
 import re
@@ -30,9 +29,9 @@ from typing import Any, Callable
 
 import duckdb
 
-from .. import __version__
 from ..errors import CurateError, InputError
 from ..ids import caption_id_sql
+from ..runs import Run
 from ..store import Store
 
 #: Captions longer than this many characters are rejected (``caption too long``).
@@ -139,7 +138,7 @@ def run_ingest(store: Store, plan: Prepared) -> IngestResult:
         con.register(name, table)
     con.begin()
     try:
-        result = _ingest_in_transaction(con, plan, params, t0)
+        result = _ingest_in_transaction(store, plan, params, t0)
         con.commit()
     except CurateError:
         con.rollback()
@@ -178,15 +177,14 @@ def _p(params: dict[str, Any], sql: str) -> dict[str, Any]:
     return {k: v for k, v in params.items() if re.search(rf"\${re.escape(k)}\b", sql)}
 
 
-def _ingest_in_transaction(con: duckdb.DuckDBPyConnection, plan: Prepared, params: dict[str, Any], t0: float) -> IngestResult:
-    run_id = con.execute("SELECT nextval('run_id_seq')").fetchall()[0][0]
-    params = {**params, "run_id": run_id, "max_chars": plan.max_caption_chars, "nonspace": NONSPACE_RE}
+def _ingest_in_transaction(store: Store, plan: Prepared, params: dict[str, Any], t0: float) -> IngestResult:
+    con = store.con
     cfg = {"format": plan.fmt, "source": plan.source, **plan.config}
-    con.execute(
-        "INSERT INTO runs (run_id, kind, stage, config, config_hash, status, started_at, curate_version) "
-        "VALUES (?, 'ingest', ?, ?, ?, 'running', ?, ?)",
-        [run_id, f"ingest.{plan.fmt}", json.dumps(cfg, default=str), config_hash(cfg), _dt.datetime.now(), __version__],
-    )
+    # The runs row is written inside the ingest's transaction: a failed ingest leaves no row.
+    run = Run(store, "ingest", f"ingest.{plan.fmt}", cfg, record=cfg, hash=config_hash(cfg), con=con, mark=False,
+              t0=t0)
+    run_id = run.id
+    params = {**params, "run_id": run_id, "max_chars": plan.max_caption_chars, "nonspace": NONSPACE_RE}
 
     def q(sql: str, extra: dict[str, Any] | None = None) -> duckdb.DuckDBPyConnection:
         # The input relations are spliced in as subqueries: DuckDB cannot prepare a view
@@ -373,12 +371,8 @@ def _ingest_in_transaction(con: duckdb.DuckDBPyConnection, plan: Prepared, param
     reasons = dict(con.execute("SELECT reason, count(*) FROM _in_rej GROUP BY 1").fetchall())
     rejected = sum(reasons.values())
     seconds = time.perf_counter() - t0
-    con.execute(
-        "UPDATE runs SET status = 'ok', rows_in = ?, rows_out = ?, rows_rejected = ?, seconds = ?, finished_at = ?, "
-        "message = ? WHERE run_id = ?",
-        [records_in, samples_added + captions_added, rejected, seconds, _dt.datetime.now(),
-         json.dumps({"samples": samples_added, "captions": captions_added, **extra}), run_id],
-    )
+    run.ok(con, rows_in=records_in, rows_out=samples_added + captions_added, rows_rejected=rejected, seconds=seconds,
+           message=json.dumps({"samples": samples_added, "captions": captions_added, **extra}))
     con.execute("DROP TABLE IF EXISTS _in_dups")
     for t in ("_in_rej", "_in_bad", "_in_drop", "_in_keys", "_in_dupuids", "_in_flag", "_in_det"):
         con.execute(f"DROP TABLE IF EXISTS {t}")

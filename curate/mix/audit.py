@@ -10,14 +10,17 @@ emit; the manifest is the chosen caption of each manifest row.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .attributes import ATTRIBUTES, relation
 from .compile import MixResult
 from .sql import ensure_clip_view, lit, named, source_cond
 
+if TYPE_CHECKING:
+    from ..store import Store
 
-def _views(store: Any, res: MixResult) -> None:
+
+def _views(store: Store, res: MixResult) -> None:
     p = res.policy
     variants = ", ".join(lit(v) for v in p.choose.emits())
     con = store.con
@@ -26,7 +29,7 @@ def _views(store: Any, res: MixResult) -> None:
     con.execute("CREATE OR REPLACE TEMP VIEW mix_manifest AS SELECT uid, source, caption_id, variant, weight FROM _mix_final")
 
 
-def _dropped_view(store: Any, tables: set[str]) -> None:
+def _dropped_view(store: Store, tables: set[str]) -> None:
     """``mix_dropped(member_kind, member_id)``: the dropped members of the latest dedup
     runs, by the very relations the attributes ``dedup_kept`` (captions; needs
     ``dedup_summary``) and ``image_dedup_kept`` (samples) select on."""
@@ -37,13 +40,13 @@ def _dropped_view(store: Any, tables: set[str]) -> None:
     store.con.execute("CREATE OR REPLACE TEMP VIEW mix_dropped AS " + " UNION ALL ".join(parts))
 
 
-def audit(store: Any, res: MixResult, vocabulary: str | None = None) -> list[tuple[str, Any]]:
+def audit(store: Store, res: MixResult, vocabulary: str | None = None) -> list[tuple[str, Any]]:
     """[(title, polars DataFrame)] for every audit the store's tables allow."""
     _views(store, res)
     return _run_audits(store, res, vocabulary)
 
 
-def audit_manifest(store: Any, path: str | Path, vocabulary: str | None = None) -> list[tuple[str, Any]]:
+def audit_manifest(store: Store, path: str | Path, vocabulary: str | None = None) -> list[tuple[str, Any]]:
     """The same audit for a manifest file written earlier (parquet or JSONL, with its
     ``.sidecar.json``): the pool comes from the policy in the sidecar, the manifest rows
     from the file (uid, source, caption_id, variant, weight)."""
@@ -73,7 +76,7 @@ def audit_manifest(store: Any, path: str | Path, vocabulary: str | None = None) 
     return _run_audits(store, res, vocabulary)
 
 
-def _run_audits(store: Any, res: MixResult, vocabulary: str | None) -> list[tuple[str, Any]]:
+def _run_audits(store: Store, res: MixResult, vocabulary: str | None) -> list[tuple[str, Any]]:
     tables = set(store.tables())
     out: list[tuple[str, Any]] = []
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
 from .attributes import ATTRIBUTES, relation
@@ -29,6 +29,9 @@ from .expr import Predicate
 from .policy import Policy
 from .sql import FRACTION_EPS, U53, cmp, lit, source_cond, unit
 from .strategies import Context
+
+if TYPE_CHECKING:
+    from ..store import Store
 
 __all__ = ["FRACTION_EPS", "MixResult", "U53", "kth_value", "largest_remainder", "run_policy", "unit"]
 
@@ -87,7 +90,7 @@ def kth_value(con: Any, table: str, n: int, k: int, desc: bool, pos: float | Non
                        f"LIMIT 1 OFFSET {k - 1}").fetchall()[0][0]
 
 
-def resolve_threshold(store: Any, policy: Policy, pred: Predicate, model: str | None) -> dict[str, Any]:
+def resolve_threshold(store: Store, policy: Policy, pred: Predicate, model: str | None) -> dict[str, Any]:
     """Turn ``fraction`` into a threshold: of the n non-null pool values, k = ceil(n *
     fraction) are to be kept; the threshold is the k-th largest (``>=``/``>``; the k-th
     smallest for ``<=``/``<``). Ties at the threshold are all admitted by ``>=``/``<=``."""
@@ -161,7 +164,7 @@ def key_sql(policy: Policy) -> str:
 
 
 # -- run ---------------------------------------------------------------------------------
-def run_policy(store: Any, policy: Policy) -> MixResult:
+def run_policy(store: Store, policy: Policy) -> MixResult:
     """Check the policy against the store, then build ``_mix_final`` (and ``_mix_cands``)
     as temp tables on ``store.con``. Nothing in the store is written."""
     t0 = time.perf_counter()

@@ -31,7 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 import numpy as np
@@ -43,6 +43,9 @@ from .check import required_tables
 from .compile import MixResult, run_policy
 from .policy import Policy
 from .sql import lit
+
+if TYPE_CHECKING:
+    from ..store import Store
 
 EXT = {"parquet": "parquet", "csv": "csv", "tsv": "tsv", "json": "samples.jsonl", "jsonl": "jsonl", "npy": "npy"}
 def stage_of(table: str) -> str | None:
@@ -152,7 +155,7 @@ def _copy(con: Any, sql: str, path: Path, options: str) -> None:
         raise QueryError(" ".join(str(e).split())[:500]) from None
 
 
-def input_versions(store: Any, policy: Policy,
+def input_versions(store: Store, policy: Policy,
                    resolved: dict[str, Any] | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Rows and latest run id of every table the policy reads; the stage runs behind
     them (run id, stage, config hash, config).
@@ -238,12 +241,12 @@ def _vocabularies(policy: Policy) -> set[str]:
 
 
 
-def manifest_path(store: Any, policy: Policy) -> Path:
+def manifest_path(store: Store, policy: Policy) -> Path:
     name = policy.output.name or policy.name
     return Path(store.path) / "manifests" / f"{name}.{EXT[policy.output.format]}"
 
 
-def write_manifest(store: Any, policy: Policy, path: Path | None = None, res: MixResult | None = None) -> dict[str, Any]:
+def write_manifest(store: Store, policy: Policy, path: Path | None = None, res: MixResult | None = None) -> dict[str, Any]:
     """Run ``policy`` on ``store`` (unless ``res`` is given) and write the manifest and
     its sidecar; returns the sidecar dict (with ``path`` and ``sidecar`` added)."""
     res = res or run_policy(store, policy)

@@ -47,6 +47,7 @@ from ..vectors import VectorSet, check_name, open_set
 GPU_MAX_K = 2048
 RANGE_MARGIN = 1e-4
 TIE_MARGIN = 8
+INDEX_STAGE = "similarity.index.v1"
 
 
 def faiss_module() -> ModuleType:
@@ -383,17 +384,31 @@ def list_indexes(store: Store) -> list[dict[str, Any]]:
     return out
 
 
+@dataclass
+class IndexResult:
+    """A saved index (:func:`create_index`'s three values, as a pass result)."""
+
+    index: Index
+    folder: Path
+    run_id: int
+
+    def summary(self) -> str:
+        st = self.index.settings
+        return (f"{INDEX_STAGE}: index {st.name!r}: {st.factory} over {self.index.ntotal:,} vectors of "
+                f"{st.set_name!r} (trained on {st.train_rows:,}); {self.folder}; run {self.run_id}")
+
+
 def create_index(store: Store, set_name: str, factory: str = "Flat", *, name: str | None = None,
                  nprobe: int | None = None, ef_search: int | None = None, train_rows: int | None = None,
                  seed: int = 1, device: str = "auto", float16: bool = False) -> tuple[Index, Path, int]:
     """Build and save an index over a stored set, with a ``runs`` row (``similarity.index.v1``).
     Returns (index, folder, run id)."""
-    from .runs import start_run
+    from ..runs import start_run
 
     vs = open_set(store, set_name)
     cfg = {"set": set_name, "set_run_id": vs.run_id, "factory": factory, "name": name, "nprobe": nprobe,
            "ef_search": ef_search, "train_rows": train_rows, "seed": seed, "float16": float16}
-    with start_run(store, "similarity", "similarity.index.v1", cfg) as run:
+    with start_run(store, "similarity", INDEX_STAGE, cfg) as run:
         index = build_index(vs, factory, name=name, nprobe=nprobe, ef_search=ef_search, train_rows=train_rows,
                             seed=seed, device=device, float16=float16)
         folder = save_index(store, index)

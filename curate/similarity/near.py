@@ -38,10 +38,11 @@ from .groups import (
     write_groups,
 )
 from .index import Index, build_index, exact_scores, load_index
-from .runs import start_run
+from ..runs import start_run
 
 NEAR_STAGE = "similarity.near.v1"
 EXACT_STAGE = "similarity.exact.v1"
+MERGE_STAGE = "similarity.merge_captions.v1"
 
 
 def self_pairs(index: Index, threshold: float, block_rows: int = 16_384) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -63,6 +64,14 @@ def self_pairs(index: Index, threshold: float, block_rows: int = 16_384) -> tupl
     key = pi * vs.count + pj
     _, first = np.unique(key, return_index=True)
     return pi[first], pj[first], ps[first]
+
+
+def check_near_options(threshold: float, keep: str) -> float:
+    """The checks of :func:`near_duplicates` that need no store; the threshold as a float."""
+    threshold = check_threshold(threshold, "threshold")
+    if keep not in ("first", "score"):
+        raise ConfigError(f"near-duplicate keep must be first or score (no centroids here), got {keep!r}")
+    return threshold
 
 
 @dataclass
@@ -90,9 +99,7 @@ def near_duplicates(store: Store, set_name: str, *, threshold: float = 0.95, fac
                     grouping: Literal["center", "components"] = "center", device: str = "auto") -> NearResult:
     """Group near duplicates of a set by range search (see the module docstring). Uses the
     saved index ``index_name`` if given, else builds ``factory`` in memory."""
-    threshold = check_threshold(threshold, "threshold")
-    if keep not in ("first", "score"):
-        raise ConfigError(f"near-duplicate keep must be first or score (no centroids here), got {keep!r}")
+    threshold = check_near_options(threshold, keep)
     vs = open_set(store, set_name)
     require_ids(vs)
     ensure_tables(store)
@@ -137,17 +144,22 @@ class ExactResult:
                 f"{self.seconds:.1f}s, run {self.run_id}")
 
 
-def exact_duplicates(store: Store, *, min_urls: int = 20, keep: Literal["first", "score"] = "first",
-                     score: str | None = None) -> ExactResult:
-    """Exact duplicates by ``samples.sha256`` and placeholder hashes (module docstring).
-    Keep ``first``: smallest run_id, then smallest uid; ``score``: highest ``TABLE.COLUMN``
-    (keyed by uid), then first."""
+def check_exact_options(min_urls: int, keep: str, score: str | None) -> None:
+    """The checks of :func:`exact_duplicates` that need no store."""
     if min_urls < 2:
         raise ConfigError(f"min_urls must be at least 2, got {min_urls}")
     if keep not in ("first", "score"):
         raise ConfigError(f"exact-duplicate keep must be first or score, got {keep!r}")
     if (keep == "score") != bool(score):
         raise ConfigError("keep='score' goes with score=TABLE.COLUMN, and only then")
+
+
+def exact_duplicates(store: Store, *, min_urls: int = 20, keep: Literal["first", "score"] = "first",
+                     score: str | None = None) -> ExactResult:
+    """Exact duplicates by ``samples.sha256`` and placeholder hashes (module docstring).
+    Keep ``first``: smallest run_id, then smallest uid; ``score``: highest ``TABLE.COLUMN``
+    (keyed by uid), then first."""
+    check_exact_options(min_urls, keep, score)
     ensure_tables(store)
     score_join, score_order = "", ""
     if score:
@@ -220,6 +232,32 @@ def merged_captions(store: Store, kind: str = "image_semantic", run_id: int | No
                        "ORDER BY group_id, duplicate_uid, variant, caption_id", {"kind": kind, "run_id": run_id})
 
 
+@dataclass
+class MergeResult:
+    """The outcome of a caption merge: captions of dropped duplicates (``candidates``),
+    those added to their kept sample, those the kept sample already had. ``run_id`` is
+    None when there was nothing to merge (no run is recorded then)."""
+
+    kind: str
+    candidates: int
+    added: int
+    already_on_kept: int
+    run_id: int | None = None
+
+    def counts(self) -> dict[str, int]:
+        return {"candidates": self.candidates, "added": self.added, "already_on_kept": self.already_on_kept}
+
+    def summary(self) -> str:
+        return (f"{MERGE_STAGE}: {self.added:,} captions merged into kept samples ({self.candidates:,} captions of "
+                f"dropped {self.kind} duplicates, {self.already_on_kept:,} already on the kept sample)"
+                + (f", run {self.run_id}" if self.run_id is not None else "; nothing to do"))
+
+
+def check_suffix(suffix: str) -> None:
+    if not suffix or not suffix.replace("_", "").isalnum():
+        raise ConfigError(f"suffix must be letters, digits or _, got {suffix!r}")
+
+
 def merge_captions(store: Store, kind: str = "image_semantic", run_id: int | None = None, *,
                    suffix: str = "_dup") -> dict[str, int]:
     """Caption-aware merge: the captions of an image group's dropped duplicates join the
@@ -228,18 +266,23 @@ def merge_captions(store: Store, kind: str = "image_semantic", run_id: int | Non
     has in that variant, or in the merged variant, is not added twice; a rerun adds
     nothing (caption ids follow the usual rule on the kept uid, new variant and text).
     Each new row's ``generator`` is ``merge:<kind>`` and its ``provenance`` names the
-    duplicate sample, its caption and the run that grouped them. Returns counts."""
+    duplicate sample, its caption and the run that grouped them. Returns counts
+    (:meth:`MergeResult.counts`; :func:`merge_captions_result` returns the result)."""
+    return merge_captions_result(store, kind, run_id, suffix=suffix).counts()
+
+
+def merge_captions_result(store: Store, kind: str = "image_semantic", run_id: int | None = None, *,
+                          suffix: str = "_dup") -> MergeResult:
+    """:func:`merge_captions`, returning its :class:`MergeResult` (with the run id)."""
     from ..ids import caption_id_sql
 
-    if not suffix or not suffix.replace("_", "").isalnum():
-        raise ConfigError(f"suffix must be letters, digits or _, got {suffix!r}")
+    check_suffix(suffix)
     rows = merged_captions(store, kind, run_id)
     if rows.num_rows == 0:
-        return {"candidates": 0, "added": 0, "already_on_kept": 0}
+        return MergeResult(kind, 0, 0, 0)
     run = int(rows.column("run_id")[0].as_py())
     cid = caption_id_sql("m.kept_uid", "m.variant || $suffix", "m.text")
-    with start_run(store, "similarity", "similarity.merge_captions.v1",
-                   {"kind": kind, "run_id": run, "suffix": suffix}) as r:
+    with start_run(store, "similarity", MERGE_STAGE, {"kind": kind, "run_id": run, "suffix": suffix}) as r:
         with r.transaction() as w:
             w.register("_curate_merge", rows)
             before = w.execute("SELECT count(*) FROM captions").fetchall()[0][0]
@@ -261,4 +304,4 @@ def merge_captions(store: Store, kind: str = "image_semantic", run_id: int | Non
             w.unregister("_curate_merge")
             on_kept = sum(1 for v in rows.column("already_on_kept").to_pylist() if v)
             r.commit_ok(w, rows.num_rows, added, 0, f"{added} captions merged into kept samples")
-    return {"candidates": rows.num_rows, "added": added, "already_on_kept": on_kept}
+    return MergeResult(kind, rows.num_rows, added, on_kept, r.id)

@@ -53,7 +53,7 @@ from .groups import (
     write_groups,
 )
 from .index import exact_scores, faiss_module, resolve_device
-from .runs import start_run
+from ..runs import start_run
 
 STAGE = "similarity.semdedup.v1"
 PAIR_MARGIN = 1e-4
@@ -191,6 +191,18 @@ class SemDedupResult:
                 f"{self.seconds:.1f}s, run {self.run_id}")
 
 
+def check_options(eps: float, keep: str, score: str | None) -> float:
+    """The checks of :func:`semdedup` that need no store; the similarity threshold ``1 - eps``."""
+    if not 0 < eps < 1:
+        raise ConfigError(f"eps must be in (0, 1) (duplicates: cosine > 1 - eps), got {eps}")
+    threshold = check_threshold(1 - eps, "1 - eps")
+    if keep == "score" and not score:
+        raise ConfigError("keep='score' needs score=TABLE.COLUMN (--score)")
+    if score and keep != "score":
+        raise ConfigError("a score column is used only with keep='score'")
+    return threshold
+
+
 def semdedup(store: Store, set_name: str, *, eps: float = 0.05, n_clusters: int | None = None, niter: int = 20,
              seed: int = 1, keep: Literal["farthest", "nearest", "score", "first"] = "farthest",
              score: str | None = None, grouping: Literal["center", "components"] = "center",
@@ -199,16 +211,10 @@ def semdedup(store: Store, set_name: str, *, eps: float = 0.05, n_clusters: int 
     and ``vector_clusters`` (purpose ``semdedup``) in one transaction with its runs row.
     A rerun of the same config replaces its rows. ``n_clusters`` defaults to one per
     1,000 vectors (at least 1)."""
-    if not 0 < eps < 1:
-        raise ConfigError(f"eps must be in (0, 1) (duplicates: cosine > 1 - eps), got {eps}")
-    threshold = check_threshold(1 - eps, "1 - eps")
+    threshold = check_options(eps, keep, score)
     vs = open_set(store, set_name)
     require_ids(vs)
     k = n_clusters if n_clusters is not None else max(1, round(vs.count / 1000))
-    if keep == "score" and not score:
-        raise ConfigError("keep='score' needs score=TABLE.COLUMN (--score)")
-    if score and keep != "score":
-        raise ConfigError("a score column is used only with keep='score'")
     if vs.count < k:
         raise InputError(f"set {vs.name} has {vs.count:,} vectors, fewer points than clusters ({k:,}); "
                          "use fewer clusters")

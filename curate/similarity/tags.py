@@ -19,11 +19,11 @@ import numpy as np
 import pyarrow as pa
 
 from ..errors import ConfigError, InputError
+from ..runs import start_run
 from ..store import Store
 from ..vectors import open_set
 from .groups import ensure_tables
 from .index import Index, build_index
-from .runs import start_run
 
 STAGE = "similarity.tags.v1"
 

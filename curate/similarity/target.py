@@ -9,7 +9,8 @@ vector. Writes ``target_selection`` (``uid``, ``cluster``, ``cluster_hits``,
 ``selected``) for every sample and ``vector_clusters`` (purpose ``target``), in one
 transaction with its runs row; a rerun of the same config replaces its rows. The
 decision to use ``selected`` belongs to a mixing policy: the attribute
-``target_selected`` (``curate.mix.attributes``) reads the latest run.
+``target_selected`` (declared by the pass ``similarity.target.v1``,
+:mod:`curate.passes.similarity`) reads the latest run.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from ..errors import ConfigError, InputError
 from ..store import Store
 from ..vectors import open_set
 from .groups import ensure_tables
-from .runs import start_run
+from ..runs import start_run
 from .semdedup import assign, kmeans
 
 STAGE = "similarity.target.v1"

@@ -35,12 +35,15 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import pyarrow as pa
 
 from ..attributes import Attribute, latest_view
 from ..config import from_dict
+
+if TYPE_CHECKING:
+    from ..store import Store
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,7 +86,7 @@ class Stage:
     def preflight(self) -> None:
         """Fail early (a ConfigError naming the fix) when the stage cannot run here."""
 
-    def prepare(self, store: Any) -> Stage:
+    def prepare(self, store: Store) -> Stage:
         """The stage to run against ``store``: a stage whose input depends on the store
         (e.g. a vocabulary table) returns a copy with that content filled in, so it is
         part of the config hash and reaches the workers. Called once, in the runner."""

@@ -118,7 +118,7 @@ def write_set(store: Store, name: str, vectors: np.ndarray | Iterable[Block] | N
     found by an importer before this call (row_ref, reason, detail, record); they are
     written with the set; they are read after ``vectors`` is consumed, so an importer may
     append to a list while its blocks are read."""
-    from ..similarity.runs import start_run
+    from ..runs import start_run
 
     check_name(name)
     if kind not in KINDS:
