@@ -47,6 +47,7 @@ the one config engine (:mod:`curate.config`); a pass's path fields
 from __future__ import annotations
 
 import os
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,8 +66,9 @@ PIPELINE_KEYS = {"name", "description"}
 INGEST_KEYS = {"format", "path", "source"}
 STAGE_KEYS = {"name", "config", "batch_size", "workers", "limit", "executor", "ray_address", "gpus_per_worker"}
 PASS_KEYS = {"name", "config"}
-#: a TOML array of tables
-STEPS = list[dict]
+#: a TOML array of tables: ``list[dict]``, the annotation :func:`curate.config.check` reads
+#: (bare ``dict``, so that errors say "a list of a table"); built as a value, not a type alias
+STEPS = types.GenericAlias(list, (dict,))
 
 
 @dataclass
@@ -275,27 +277,28 @@ def run_pipeline(store: Any, pipe: Pipeline, echo: Any = None, progress: bool | 
     from .ingest import ingest
     from .runner import run_stage
 
-    for step in pipe.stages:  # a missing model fails here, before any ingest
-        step.stage.preflight()
-    for pstep in [*pipe.dedups, *pipe.passes]:  # so does a missing extra or input file of a pass
+    pass_steps: list[DedupStep | PassStep] = [*pipe.dedups, *pipe.passes]
+    for sstep in pipe.stages:  # a missing model fails here, before any ingest
+        sstep.stage.preflight()
+    for pstep in pass_steps:  # so does a missing extra or input file of a pass
         pstep.pass_.preflight()
-    results = []
-    for step in pipe.ingests:
-        res = ingest(store, step.format, step.path, step.source, **dict(step.options))
-        results.append(res)
+    results: list[Any] = []
+    for istep in pipe.ingests:
+        ires = ingest(store, istep.format, istep.path, istep.source, **dict(istep.options))
+        results.append(ires)
         if echo:
-            echo(res.summary())
-    for step in pipe.stages:
-        opts = replace(step.options, progress=progress) if progress is not None else step.options
-        res = run_stage(store, step.stage, opts)
-        results.append(res)
+            echo(ires.summary())
+    for sstep in pipe.stages:
+        opts = replace(sstep.options, progress=progress) if progress is not None else sstep.options
+        sres = run_stage(store, sstep.stage, opts)
+        results.append(sres)
         if echo:
-            echo(res.summary())
-    for pstep in [*pipe.dedups, *pipe.passes]:
-        res = pstep.pass_.run(store)
-        results.append(res)
+            echo(sres.summary())
+    for pstep in pass_steps:
+        pres = pstep.pass_.run(store)
+        results.append(pres)
         if echo:
-            echo(res.summary().splitlines()[0])
+            echo(pres.summary().splitlines()[0])
     for mstep in pipe.mixes:
         from .mix import run_policy, write_manifest
 

@@ -61,16 +61,18 @@ def _load(table: dict[str, str], what: str, whats: str, name: str) -> Any:
 
 
 def get_stage_class(name: str) -> type[Stage]:
-    return _load(STAGES, "stage", "stages", name)
+    cls: type[Stage] = _load(STAGES, "stage", "stages", name)
+    return cls
 
 
-def build_stage(name: str, config: dict | None = None) -> Stage:
+def build_stage(name: str, config: dict[str, Any] | None = None) -> Stage:
     return get_stage_class(name).from_config(config)
 
 
 def get_pass_class(name: str) -> type[Pass]:
-    return _load(PASSES, "pass", "passes", name)
+    cls: type[Pass] = _load(PASSES, "pass", "passes", name)
+    return cls
 
 
-def build_pass(name: str, config: dict | None = None) -> Pass:
+def build_pass(name: str, config: dict[str, Any] | None = None) -> Pass:
     return get_pass_class(name).from_config(config)

@@ -27,11 +27,12 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures as cf
-from concurrent.futures.process import BrokenProcessPool
 import logging
 import multiprocessing as mp
+from collections.abc import Iterator
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -258,7 +259,8 @@ def _apply(batch: pa.RecordBatch) -> pa.Table | pa.RecordBatch:
     return _WORKER_STAGE(batch)
 
 
-def _execute(stage: Stage, batches: Iterator[pa.RecordBatch], workers: int):
+def _execute(stage: Stage, batches: Iterator[pa.RecordBatch],
+             workers: int) -> Iterator[tuple[pa.RecordBatch, pa.Table | pa.RecordBatch]]:
     if workers == 1:
         stage.setup()
         for b in batches:
@@ -267,7 +269,7 @@ def _execute(stage: Stage, batches: Iterator[pa.RecordBatch], workers: int):
     ctx = mp.get_context("spawn")
     with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
                                 initargs=(stage,)) as pool:
-        inflight: list[tuple[pa.RecordBatch, cf.Future]] = []
+        inflight: list[tuple[pa.RecordBatch, cf.Future[pa.Table | pa.RecordBatch]]] = []
         for b in batches:
             inflight.append((b, pool.submit(_apply, b)))
             if len(inflight) >= 2 * workers:
@@ -288,7 +290,8 @@ class _RayWorker:
         return self.stage(batch)
 
 
-def _execute_ray(stage: Stage, batches: Iterator[pa.RecordBatch], options: RunOptions):
+def _execute_ray(stage: Stage, batches: Iterator[pa.RecordBatch],
+                 options: RunOptions) -> Iterator[tuple[pa.RecordBatch, pa.Table | pa.RecordBatch]]:
     from ._optional import require
 
     ray = require("ray", purpose='executor = "ray"')
@@ -300,14 +303,14 @@ def _execute_ray(stage: Stage, batches: Iterator[pa.RecordBatch], options: RunOp
                 ray.init(address=options.ray_address, **kw)
             else:
                 ray.init(num_cpus=options.workers, num_gpus=None if options.gpus_per_worker else 0, **kw)
-        except Exception as e:  # Ray raises ConnectionError, RuntimeError, ValueError here
+        except Exception as e:  # noqa: BLE001 - ray.init raises ConnectionError, RuntimeError, ValueError, TypeError, OSError and bare Exception (ray/_private/node.py, services.py)
             where = f"the Ray cluster at {options.ray_address!r}" if options.ray_address else "a local Ray"
             raise CurateError(f"{stage.registry_name()}: could not start or reach {where}: {_first(str(e))}") from None
         started = True
     actor = ray.remote(num_cpus=1, num_gpus=options.gpus_per_worker)(_RayWorker)
     actors = [actor.remote(stage) for _ in range(options.workers)]
     try:
-        inflight: collections.deque = collections.deque()
+        inflight: collections.deque[tuple[pa.RecordBatch, Any]] = collections.deque()  # (batch, ObjectRef)
         for i, b in enumerate(batches):
             inflight.append((b, actors[i % len(actors)].apply.remote(b)))
             if len(inflight) >= 2 * len(actors):

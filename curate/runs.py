@@ -57,13 +57,14 @@ def config_hash(stage: str, config: dict[str, Any]) -> str:
 
 
 def next_run_id(con: Any) -> int:
-    return con.execute("SELECT nextval('run_id_seq')").fetchall()[0][0]
+    run_id: int = con.execute("SELECT nextval('run_id_seq')").fetchall()[0][0]
+    return run_id
 
 
 def mark_interrupted(store_or_con: Any) -> int:
     """Mark every ``running`` row ``interrupted`` (its process died); returns how many."""
     con = getattr(store_or_con, "con", store_or_con)
-    n = con.execute("SELECT count(*) FROM runs WHERE status = 'running'").fetchall()[0][0]
+    n: int = con.execute("SELECT count(*) FROM runs WHERE status = 'running'").fetchall()[0][0]
     if n:
         con.execute(
             "UPDATE runs SET status = 'interrupted', message = 'the process died before the run finished' "

@@ -25,6 +25,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
@@ -32,6 +33,9 @@ from ..errors import ConfigError, InputError, StoreError
 from ..runs import next_run_id, record_run
 from ..store import Store
 from .vocab import NOZEROSHOT_CLASSIFICATION
+
+if TYPE_CHECKING:
+    import polars as pl
 
 COUNTS_TABLE = "published_concept_counts"
 MISALIGNMENT_TABLE = "published_misalignment"
@@ -87,7 +91,7 @@ def read_search_counts(folder: Path) -> pa.Table:
     files = sorted(folder.glob("*" + SUFFIX))
     if not files:
         raise InputError(f"{folder}: no *{SUFFIX} files")
-    cols: dict[str, list] = {"downstream": [], "pretrain": [], "method": [], "concept": [], "count": []}
+    cols: dict[str, list[Any]] = {"downstream": [], "pretrain": [], "method": [], "concept": [], "count": []}
     for f in files:
         d, p, m = parse_file_name(f.name)
         doc = _read_json(f)
@@ -231,7 +235,7 @@ def downstream_sets(downstream: str | list[str] | tuple[str, ...] | None) -> lis
 
 
 def published_counts(store: Store, pretrain: str, method: str = "lemmatized",
-                     downstream: str | list[str] | None = "classification"):
+                     downstream: str | list[str] | None = "classification") -> pl.DataFrame:
     """The published count vector of one pretraining set and method as a polars
     DataFrame (concept, count): one row per distinct published concept string over the
     downstream sets; a string in several sets takes the first set's count in file-name

@@ -175,11 +175,11 @@ def build(raw: Iterable[tuple[str, list[str], str]], source: str, report: LoadRe
                 known[concept_key(a)] = a
     concepts = []
     owner: dict[str, list[str]] = {}
-    for key, (name, aliases, wheres) in merged.items():
+    for name, alias_map, wheres in merged.values():
         if len(wheres) > 1:
             report.duplicates.append(f"{name!r} ({', '.join(wheres)})")
-        concepts.append(Concept(name, tuple(aliases.values())))
-        for k in aliases:
+        concepts.append(Concept(name, tuple(alias_map.values())))
+        for k in alias_map:
             owner.setdefault(k, []).append(name)
     report.shared_aliases = [f"{k!r} ({', '.join(v)})" for k, v in owner.items() if len(v) > 1]
     return Vocabulary(source, concepts, report)
@@ -253,7 +253,7 @@ def parse_json(text: str, source: str, report: LoadReport) -> Iterator[tuple[str
     except json.JSONDecodeError as e:
         raise InputError(f"{source}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
 
-    def strings(value, where: str) -> list[str]:
+    def strings(value: object, where: str) -> list[str]:
         if value is None:
             return []
         if isinstance(value, str):
@@ -309,7 +309,8 @@ def read_file(path: str | Path) -> Vocabulary:
 # -- bundled -------------------------------------------------------------------------
 @lru_cache(maxsize=1)
 def _classnames() -> dict[str, list[str]]:
-    return json.loads((DATA / "classnames.json").read_text(encoding="utf-8"))
+    names: dict[str, list[str]] = json.loads((DATA / "classnames.json").read_text(encoding="utf-8"))
+    return names
 
 
 @lru_cache(maxsize=1)
@@ -335,6 +336,7 @@ def nozeroshot_downstream() -> dict[str, tuple[str, ...]]:
 
 def read_bundled(name: str) -> Vocabulary:
     source = f"bundled:{name}"
+    raw: list[tuple[str, list[str], str]]
     if name in _classnames():
         raw = [(c, [], f"item {i}") for i, c in enumerate(_classnames()[name], 1)]
     elif name == "nozeroshot":

@@ -49,8 +49,9 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import pyarrow as pa
@@ -134,8 +135,9 @@ class DedupConfig:
     grouping: Literal["center", "components"] = "center"
 
     def __post_init__(self) -> None:
-        if isinstance(self.variant, str):
-            object.__setattr__(self, "variant", (self.variant,))
+        v: object = self.variant  # an untyped caller may pass one variant as a str
+        if isinstance(v, str):
+            object.__setattr__(self, "variant", (v,))
         elif self.variant is not None:
             object.__setattr__(self, "variant", tuple(sorted(set(self.variant))))
         if not 0.0 < self.threshold <= 1.0:
@@ -149,7 +151,7 @@ class DedupConfig:
             raise ConfigError(f"grouping must be 'center' or 'components', got {self.grouping!r}")
         if (self.bands is None) != (self.rows is None):
             raise ConfigError("give both bands and rows, or neither (then they follow from threshold and num_perm)")
-        if self.bands is not None and (self.bands < 1 or self.rows < 1 or self.bands * self.rows > self.num_perm):
+        if self.bands is not None and self.rows is not None and (self.bands < 1 or self.rows < 1 or self.bands * self.rows > self.num_perm):
             raise ConfigError(f"bands x rows must be at most num_perm ({self.num_perm}); got {self.bands} x {self.rows}")
 
     def lsh(self) -> tuple[int, int]:
@@ -280,8 +282,10 @@ class _Pass1:
         self.nchars.append(nchars)
         self.status.append(st)
 
-    def finish(self) -> "_Rows":
-        cat = (lambda xs, dt: np.concatenate(xs) if xs else np.empty(0, dtype=dt))
+    def finish(self) -> _Rows:
+        def cat(xs: list[np.ndarray], dt: type[np.generic]) -> np.ndarray:
+            return np.concatenate(xs) if xs else np.empty(0, dtype=dt)
+
         keys = pa.chunked_array(self.keys, type=pa.string()) if self.keys else pa.chunked_array([], pa.string())
         return _Rows(keys, cat(self.scope, np.int32), cat(self.h, np.uint64), cat(self.nchars, np.int64),
                      cat(self.status, np.int8), [s for s, _ in sorted(self.scope_names.items(), key=lambda x: x[1])])
@@ -355,7 +359,7 @@ class _Pass2:
 
 
 def _group(config: DedupConfig, rows: _Rows, item: np.ndarray, item_scope: np.ndarray, sh: Shingled,
-           keys: np.ndarray, timings: dict[str, float]) -> tuple[pa.Table, pa.Table, dict[str, ScopeStats], dict]:
+           keys: np.ndarray, timings: dict[str, float]) -> tuple[pa.Table, pa.Table, dict[str, ScopeStats], dict[str, int]]:
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
@@ -507,7 +511,7 @@ def _key_rank(keys: pa.ChunkedArray, rows: np.ndarray) -> np.ndarray:
 
 
 def _run(config: DedupConfig, batches: Iterable[tuple[pa.Array, list[str], list[str | None]]],
-         rep_texts) -> DedupResult:
+         rep_texts: Callable[[_Rows, np.ndarray], Iterable[list[str]]]) -> DedupResult:
     """The two passes. ``batches`` yields (keys, scopes, texts); ``rep_texts(rows, reps)``
     yields lists of the representative texts in item order."""
     t0 = time.perf_counter()
@@ -519,8 +523,8 @@ def _run(config: DedupConfig, batches: Iterable[tuple[pa.Array, list[str], list[
     item, reps, item_scope = rows.items()
     timings["normalise"] = time.perf_counter() - t0
     p2 = _Pass2(config, item_scope)
-    for texts in rep_texts(rows, reps):
-        p2.add(texts)
+    for rep_batch in rep_texts(rows, reps):
+        p2.add(rep_batch)
     sh = p2.finish()
     timings["shingles"], timings["signatures"] = p2.t_shingle, p2.t_sign
     groups, skipped, stats, extra = _group(config, rows, item, item_scope, sh, p2.keys, timings)
@@ -540,13 +544,14 @@ def find_duplicates(texts: list[str | None], *, keys: list[str] | None = None, s
     if len(key_arr) != n or len(scope_list) != n:
         raise ConfigError(f"keys and scopes must have one entry per text ({n})")
 
-    def batches():
+    def batches() -> Iterator[tuple[pa.Array, list[str], list[str | None]]]:
         for s in range(0, n, batch_size):
             yield key_arr.slice(s, batch_size), scope_list[s:s + batch_size], texts[s:s + batch_size]
 
     def rep_texts(rows: _Rows, reps: np.ndarray) -> Iterator[list[str]]:
         for s in range(0, len(reps), batch_size):
-            yield [texts[int(r)] for r in reps[s:s + batch_size]]
+            # a representative is an analysed (non-null) text
+            yield [cast(str, texts[int(r)]) for r in reps[s:s + batch_size]]
 
     return _run(cfg, batches(), rep_texts)
 
@@ -565,7 +570,7 @@ def dedup_captions(store: Store, *, variant: str | Iterable[str] | None = None, 
     docstring). ``variant``: one variant, several, or None for all."""
     if store.read_only:
         raise CurateError(f"store {store.path} is open read-only")
-    cfg = DedupConfig(variant=variant if variant is None or isinstance(variant, str) else tuple(variant),
+    cfg = DedupConfig(variant=(variant,) if isinstance(variant, str) else None if variant is None else tuple(variant),
                       across_variants=across_variants, threshold=threshold, num_perm=num_perm, shingle=shingle,
                       keep=keep, seed=seed, bands=bands, rows=rows, max_bucket=max_bucket,
                       grouping=grouping)
@@ -580,7 +585,7 @@ def dedup_captions(store: Store, *, variant: str | Iterable[str] | None = None, 
     where = "" if cfg.variant is None else "WHERE variant IN (SELECT unnest($variants))"
     params = {} if cfg.variant is None else {"variants": list(cfg.variant)}
 
-    def batches():
+    def batches() -> Iterator[tuple[pa.Array, list[str], list[str | None]]]:
         cur = con.cursor()
         try:
             sql = f"SELECT caption_id::VARCHAR AS caption_id, variant, text FROM captions {where}"

@@ -14,12 +14,16 @@ CLIP scores come from ``clip.score.v1`` (``curate embed``), read through its vie
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import registry
 from ..attributes import Attribute, declared
 from ..errors import ConfigError
 from .sql import bind_includes, lit, named
+
+if TYPE_CHECKING:
+    from ..passes.base import Pass
+    from ..stages.base import Stage
 
 __all__ = ["ATTRIBUTES", "Attribute", "catalogue", "check_value", "lit", "markdown_table", "named", "producer_of",
            "relation"]
@@ -31,8 +35,8 @@ SOURCE = Attribute("source", "sample", "str", "the sample's source (ingest --sou
 _cache: dict[tuple[tuple[str, str], ...], dict[str, Attribute]] = {}
 
 
-def _producers() -> list[Any]:
-    out = [registry.get_stage_class(n) for n in registry.stage_names()]
+def _producers() -> list[type[Stage] | type[Pass]]:
+    out: list[type[Stage] | type[Pass]] = [registry.get_stage_class(n) for n in registry.stage_names()]
     out += [registry.get_pass_class(n) for n in registry.pass_names()]
     return out
 

@@ -89,7 +89,8 @@ class Pass:
     # -- configuration -------------------------------------------------------------
     def config(self) -> dict[str, Any]:
         """The configuration as plain values (lists, strings), as a pipeline writes it."""
-        return to_dict(self)
+        out: dict[str, Any] = to_dict(self)  # a dataclass instance: always a dict
+        return out
 
     def config_hash(self) -> str:
         """The hash of the registry name and :meth:`config`. An engine whose rows depend on

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from ..attributes import Attribute
 from ..errors import ConfigError
 from .base import Pass
+
+if TYPE_CHECKING:
+    from ..dedup.text import DedupConfig
 
 DEDUP_KEPT = Attribute(
     "dedup_kept", "caption", "bool",
@@ -56,12 +59,12 @@ class DedupCaptions(Pass):
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1, got {self.batch_size}")
 
-    def dedup_config(self) -> Any:
+    def dedup_config(self) -> DedupConfig:
         """The :class:`~curate.dedup.text.DedupConfig` the engine builds from these fields."""
         from ..dedup.text import DedupConfig
 
         v = self.variant
-        return DedupConfig(variant=v if v is None or isinstance(v, str) else tuple(v),
+        return DedupConfig(variant=(v,) if isinstance(v, str) else None if v is None else tuple(v),
                            **{f: getattr(self, f) for f in ("across_variants", "threshold", "num_perm", "shingle",
                                                            "keep", "seed", "bands", "rows", "max_bucket", "grouping")})
 

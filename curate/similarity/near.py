@@ -24,6 +24,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..errors import ConfigError
+from ..runs import start_run
 from ..store import Store
 from ..vectors import open_set
 from .groups import (
@@ -38,7 +39,6 @@ from .groups import (
     write_groups,
 )
 from .index import Index, build_index, exact_scores, load_index
-from ..runs import start_run
 
 NEAR_STAGE = "similarity.near.v1"
 EXACT_STAGE = "similarity.exact.v1"

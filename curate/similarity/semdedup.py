@@ -39,6 +39,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..errors import ConfigError, InputError
+from ..runs import start_run
 from ..store import Store
 from ..vectors import VectorSet, open_set
 from .groups import (
@@ -53,7 +54,6 @@ from .groups import (
     write_groups,
 )
 from .index import exact_scores, faiss_module, resolve_device
-from ..runs import start_run
 
 STAGE = "similarity.semdedup.v1"
 PAIR_MARGIN = 1e-4

@@ -22,10 +22,10 @@ import numpy as np
 import pyarrow as pa
 
 from ..errors import ConfigError, InputError
+from ..runs import start_run
 from ..store import Store
 from ..vectors import open_set
 from .groups import ensure_tables
-from ..runs import start_run
 from .semdedup import assign, kmeans
 
 STAGE = "similarity.target.v1"
