@@ -20,13 +20,14 @@ plain shape :func:`to_dict` gives (used by policies and pipelines).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import tomllib
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar, Literal, Self, TypeVar
 
 from .errors import ConfigError
 
@@ -198,6 +199,34 @@ def check_call(fn: Any, where: str, options: dict[str, Any], *, skip_params: int
     hints = typing.get_type_hints(fn)
     check_keys(where, options, [p.name for p in params])
     return {k: check(f"{where}.{k}", v, hints.get(k, Any)) for k, v in options.items()}
+
+
+class Configured:
+    """What stages and passes share: a versioned registry name, a configuration that is
+    the dataclass's fields, its hash, and construction from a plain dict by
+    :func:`from_dict`. Subclasses are frozen dataclasses."""
+
+    name: ClassVar[str]
+    version: ClassVar[int]
+
+    @classmethod
+    def registry_name(cls) -> str:
+        return f"{cls.name}.v{cls.version}"
+
+    def config(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}  # type: ignore[arg-type]  # subclasses are dataclasses
+
+    def config_hash(self) -> str:
+        """sha256 (16 hex digits) of the registry name and :meth:`config`; it keys the
+        rows a stage writes and names a run's configuration."""
+        payload = json.dumps({"stage": self.registry_name(), "config": self.config()}, sort_keys=True, default=str)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any] | None) -> Self:
+        """Build from a plain dict by the rules above (unknown keys, wrong types and
+        non-finite numbers are ConfigErrors naming ``<registry name> config``)."""
+        return from_dict(cls, dict(config or {}), f"{cls.registry_name()} config")
 
 
 def to_dict(obj: Any) -> Any:

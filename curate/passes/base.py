@@ -36,12 +36,10 @@ calls them directly; a pass class is a thin shell that holds their arguments.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from ..attributes import Attribute
-from ..config import from_dict, to_dict
+from ..config import Configured, to_dict
 
 
 @runtime_checkable
@@ -56,7 +54,7 @@ class PassResult(Protocol):
 
 
 @dataclasses.dataclass(frozen=True)
-class Pass:
+class Pass(Configured):
     name: ClassVar[str]
     version: ClassVar[int]
     #: the tables the pass writes (the first is its main output)
@@ -69,10 +67,6 @@ class Pass:
     run_stage: ClassVar[str | None] = None
     #: config fields that hold file paths (a pipeline resolves them against its folder)
     path_fields: ClassVar[tuple[str, ...]] = ()
-
-    @classmethod
-    def registry_name(cls) -> str:
-        return f"{cls.name}.v{cls.version}"
 
     @classmethod
     def stored_stage(cls) -> str:
@@ -92,15 +86,3 @@ class Pass:
         out: dict[str, Any] = to_dict(self)  # a dataclass instance: always a dict
         return out
 
-    def config_hash(self) -> str:
-        """The hash of the registry name and :meth:`config`. An engine whose rows depend on
-        store state as well (a vector set's run id) records its resolved configuration and
-        its own hash in ``runs``."""
-        payload = json.dumps({"stage": self.registry_name(), "config": self.config()}, sort_keys=True, default=str)
-        return hashlib.sha256(payload.encode()).hexdigest()[:16]
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any] | None) -> Pass:
-        """Build the pass from a plain dict by the rules of :mod:`curate.config`
-        (unknown keys, wrong types and non-finite numbers are ConfigErrors)."""
-        return from_dict(cls, dict(config or {}), f"{cls.registry_name()} config")

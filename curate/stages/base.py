@@ -33,21 +33,19 @@ Nothing in a stage may assume whether it runs in-process, in a process pool or o
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import pyarrow as pa
 
 from ..attributes import Attribute, latest_view
-from ..config import from_dict
+from ..config import Configured
 
 if TYPE_CHECKING:
     from ..store import Store
 
 
 @dataclasses.dataclass(frozen=True)
-class Stage:
+class Stage(Configured):
     name: ClassVar[str]
     version: ClassVar[int]
     input_table: ClassVar[str] = "captions"
@@ -73,10 +71,6 @@ class Stage:
     produced_by: ClassVar[str | None] = None
 
     @classmethod
-    def registry_name(cls) -> str:
-        return f"{cls.name}.v{cls.version}"
-
-    @classmethod
     def view_statements(cls) -> tuple[str, ...]:
         """The views created with the output table: the latest view, then ``views``."""
         latest = () if cls.latest_view is None else (latest_view(
@@ -97,17 +91,3 @@ class Stage:
 
     def __call__(self, batch: pa.RecordBatch) -> pa.Table | pa.RecordBatch:  # pragma: no cover - abstract
         raise NotImplementedError
-
-    # -- configuration -------------------------------------------------------------
-    def config(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-
-    def config_hash(self) -> str:
-        payload = json.dumps({"stage": self.registry_name(), "config": self.config()}, sort_keys=True, default=str)
-        return hashlib.sha256(payload.encode()).hexdigest()[:16]
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any] | None) -> Stage:
-        """Build the stage from a plain dict by the rules of :mod:`curate.config`
-        (unknown keys, wrong types and non-finite numbers are ConfigErrors)."""
-        return from_dict(cls, dict(config or {}), f"{cls.registry_name()} config")
