@@ -50,7 +50,7 @@ import os
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config import check, check_keys, from_dict, load_toml
 from .errors import ConfigError
@@ -59,6 +59,10 @@ from .passes.base import Pass
 from .registry import build_stage, get_pass_class, pass_names
 from .runner import RunOptions
 from .stages.base import Stage
+
+if TYPE_CHECKING:
+    from .store import Store
+
 
 TOP_KEYS = {"pipeline", "ingest", "stage", "dedup", "pass", "mix"}
 MIX_KEYS = {"policy", "seed", "name"}
@@ -269,7 +273,7 @@ def _mix_step(w: str, step: dict[str, Any], base: Path) -> MixStep:
     return MixStep(full, policy)
 
 
-def run_pipeline(store: Any, pipe: Pipeline, echo: Any = None, progress: bool | None = None) -> list[Any]:
+def run_pipeline(store: Store, pipe: Pipeline, echo: Any = None, progress: bool | None = None) -> list[Any]:
     """Run every ingest step, then every stage, dedup pass, pass and mix, in order;
     ``echo`` gets one line per step."""
     from dataclasses import replace

@@ -34,12 +34,16 @@ import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .errors import CurateError
 
 #: the longest ``message`` a failed or interrupted run records
+if TYPE_CHECKING:
+    from .store import Store
+
+
 MESSAGE_CHARS = 1000
 COUNTS = ("rows_in", "rows_out", "rows_rejected")
 
@@ -106,7 +110,7 @@ class Run:
     processes interrupted; ``t0``: when the work started (``time.perf_counter()``),
     for ``seconds``."""
 
-    def __init__(self, store: Any, kind: str, stage: str, config: Any, *, options: dict[str, Any] | None = None,
+    def __init__(self, store: Store, kind: str, stage: str, config: Any, *, options: dict[str, Any] | None = None,
                  record: Any = None, hash: str | None = None, con: Any = None, mark: bool = True,
                  t0: float | None = None):
         if store.read_only:
@@ -195,7 +199,7 @@ class Run:
 
 
 @contextmanager
-def start_run(store: Any, kind: str, stage: str, config: Any, *,
+def start_run(store: Store, kind: str, stage: str, config: Any, *,
               interrupted: str = "interrupted by the user; nothing was written", **kw: Any) -> Iterator[Run]:
     """A :class:`Run` (``kw``: its keyword arguments) for the body of the ``with``: an
     exception marks it ``failed`` (``interrupted`` with the message ``interrupted`` for

@@ -36,10 +36,13 @@ calls them directly; a pass class is a thin shell that holds their arguments.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 from ..attributes import Attribute
 from ..config import Configured, to_dict
+
+if TYPE_CHECKING:
+    from ..store import Store
 
 
 @runtime_checkable
@@ -77,7 +80,7 @@ class Pass(Configured):
         """Fail early (a ConfigError or MissingExtraError naming the fix) when the pass
         cannot run here."""
 
-    def run(self, store: Any) -> PassResult:  # pragma: no cover - abstract
+    def run(self, store: Store) -> PassResult:  # pragma: no cover - abstract
         raise NotImplementedError
 
     # -- configuration -------------------------------------------------------------

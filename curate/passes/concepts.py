@@ -10,11 +10,14 @@ Their runs rows keep the stage strings they always had, without a version:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..concepts.published import STAGE as PUBLISHED_STAGE
 from ..concepts.vocab import STAGE as VOCABULARY_STAGE
 from .base import Pass
+
+if TYPE_CHECKING:
+    from ..store import Store
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +47,7 @@ class Vocabulary(Pass):
 
         read_source(self.source)  # every input error before any work
 
-    def run(self, store: Any) -> Any:
+    def run(self, store: Store) -> Any:
         from ..concepts.vocab import add_vocabulary
 
         return add_vocabulary(store, self.vocabulary, self.source, replace=self.replace)
@@ -70,7 +73,7 @@ class ImportPublished(Pass):
 
         locate(self.path)
 
-    def run(self, store: Any) -> Any:
+    def run(self, store: Store) -> Any:
         from ..concepts.published import import_published
 
         return import_published(store, self.path)

@@ -11,6 +11,7 @@ from .base import Pass
 
 if TYPE_CHECKING:
     from ..dedup.text import DedupConfig
+    from ..store import Store
 
 DEDUP_KEPT = Attribute(
     "dedup_kept", "caption", "bool",
@@ -71,7 +72,7 @@ class DedupCaptions(Pass):
     def config_hash(self) -> str:
         return self.dedup_config().config_hash()
 
-    def run(self, store: Any) -> Any:
+    def run(self, store: Store) -> Any:
         from ..dedup.text import dedup_captions
 
         return dedup_captions(store, **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)})

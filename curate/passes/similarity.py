@@ -9,13 +9,17 @@ registry name); the checks that need no store run when the pass is built, the re
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from ..attributes import Attribute
 from ..errors import ConfigError
 from .base import Pass
 
 Device = Literal["auto", "cpu", "gpu"]
+
+if TYPE_CHECKING:
+    from ..store import Store
+
 
 IMAGE_DEDUP_KEPT = Attribute(
     "image_dedup_kept", "sample", "bool",
@@ -84,7 +88,7 @@ class SemDedup(Pass):
     def preflight(self) -> None:
         _needs_faiss(self)
 
-    def run(self, store: Any) -> Any:
+    def run(self, store: Store) -> Any:
         from ..similarity.semdedup import semdedup
 
         return semdedup(store, self.set_name, eps=self.eps, n_clusters=self.n_clusters, niter=self.niter,
@@ -121,7 +125,7 @@ class NearDuplicates(Pass):
     def preflight(self) -> None:
         _needs_faiss(self)
 
-    def run(self, store: Any) -> Any:
+    def run(self, store: Store) -> Any:
         from ..similarity.near import near_duplicates
 
         return near_duplicates(store, self.set_name, threshold=self.threshold, factory=self.factory,
@@ -149,7 +153,7 @@ class ExactDuplicates(Pass):
 
         check_exact_options(self.min_urls, self.keep, self.score)
 
-    def run(self, store: Any) -> Any:
+    def run(self, store: Store) -> Any:
         from ..similarity.near import exact_duplicates
 
         return exact_duplicates(store, min_urls=self.min_urls, keep=self.keep, score=self.score)
@@ -182,7 +186,7 @@ class Tags(Pass):
     def preflight(self) -> None:
         _needs_faiss(self)
 
-    def run(self, store: Any) -> Any:
+    def run(self, store: Store) -> Any:
         from ..similarity.tags import tag
 
         return tag(store, self.set_name, self.concept_set, k=self.k, factory=self.factory, nprobe=self.nprobe,
@@ -213,7 +217,7 @@ class TargetFilter(Pass):
     def preflight(self) -> None:
         _needs_faiss(self)
 
-    def run(self, store: Any) -> Any:
+    def run(self, store: Store) -> Any:
         from ..similarity.target import target_filter
 
         return target_filter(store, self.set_name, self.reference_set, n_clusters=self.n_clusters, niter=self.niter,
@@ -244,7 +248,7 @@ class CreateIndex(Pass):
     def preflight(self) -> None:
         _needs_faiss(self)
 
-    def run(self, store: Any) -> Any:
+    def run(self, store: Store) -> Any:
         from ..similarity.index import IndexResult, create_index
 
         return IndexResult(*create_index(store, self.set_name, self.factory, name=self.index_name, nprobe=self.nprobe,
@@ -273,7 +277,7 @@ class MergeCaptions(Pass):
 
         check_suffix(self.suffix)
 
-    def run(self, store: Any) -> Any:
+    def run(self, store: Store) -> Any:
         from ..similarity.near import merge_captions_result
 
         return merge_captions_result(store, self.kind, self.run_id, suffix=self.suffix)
