@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..attributes import latest_sql
 from .attributes import ATTRIBUTES, relation
 from .compile import MixResult
 from .sql import ensure_clip_view, lit, named, source_cond
@@ -27,6 +28,12 @@ def _views(store: Store, res: MixResult) -> None:
     con.execute(f"CREATE OR REPLACE TEMP VIEW mix_pool AS SELECT c.uid, c.source, c.caption_id, c.variant "
                 f"FROM captions c WHERE {source_cond(p, 'c')} AND c.variant IN ({variants})")
     con.execute("CREATE OR REPLACE TEMP VIEW mix_manifest AS SELECT uid, source, caption_id, variant, weight FROM _mix_final")
+    if store.has_table("caption_stats"):
+        # the words audit reads the stage's latest rows by the one template
+        from ..stages.caption_stats import CaptionStats
+
+        con.execute("CREATE OR REPLACE TEMP VIEW mix_words AS " + latest_sql(
+            CaptionStats.output_table, CaptionStats.registry_name(), by=CaptionStats.latest_by, join_captions=False))
 
 
 def _dropped_view(store: Store, tables: set[str]) -> None:

@@ -40,10 +40,9 @@ ORDER BY source;
 
 -- name: audit_words
 -- Caption length (words, from caption_stats) per variant: pool captions versus the
--- manifest's chosen captions.
+-- manifest's chosen captions. mix_words: the stage's latest rows (curate.mix.audit).
 WITH s AS (
-    SELECT caption_id, words FROM caption_stats
-    WHERE config_hash = (SELECT config_hash FROM runs WHERE stage = 'text.caption_stats.v1' ORDER BY run_id DESC LIMIT 1)
+    SELECT caption_id, words FROM mix_words
 )
 SELECT 'pool' AS side, variant, count(words) AS captions, round(avg(words), 2) AS mean_words,
        quantile_cont(words, 0.1) AS p10, median(words) AS median, quantile_cont(words, 0.9) AS p90
