@@ -160,7 +160,8 @@ def input_versions(store: Store, policy: Policy,
     """Rows and latest run id of every table the policy reads; the stage runs behind
     them (run id, stage, config hash, config).
 
-    A table of one stage gets that stage's latest ok run. ``dedup_groups`` gets the runs
+    A table of one stage gets that stage's latest run (any status: the run whose
+    configuration :func:`curate.attributes.latest_sql` reads). ``dedup_groups`` gets the runs
     whose verdicts the policy's dedup attributes read, by their rule (only the latest
     run of each kind and scope counts): for ``dedup_kept`` the latest caption dedup run
     of each scope in ``dedup_summary``, for ``image_dedup_kept`` the latest image dedup
@@ -207,13 +208,14 @@ def input_versions(store: Store, policy: Policy,
             # write other rows)
             for vocab in sorted(_vocabularies(policy)):
                 run = store.execute(
-                    "SELECT run_id FROM runs WHERE stage = ? AND status = 'ok' "
+                    "SELECT run_id FROM runs WHERE stage = ? "
                     "AND json_extract_string(config, '$.config.vocabulary') = ? ORDER BY run_id DESC LIMIT 1",
                     [stage_of(t), vocab]).fetchall()
                 if run:
                     stages.append(run_entry(t, run[0][0]))
         elif stage_of(t):
-            run = store.execute("SELECT run_id FROM runs WHERE stage = ? AND status = 'ok' "
+            # the run whose configuration the attribute rows come from (latest_sql's rule)
+            run = store.execute("SELECT run_id FROM runs WHERE stage = ? "
                                 "ORDER BY run_id DESC LIMIT 1", [stage_of(t)]).fetchall()
             if run:
                 stages.append(run_entry(t, run[0][0]))
