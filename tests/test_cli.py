@@ -160,8 +160,10 @@ def test_ingest_option_reaches_the_format(tmp_path, capsys, laion_file, laion_ro
 def test_ingest_option_of_another_format(tmp_path, capsys, laclip_dir):
     pairs = laclip_dir / "meta_input_output_pairs.jsonl"
     store = tmp_path / "s"
-    rc, out, _ = curate(capsys, "ingest", "laclip", pairs, "--source", "lc", "--store", store)
-    assert rc == 0 and "0 samples" in out and "original not in store: 48" in out
+    rc, out, err = curate(capsys, "ingest", "laclip", pairs, "--source", "lc", "--store", store)
+    # every record rejected, nothing added: a failure a script sees (issue 16), rejects kept
+    assert rc == 3 and "0 samples" in out and "original not in store: 48" in out
+    assert one_error_line(err).startswith(f"error: nothing was added from {pairs}: every one of its")
     rc, out, _ = curate(capsys, "ingest", "laclip", pairs, "--source", "lc", "-o", "create=true", "--store", store)
     assert rc == 0 and "46 samples and 94 captions added; (raw: 46, rewrite: 48)" in out
 
@@ -569,3 +571,24 @@ def test_capsfusion_mean_words_per_variant_through_curate_sql(tmp_path, capsys):
         assert rows[variant]["mean_chars"] == round(sum(chars) / len(chars), 1)
         assert rows[variant]["max_chars"] == max(chars)
     assert (rows["synthetic"]["mean_words"], rows["fused"]["mean_words"]) == (8.96, 22.75)  # PROVENANCE.md
+
+
+def test_an_ingest_whose_every_record_is_rejected_fails_and_keeps_the_rejects(capsys, tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("url,caption\nhttp://a.example/1.jpg,\nhttp://a.example/2.jpg,   \n", encoding="utf-8")
+    store = tmp_path / "store"
+    rc, out, err = curate(capsys, "ingest", "table", bad, "--source", "bad", "--store", store)
+    assert rc == 3, (out, err)
+    assert "0 samples and 0 captions added" in out
+    assert one_error_line(err) == (f"error: nothing was added from {bad}: every one of its 2 records was rejected "
+                                   "(4 rejects); see `curate sql --query store.rejects`")
+    with Store.open(store, read_only=True) as s:
+        assert s.count("samples") == 0
+        # each record: its caption's reason, and the record's own (no valid caption)
+        assert sorted(s.execute("SELECT reason FROM rejects").fetchall()) == [
+            ("empty caption",), ("no valid caption",), ("no valid caption",), ("null caption",)]
+    # one good record among the bad is a success
+    mixed = tmp_path / "mixed.csv"
+    mixed.write_text("url,caption\nhttp://b.example/1.jpg,\nhttp://b.example/2.jpg,a red car\n", encoding="utf-8")
+    rc, out, err = curate(capsys, "ingest", "table", mixed, "--source", "mixed", "--store", store)
+    assert rc == 0 and "1 samples and 1 captions added" in out, (out, err)

@@ -106,6 +106,11 @@ def ingest(fmt: str, path: Path, store_path: Path, source: str | None, preset: s
     with Store.open(store_path, create=True) as s:
         res = do_ingest(s, fmt, path, source, **given, **opts)
     click.echo(res.summary())
+    if res.rejected and not (res.samples_added or res.captions_added or res.already_present):
+        # the rejects are recorded (rows with reasons), but a run that added nothing from
+        # an input whose every record was refused is a failure a script must see
+        raise InputError(f"nothing was added from {path}: every one of its {res.rows_in:,} records was rejected "
+                         f"({res.rejected:,} rejects); see `curate sql --query store.rejects`")
 
 
 @click.command()
