@@ -265,6 +265,21 @@ def test_tail_command_writes_the_manifest_and_reports_the_overlap(cc3m_store, tm
     assert main(["concepts", "tail", "--store", str(cc3m_store), "--vocabulary", "nope"]) != 0
 
 
+def test_tail_command_checks_the_training_manifest_before_writing_anything(cc3m_store, tmp_path, capsys):
+    from curate.cli import main
+
+    out = tmp_path / "never.parquet"
+    missing = tmp_path / "no-such-train.parquet"
+    with Store.open(cc3m_store) as s:
+        count(s, "mini")
+    capsys.readouterr()
+    rc = main(["concepts", "tail", "--store", str(cc3m_store), "--vocabulary", "mini", "-n", "3", "--out", str(out),
+               "--train-manifest", str(missing)])
+    err = capsys.readouterr().err
+    assert rc == 3 and f"training manifest {missing} does not exist" in err
+    assert not out.exists()
+
+
 def test_every_concepts_query_runs(cc3m_store, nozeroshot_dir):
     from curate.concepts.published import import_published
     from curate.sqlfiles import named_queries

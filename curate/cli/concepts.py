@@ -179,8 +179,10 @@ def count_cmd(store_path: Path, vocabulary: str, mode: str, model: str | None, w
 def tail_cmd(store_path: Path, vocabulary: str, n: int, min_count: int, cap: int, variant: str | None, mode: str,
              seed: int, out: Path | None, train_manifest: Path | None) -> None:
     """A Let It Wag!-style evaluation manifest of a vocabulary's rarest concepts."""
-    from ..concepts.tail import build_tail_benchmark, overlap
+    from ..concepts.tail import build_tail_benchmark, overlap, read_uids
 
+    if train_manifest:
+        read_uids(train_manifest)  # a missing or unreadable one fails before the tail manifest is written
     with Store.open(store_path) as s:
         res = build_tail_benchmark(s, vocabulary, n=n, min_count=min_count, cap=cap, variant=variant, mode=mode,
                                    seed=seed, out=out)
