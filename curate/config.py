@@ -201,6 +201,13 @@ def check_call(fn: Any, where: str, options: dict[str, Any], *, skip_params: int
     return {k: check(f"{where}.{k}", v, hints.get(k, Any)) for k, v in options.items()}
 
 
+def config_hash(stage: str, config: dict[str, Any]) -> str:
+    """The hash of ``{"stage": stage, "config": config}`` (sorted keys), 16 hex digits:
+    the config hash of stages, passes and vector writes (:mod:`curate.runs`)."""
+    payload = json.dumps({"stage": stage, "config": config}, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
 class Configured:
     """What stages and passes share: a versioned registry name, a configuration that is
     the dataclass's fields, its hash, and construction from a plain dict by
@@ -219,8 +226,7 @@ class Configured:
     def config_hash(self) -> str:
         """sha256 (16 hex digits) of the registry name and :meth:`config`; it keys the
         rows a stage writes and names a run's configuration."""
-        payload = json.dumps({"stage": self.registry_name(), "config": self.config()}, sort_keys=True, default=str)
-        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+        return config_hash(self.registry_name(), self.config())
 
     @classmethod
     def from_config(cls, config: dict[str, Any] | None) -> Self:

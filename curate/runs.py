@@ -29,7 +29,6 @@ an ingest stores its flat input description. ``config_hash`` defaults to
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import time
 from collections.abc import Iterator
@@ -37,6 +36,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
+from .config import config_hash
 from .errors import CurateError
 
 #: the longest ``message`` a failed or interrupted run records
@@ -51,13 +51,6 @@ _INSERT = (
     "INSERT INTO runs (run_id, kind, stage, config, config_hash, status, rows_in, rows_out, rows_rejected, seconds, "
     "started_at, finished_at, curate_version, message) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
-
-
-def config_hash(stage: str, config: dict[str, Any]) -> str:
-    """The hash of ``{"stage": stage, "config": config}`` (sorted keys), 16 hex digits:
-    the config hash of stages, passes and vector writes."""
-    payload = json.dumps({"stage": stage, "config": config}, sort_keys=True, default=str)
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
 def next_run_id(con: Any) -> int:

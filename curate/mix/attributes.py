@@ -74,21 +74,20 @@ class _Catalogue(Mapping[str, Attribute]):
 ATTRIBUTES: Mapping[str, Attribute] = _Catalogue()
 
 
-def producer_of(table: str) -> str:
-    """What produces ``table`` (said when a policy needs it and it is missing)."""
-    for producer in _producers():
-        tables = (getattr(producer, "output_table", None), *getattr(producer, "writes", ()))
-        if table in tables:
-            said = getattr(producer, "produced_by", None)
-            return said or f"the stage {producer.registry_name()}"
-    return f"no registered stage or pass (table {table})"
-
-
 def producer_class(table: str) -> Any | None:
+    """The registered stage or pass that writes ``table``, or None."""
     for producer in _producers():
         if table in (getattr(producer, "output_table", None), *getattr(producer, "writes", ())):
             return producer
     return None
+
+
+def producer_of(table: str) -> str:
+    """What produces ``table`` (said when a policy needs it and it is missing)."""
+    producer = producer_class(table)
+    if producer is None:
+        return f"no registered stage or pass (table {table})"
+    return getattr(producer, "produced_by", None) or f"the stage {producer.registry_name()}"
 
 
 def check_value(attr: Attribute, op: str, value: Any) -> None:

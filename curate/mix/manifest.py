@@ -38,7 +38,7 @@ import numpy as np
 
 from .. import __version__
 from ..errors import ConfigError, QueryError
-from .attributes import producer_of
+from .attributes import producer_class, producer_of
 from .check import required_tables
 from .compile import MixResult, run_policy
 from .policy import Policy
@@ -49,19 +49,18 @@ if TYPE_CHECKING:
 
 EXT = {"parquet": "parquet", "csv": "csv", "tsv": "tsv", "json": "samples.jsonl", "jsonl": "jsonl", "npy": "npy"}
 def stage_of(table: str) -> str | None:
-    """The one registered stage that writes ``table`` (the sidecar records its latest ok
-    run), from the stages' declarations. Tables that several runs write side by side
-    are handled on their own: for dedup_groups (caption and image dedup passes) and
-    concept_tags (tagging runs) input_versions records the runs whose rows count, and
-    clip_scores is recorded per model."""
-    from .. import registry
+    """The registered stage that writes ``table`` (the sidecar records the run whose
+    configuration its rows are read under), from the declarations. Tables that several
+    runs write side by side are handled on their own: for dedup_groups (caption and image
+    dedup passes) and concept_tags (tagging runs) input_versions records the runs whose
+    rows count, and clip_scores is recorded per model."""
+    from ..stages.base import Stage
 
-    if table == "clip_scores":
+    producer = producer_class(table)
+    if table == "clip_scores" or producer is None or not issubclass(producer, Stage):
         return None
-    for name in registry.stage_names():
-        if registry.get_stage_class(name).output_table == table:
-            return name
-    return None
+    name: str = producer.registry_name()
+    return name
 
 
 UID_HEX = "replace(uid::VARCHAR, '-', '')"
