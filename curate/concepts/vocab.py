@@ -39,6 +39,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from .. import names
 from ..errors import ConfigError, InputError, StoreError
 from ..runs import record_run
 from ..store import Store
@@ -61,7 +62,6 @@ NOZEROSHOT_CLASSIFICATION = (
     "fgvcaircraft", "flowers102", "food101", "imagenet", "oxfordpets", "stanfordcars", "sun397", "ucf101",
 )
 
-_VOCAB_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 _WS = re.compile(r"\s+")
 _WORDS = re.compile(r"[\s\-]+")
 
@@ -371,10 +371,7 @@ def ensure_table(store: Store) -> None:
 
 
 def check_name(name: str) -> str:
-    if not _VOCAB_NAME.match(name or ""):
-        raise ConfigError(f"vocabulary name {name!r} should be lower-case letters, digits, '_', '.' or '-' "
-                          "(at most 64 characters, starting with a letter or digit)")
-    return name
+    return names.check_name("vocabulary", name, lower=True, max_len=64)
 
 
 @dataclass

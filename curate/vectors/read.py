@@ -5,7 +5,6 @@ gathers, ids), :func:`open_set` and listing. See :mod:`curate.vectors` for the l
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,13 +14,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .. import names
 from ..errors import ConfigError, StoreError
 from ..store import Store
 
 KINDS = ("image", "text", "concept")
 ID_COLUMN = {"image": "uid", "text": "caption_id", "concept": "concept"}
 EMB_DIR = {"image": "img_emb", "text": "text_emb", "concept": "text_emb"}
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 TABLE_SQL = """
 CREATE TABLE IF NOT EXISTS vector_sets (
@@ -47,10 +46,7 @@ def ensure_table(store: Store) -> None:
 
 
 def check_name(name: str) -> str:
-    if not _NAME.match(name or ""):
-        raise ConfigError(f"vector set name {name!r} must be 1-100 letters, digits, '_', '.' or '-' "
-                          "(starting with a letter or digit)")
-    return name
+    return names.check_name("vector set", name)
 
 
 @dataclass(frozen=True)
