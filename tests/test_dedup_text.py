@@ -269,7 +269,7 @@ def test_keep_rules(store):
         store.con.execute("INSERT INTO captions (caption_id, uid, variant, text, source, run_id) "
                           "VALUES (md5_number(?)::UUID, md5_number(?)::UUID, 'raw', ?, 'x', 0)", [t, t, t])
     ids = {t: str(store.con.execute("SELECT md5_number(?)::UUID", [t]).fetchall()[0][0]) for t in texts}
-    for keep, want in [("longest", texts[2]), ("shortest", texts[0]), ("first", min(texts, key=lambda t: ids[t]))]:
+    for keep, want in [("longest", texts[2]), ("shortest", texts[0]), ("min_id", min(texts, key=lambda t: ids[t]))]:
         res = dedup_captions(store, keep=keep)
         kept = [m for m, k in zip(res.groups.column("member_id").to_pylist(), res.groups.column("kept").to_pylist()) if k]
         assert kept == [ids[want]], keep
@@ -431,3 +431,16 @@ def test_every_dedup_query_runs(corpus_store):
     for q in named_queries().values():
         if q.domain == "dedup":
             assert s.query(q.qualname, **{p: values[p] for p in q.params}).fetchall(), q.qualname
+
+
+def test_keep_first_is_refused_because_it_never_meant_the_first_input_row(tmp_path, capsys):
+    """`first` kept the smallest caption_id (a content hash); it is `min_id` now and the
+    old name is a one-line config error, not a silent different meaning (issue 16, item 11)."""
+    from curate.cli import main
+    from curate.errors import ConfigError
+    from curate.passes.dedup import DedupCaptions
+
+    with pytest.raises(ConfigError, match=r"keep: expected 'min_id' or 'longest' or 'shortest', got str 'first'"):
+        DedupCaptions.from_config({"keep": "first"})
+    assert main(["dedup", "captions", "--store", str(tmp_path / "s"), "--keep", "first"]) == 2
+    assert "'first' is not one of 'min_id', 'longest', 'shortest'" in capsys.readouterr().err

@@ -25,8 +25,8 @@ def dedup() -> None:
 @click.option("--threshold", default=0.8, show_default=True, help="Jaccard similarity of shingle sets.")
 @click.option("--num-perm", default=128, show_default=True, help="MinHash permutations.")
 @click.option("--shingle", default=3, show_default=True, help="Words per shingle.")
-@click.option("--keep", type=click.Choice(["first", "longest", "shortest"]), default="first", show_default=True,
-              help="Which member of a group is kept (first: smallest caption_id).")
+@click.option("--keep", type=click.Choice(["min_id", "longest", "shortest"]), default="min_id", show_default=True,
+              help="Which member of a group is kept (min_id: smallest caption_id, a content hash, not input order; longest/shortest: by characters, ties by caption_id).")
 @click.option("--grouping", type=click.Choice(["center", "components"]), default="center", show_default=True,
               help="center: every member is at least --threshold similar to the kept one; "
                    "components: connected components (chains allowed).")
@@ -34,7 +34,7 @@ def dedup() -> None:
 @click.option("--bands", type=int, help="LSH bands (with --rows; default from threshold and num_perm).")
 @click.option("--rows", type=int, help="LSH rows per band.")
 def captions(store_path: Path, variants: tuple[str, ...], across_variants: bool, threshold: float, num_perm: int,
-             shingle: int, keep: Literal["first", "longest", "shortest"], grouping: Literal["center", "components"],
+             shingle: int, keep: Literal["min_id", "longest", "shortest"], grouping: Literal["center", "components"],
              seed: int, bands: int | None, rows: int | None) -> None:
     """Find duplicate captions and write them to dedup_groups (a rerun replaces its config's rows)."""
     from ..dedup.text import dedup_captions

@@ -16,7 +16,7 @@ same steps:
    least ``threshold`` similar to its group's kept caption; ``grouping='components'``
    keeps whole connected components (chains allowed, higher recall, lower precision).
    ``similarity`` says how similar each member is to the kept one.
-4. **Keep** one caption per group by ``keep``: ``first`` (smallest ``caption_id``),
+4. **Keep** one caption per group by ``keep``: ``min_id`` (smallest ``caption_id``, a content hash: deterministic, not input order),
    ``longest`` or ``shortest`` (characters of the stored text; ties by ``caption_id``).
 
 A *scope* is what groups may not cross: each variant on its own (the default; ``scope``
@@ -67,7 +67,7 @@ log = logging.getLogger("curate.dedup")
 KIND = "caption_text"
 STAGE = "dedup.captions.v1"
 ACROSS = "*"
-KEEP_RULES = ("first", "longest", "shortest")
+KEEP_RULES = ("min_id", "longest", "shortest")
 METHODS = ("exact", "short", "minhash")
 
 TABLES_SQL = """
@@ -127,7 +127,7 @@ class DedupConfig:
     threshold: float = 0.8
     num_perm: int = 128
     shingle: int = 3
-    keep: Literal["first", "longest", "shortest"] = "first"
+    keep: Literal["min_id", "longest", "shortest"] = "min_id"
     seed: int = 1
     bands: int | None = None  # None with rows None: lsh_params(threshold, num_perm)
     rows: int | None = None
@@ -386,7 +386,7 @@ def _group(config: DedupConfig, rows: _Rows, item: np.ndarray, item_scope: np.nd
     mcomp = comp[item[member_rows]]
     # keep rule: sort members by (component, primary key, caption key), first of each run is kept
     key_rank = _key_rank(rows.keys, member_rows)
-    primary = {"first": np.zeros(len(member_rows), dtype=np.int64),
+    primary = {"min_id": np.zeros(len(member_rows), dtype=np.int64),
                "longest": -rows.nchars[member_rows], "shortest": rows.nchars[member_rows]}[config.keep]
     order = np.lexsort((key_rank, primary, mcomp))
     member_rows, mcomp, key_rank = member_rows[order], mcomp[order], key_rank[order]
@@ -498,7 +498,7 @@ def _centers(sh: Shingled, m_item: np.ndarray, mcomp: np.ndarray, threshold: flo
 
 
 def _key_rank(keys: pa.ChunkedArray, rows: np.ndarray) -> np.ndarray:
-    """Rank of each selected row's key in string order (the 'first' keep rule's order)."""
+    """Rank of each selected row's key in string order (the min_id keep rule's order)."""
     if len(rows) == 0:
         return np.empty(0, dtype=np.int64)
     import pyarrow.compute as pc
@@ -563,7 +563,7 @@ def ensure_tables(store: Store) -> None:
 
 def dedup_captions(store: Store, *, variant: str | Iterable[str] | None = None, across_variants: bool = False,
                    threshold: float = 0.8, num_perm: int = 128, shingle: int = 3,
-                   keep: Literal["first", "longest", "shortest"] = "first", seed: int = 1,
+                   keep: Literal["min_id", "longest", "shortest"] = "min_id", seed: int = 1,
                    bands: int | None = None, rows: int | None = None, max_bucket: int = 1000,
                    grouping: Literal["center", "components"] = "center", batch_size: int = 50_000) -> DedupResult:
     """Find exact and near-duplicate captions of the store and write them (see the module

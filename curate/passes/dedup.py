@@ -47,7 +47,7 @@ class DedupCaptions(Pass):
     threshold: float = 0.8
     num_perm: int = 128
     shingle: int = 3
-    keep: Literal["first", "longest", "shortest"] = "first"
+    keep: Literal["min_id", "longest", "shortest"] = "min_id"
     seed: int = 1
     bands: int | None = None
     rows: int | None = None
