@@ -273,6 +273,24 @@ def _mix_step(w: str, step: dict[str, Any], base: Path) -> MixStep:
     return MixStep(full, policy)
 
 
+def _preflight_mixes(store: Store, pipe: Pipeline, pass_steps: list[DedupStep | PassStep]) -> None:
+    """Every attribute table a mix needs is in the store or written by an earlier step of
+    this pipeline; otherwise a ConfigError before any ingest runs."""
+    if not pipe.mixes:
+        return
+    from .mix.attributes import producer_of
+    from .mix.check import required_tables
+
+    made = set(store.tables()) | {s.stage.output_table for s in pipe.stages}
+    made |= {t for p in pass_steps for t in p.pass_.writes}
+    for mstep in pipe.mixes:
+        for table, why in required_tables(mstep.policy).items():
+            if table not in made:
+                raise ConfigError(f"mix {mstep.path.name}: {why} needs attribute table {table}, which is not in the "
+                                  f"store and no earlier step of this pipeline writes it; it is produced by "
+                                  f"{producer_of(table)}; add that step before the mix")
+
+
 def run_pipeline(store: Store, pipe: Pipeline, echo: Any = None, progress: bool | None = None) -> list[Any]:
     """Run every ingest step, then every stage, dedup pass, pass and mix, in order;
     ``echo`` gets one line per step."""
@@ -286,6 +304,7 @@ def run_pipeline(store: Store, pipe: Pipeline, echo: Any = None, progress: bool 
         sstep.stage.preflight()
     for pstep in pass_steps:  # so does a missing extra or input file of a pass
         pstep.pass_.preflight()
+    _preflight_mixes(store, pipe, pass_steps)  # and a mix whose tables nothing will make
     results: list[Any] = []
     for istep in pipe.ingests:
         ires = ingest(store, istep.format, istep.path, istep.source, **dict(istep.options))

@@ -560,3 +560,30 @@ name = "guard-300"
     assert (store / "manifests" / "guard-300.parquet").is_file()
     side = json.loads((store / "manifests" / "guard-300.parquet.sidecar.json").read_text())
     assert side["seed"] == 7
+
+
+def test_mix_needing_a_table_no_step_makes_fails_before_any_ingest(tmp_path, capsys, capsfusion_file):
+    """The pipeline promises validation before any work: a [[mix]] whose policy reads
+    caption stats and knowledge scores, in a pipeline without those stages, is refused
+    before the ingest runs (issue 16, item 11). With the stages added it runs (the test
+    above)."""
+    policy = REPO / "pipelines" / "policies" / "capsfusion_guard.toml"
+    text = f"""
+[[ingest]]
+format = "capsfusion"
+path = "{capsfusion_file}"
+source = "capsfusion"
+[[mix]]
+policy = "{policy}"
+"""
+    p = tmp_path / "pipeline.toml"
+    p.write_text(text, encoding="utf-8")
+    store = tmp_path / "s"
+    rc, out, err = run_cli(capsys, "run", p, "--store", store, "--no-progress")
+    assert rc == 2 and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert "needs attribute table caption_stats" in err and "no earlier step of this pipeline writes it" in err
+    assert "text.caption_stats.v1" in err
+    with Store.open(store, read_only=True) as s:
+        assert s.execute("SELECT count(*) FROM samples").fetchone()[0] == 0
+        assert s.execute("SELECT count(*) FROM runs").fetchone()[0] == 0
