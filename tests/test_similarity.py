@@ -619,3 +619,27 @@ def test_cli_errors_are_one_line(sim_store):
     assert code == 3
     lines = [ln for ln in err.getvalue().splitlines() if ln.strip()]
     assert lines == ["error: set img has 600 vectors, fewer points than clusters (5,000); use fewer clusters"]
+
+
+def test_long_similarity_commands_show_progress_on_request_and_stay_quiet_otherwise(sim_store):
+    """`--progress` draws bars on stderr (issue 16, item 9: progress on every long
+    command); without a terminal and without the flag, stderr stays empty and stdout keeps
+    the one-line summary."""
+    import subprocess
+    import sys
+
+    s, *_ = sim_store
+    path = str(s.path)
+    s.close()
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "curate.cli", *args, "--store", path], capture_output=True,
+                              text=True, timeout=120)
+
+    r = run("similarity", "semdedup", "img", "--clusters", "2", "--progress")
+    assert r.returncode == 0, r.stderr
+    assert "assign to clusters" in r.stderr and "pairs within clusters" in r.stderr
+    r = run("similarity", "neardup", "img", "--threshold", "0.95", "--progress")
+    assert r.returncode == 0 and "add to Flat" in r.stderr and "range search" in r.stderr, r.stderr
+    r = run("similarity", "neardup", "img", "--threshold", "0.95")
+    assert r.returncode == 0 and r.stderr == "" and len(r.stdout.strip().splitlines()) == 1, (r.stdout, r.stderr)

@@ -20,9 +20,18 @@ store_option = click.option(
 )
 
 
-def progress_option(noun: str = "Progress bar") -> Callable[[Any], Any]:
-    """``--progress/--no-progress`` (None: bars when stderr is a terminal)."""
-    return click.option("--progress/--no-progress", default=None, help=f"{noun} (default: when stderr is a terminal).")
+def _configure_progress(ctx: click.Context, param: click.Parameter, value: bool | None) -> bool | None:
+    from .. import progress
+
+    progress.configure(value)
+    return value
+
+
+def progress_option(noun: str = "Progress bar", expose: bool = True) -> Callable[[Any], Any]:
+    """``--progress/--no-progress`` (None: bars when stderr is a terminal). It sets
+    :mod:`curate.progress` for the command; ``expose=False`` for commands that only need that."""
+    return click.option("--progress/--no-progress", default=None, callback=_configure_progress, expose_value=expose,
+                        help=f"{noun} (default: when stderr is a terminal).")
 
 
 def max_rows_option(default: int = 40, help: str | None = None) -> Callable[[Any], Any]:

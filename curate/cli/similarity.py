@@ -11,7 +11,7 @@ import click
 
 from ..errors import ConfigError
 from ..store import Store
-from .common import max_rows_option, show_table, store_option
+from .common import max_rows_option, progress_option, show_table, store_option
 
 device_option = click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", show_default=True,
                              help="GPU when FAISS sees one (auto), else CPU.")
@@ -23,6 +23,7 @@ def similarity() -> None:
 
 
 @similarity.command("index")
+@progress_option("Progress bars", expose=False)
 @click.argument("set_name", metavar="SET")
 @store_option
 @click.option("--factory", default="Flat", show_default=True, help="FAISS factory: Flat, IVF1024,Flat, HNSW32, IVF1024,PQ64.")
@@ -45,6 +46,7 @@ def similarity_index(set_name: str, store_path: Path, factory: str, name: str | 
 
 
 @similarity.command("semdedup")
+@progress_option("Progress bars", expose=False)
 @click.argument("set_name", metavar="SET")
 @store_option
 @click.option("--eps", default=0.05, show_default=True, help="Duplicates: cosine > 1 - eps (SemDeDup).")
@@ -69,6 +71,7 @@ def similarity_semdedup(set_name: str, store_path: Path, eps: float, n_clusters:
 
 
 @similarity.command("neardup")
+@progress_option("Progress bars", expose=False)
 @click.argument("set_name", metavar="SET")
 @store_option
 @click.option("--threshold", default=0.95, show_default=True, help="Near duplicates: cosine > threshold.")
@@ -123,6 +126,7 @@ def similarity_merge_captions(store_path: Path, kind: str, run_id: int | None, s
 
 
 @similarity.command("tag")
+@progress_option("Progress bars", expose=False)
 @click.argument("set_name", metavar="SET")
 @click.argument("concept_set", metavar="CONCEPTS")
 @store_option
@@ -139,6 +143,7 @@ def similarity_tag(set_name: str, concept_set: str, store_path: Path, k: int, fa
 
 
 @similarity.command("target")
+@progress_option("Progress bars", expose=False)
 @click.argument("set_name", metavar="SET")
 @click.argument("reference_set", metavar="REFERENCE")
 @store_option

@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import progress
 from .._optional import require
 from ..errors import ConfigError, InputError, StoreError
 from ..store import Store
@@ -278,7 +279,7 @@ def build_index(vs: VectorSet, factory: str = "Flat", *, name: str | None = None
             _train(index, x, device, float16)
         except RuntimeError as e:
             raise InputError(f"training {factory} on {ntrain:,} vectors failed: {_faiss_msg(e)}") from None
-    for _, b in vs.blocks(block_rows):
+    for _, b in progress.blocks(vs.blocks(block_rows), vs.count, f"add to {factory}"):
         index.add(b)
     if ef_search is not None and not _has_hnsw(index):
         raise ConfigError(f"ef_search applies to HNSW indexes, not {factory}")

@@ -23,6 +23,7 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 
+from .. import progress
 from ..errors import ConfigError
 from ..runs import start_run
 from ..store import Store
@@ -49,7 +50,7 @@ def self_pairs(index: Index, threshold: float, block_rows: int = 16_384) -> tupl
     """All pairs (i < j) of the index's set with exact similarity > threshold (as found by the index)."""
     vs = index.vs
     out_i, out_j, out_s = [], [], []
-    for s, b in vs.blocks(block_rows):
+    for s, b in progress.blocks(vs.blocks(block_rows), vs.count, "range search"):
         for qi, rows, sc in index.range(b, threshold):
             qi = qi + s
             m = rows != qi

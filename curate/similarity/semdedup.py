@@ -38,6 +38,7 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 
+from .. import progress
 from ..errors import ConfigError, InputError
 from ..runs import start_run
 from ..store import Store
@@ -108,7 +109,7 @@ def assign(vs: VectorSet, centroids: np.ndarray, *, device: str = "cpu", block_r
     c64 = centroids.astype(np.float64)
     labels = np.empty(vs.count, np.int64)
     csim = np.empty(vs.count, np.float64)
-    for s, b in vs.blocks(block_rows):
+    for s, b in progress.blocks(vs.blocks(block_rows), vs.count, "assign to clusters"):
         d, idx = index.search(b, k)
         lab = idx[:, 0].copy()
         if k == 2:
@@ -139,7 +140,8 @@ def cluster_pairs(vs: VectorSet, labels: np.ndarray, threshold: float, *, tile: 
     ends = np.concatenate([bounds, [len(lab)]])
     cut = np.float32(threshold - PAIR_MARGIN)
     ci, cj = [], []
-    for a, b in zip(starts.tolist(), ends.tolist()):
+    for a, b in progress.bar(zip(starts.tolist(), ends.tolist()), total=len(starts), desc="pairs within clusters",
+                             unit="clusters"):
         n = b - a
         if n < 2:
             continue

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from .. import progress
 from ..errors import ConfigError, InputError
 from ..runs import start_run
 from ..store import Store
@@ -73,7 +74,7 @@ def tag(store: Store, set_name: str, concept_set: str, *, k: int = 5, factory: s
         concepts = cs.ids()
         uids = vs.ids()
         parts = []
-        for s, b in vs.blocks(block_rows):
+        for s, b in progress.blocks(vs.blocks(block_rows), vs.count, "tag images"):
             sc, rows = top_concepts(b, index, k)
             n = len(b)
             valid = rows >= 0
