@@ -201,14 +201,14 @@ def test_a_named_query_includes_another_with_its_parameters_and_defaults(tmp_pat
 
 def test_knowledge_reports_and_mixing_share_one_rule():
     """knowledge.retention/lost and mix.caption_retention all expand knowledge.kept; the
-    hallucination reports and mix.caption_hallucinations expand knowledge.unsupported."""
+    support reports and mix.caption_hallucinations expand knowledge.unsupported."""
     from curate.sqlfiles import get_query
 
     kept = get_query("knowledge.kept").sql
     unsupported = get_query("knowledge.unsupported").sql
     for name in ("knowledge.caption_retention", "knowledge.retention", "knowledge.lost", "mix.caption_retention"):
         assert kept in get_query(name).sql, name
-    for name in ("knowledge.caption_hallucinations", "knowledge.hallucinations", "knowledge.hallucinated",
+    for name in ("knowledge.caption_hallucinations", "knowledge.support", "knowledge.unsupported_spans",
                  "mix.caption_hallucinations"):
         assert unsupported in get_query(name).sql, name
 

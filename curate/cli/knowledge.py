@@ -1,5 +1,5 @@
 """``curate knowledge``: spaCy named entities per caption (``knowledge.spacy_ner.v1``) and
-the knowledge audits (density, retention, hallucination)."""
+the knowledge audits (density, strict and lenient retention, entity support)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from .common import executor_options, max_rows_option, pairs, progress_option, r
 
 @click.group()
 def knowledge() -> None:
-    """Knowledge scoring: spaCy named entities per caption, retention and hallucination."""
+    """Knowledge scoring: spaCy named entities per caption, retention and entity support."""
 
 
 @knowledge.command("score")
@@ -52,9 +52,10 @@ def knowledge_score(store_path: Path, model: str | None, workers: int | None, ba
 KNOWLEDGE_REPORT = (
     ("Knowledge per variant (knowledge.by_variant)", "knowledge.by_variant", ()),
     ("Knowledge per source and variant (knowledge.by_source)", "knowledge.by_source", ()),
-    ("Raw knowledge entities kept by other variants (knowledge.retention)", "knowledge.retention", ("raw",)),
-    ("Entities supported by neither the raw nor the synthetic caption (knowledge.hallucinations)",
-     "knowledge.hallucinations", ("raw", "synthetic")),
+    ("Raw knowledge entities kept by other variants, strict (whole name) and lenient (a partial name counts) "
+     "(knowledge.retention)", "knowledge.retention", ("raw",)),
+    ("Where each variant's knowledge entities come from: the raw caption, the synthetic caption only, or neither "
+     "(knowledge.support)", "knowledge.support", ("raw", "synthetic")),
     ("Captions per status (knowledge.status)", "knowledge.status", ()),
 )
 
@@ -65,7 +66,7 @@ KNOWLEDGE_REPORT = (
 @click.option("--synthetic", default="synthetic", show_default=True, help="The synthetic-caption variant.")
 @max_rows_option()
 def knowledge_report(store_path: Path, raw: str, synthetic: str, max_rows: int) -> None:
-    """Print the knowledge audits: density per variant and source, retention, hallucination."""
+    """Print the knowledge audits: density per variant and source, strict and lenient retention, entity support."""
     with Store.open(store_path, read_only=True) as s:
         if "caption_knowledge" not in s.tables():
             raise ConfigError(f"store {store_path} has no knowledge scores yet; run `curate knowledge score` first")

@@ -17,9 +17,12 @@ One row per caption in ``caption_knowledge``:
   failed on this text; ``detail`` says how). Every caption gets a row, so nothing is
   skipped silently.
 
+Retention (strict and lenient) and entity support (raw, synthetic only, none) are SQL
+over this table (``sql/knowledge/``), with their Python twins in
+:mod:`curate.knowledge.normalize`.
+
 Each distinct text of a batch is parsed once, and the runner feeds captions ordered by
-text so repeated captions meet in the same batch. Retention and hallucination are SQL
-over this table (``sql/knowledge/``).
+text so repeated captions meet in the same batch.
 """
 
 from __future__ import annotations
@@ -74,14 +77,26 @@ class KnowledgeNER(Stage):
         Attribute("knowledge_score", "caption", "number", "label-weighted knowledge entities",
                   column="score", where="status = 'ok'"),
         Attribute("retention", "caption", "number",
-                  "share of the raw caption's knowledge entities the caption keeps (1 when raw has none)",
+                  "share of the raw caption's knowledge entities the caption keeps, lenient rule: a partial "
+                  "name counts (1 when raw has none)",
                   sql="SELECT caption_id, retention AS value FROM {{mix.caption_retention}}",
                   latest="knowledge_latest"),
-        Attribute("retained", "caption", "number", "raw knowledge entities the caption keeps",
+        Attribute("retention_strict", "caption", "number",
+                  "share of the raw caption's knowledge entities the caption keeps as whole names (1 when raw has none)",
+                  sql="SELECT caption_id, retention_strict AS value FROM {{mix.caption_retention}}",
+                  latest="knowledge_latest"),
+        Attribute("retained", "caption", "number", "raw knowledge entities the caption keeps (lenient rule)",
                   sql="SELECT caption_id, retained AS value FROM {{mix.caption_retention}}", latest="knowledge_latest"),
-        Attribute("hallucinated", "caption", "number",
-                  "knowledge entities supported by neither the raw nor the synthetic caption",
-                  sql="SELECT caption_id, hallucinated AS value FROM {{mix.caption_hallucinations}}",
+        Attribute("retained_strict", "caption", "number", "raw knowledge entities the caption keeps as whole names",
+                  sql="SELECT caption_id, retained_strict AS value FROM {{mix.caption_retention}}",
+                  latest="knowledge_latest"),
+        Attribute("unsupported", "caption", "number",
+                  "knowledge entities supported by neither the raw nor the synthetic caption (knowledge.unsupported)",
+                  sql="SELECT caption_id, unsupported AS value FROM {{mix.caption_hallucinations}}",
+                  latest="knowledge_latest"),
+        Attribute("synthetic_only", "caption", "number",
+                  "knowledge entities only the synthetic caption supports (the captioner's, copied)",
+                  sql="SELECT caption_id, synthetic_only AS value FROM {{mix.caption_hallucinations}}",
                   latest="knowledge_latest"),
     )
     produced_by: ClassVar[str | None] = "the stage knowledge.spacy_ner.v1 (curate knowledge score)"

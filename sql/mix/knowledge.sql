@@ -5,15 +5,17 @@
 -- (curate_norm, curate_occurs; "kept", "supported") is that of curate/knowledge/normalize.py.
 
 -- name: caption_retention
--- Per caption (status ok): raw_entities, retained and retention as knowledge.caption_retention
+-- Per caption (status ok): raw_entities, retained and retention (the lenient rule) and
+-- retained_strict and retention_strict (whole names only) as knowledge.caption_retention
 -- (built on knowledge.kept); 1.0 when the raw caption has none (nothing to lose).
-SELECT caption_id, uid, variant, raw_entities, retained, retention
+SELECT caption_id, uid, variant, raw_entities, retained, retention, retained_strict, retention_strict
 FROM {{knowledge.caption_retention}};
 
 -- name: caption_hallucinations
--- Per caption (status ok): entities = distinct knowledge entities, hallucinated = those
--- that neither the sample's raw nor its synthetic caption supports
+-- Per caption (status ok): entities = distinct knowledge entities; hallucinated (also
+-- unsupported) = those that neither the sample's raw nor its synthetic caption supports;
+-- synthetic_only = those only the synthetic caption supports
 -- (knowledge.caption_hallucinations). The references themselves, and captions of samples
 -- with no reference caption, count 0.
-SELECT caption_id, uid, variant, entities, hallucinated
+SELECT caption_id, uid, variant, entities, hallucinated, unsupported, synthetic_only
 FROM {{knowledge.caption_hallucinations}};
