@@ -1,0 +1,122 @@
+"""Hostile input to the JSON-shaped readers (CapsFusion, COCO, GBC, LaCLIP), through the
+real CLI in a subprocess: JSON nested 100,000 levels deep.
+
+Each defect test failed on the readers as they were (a RecursionError traceback) and passes now.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from curate.ingest.jsonrecords import MAX_JSON_DEPTH, json_depth
+from curate.store import Store
+
+REPO = Path(__file__).resolve().parent.parent
+DEEP = 100_000
+DEEP_JSON = "[" * DEEP + "]" * DEEP
+
+
+def curate(*args: Any, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """``python -m curate.cli ARGS`` in a fresh process, as a user runs it."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "curate.cli", *map(str, args)], capture_output=True, text=True,
+                          env=env, cwd=cwd, timeout=300, check=False)
+
+
+def one_error_line(proc: subprocess.CompletedProcess[str]) -> str:
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-2000:]
+    return lines[0]
+
+
+def rows(store_dir: Path, sql: str) -> list[tuple[Any, ...]]:
+    with Store.open(store_dir, read_only=True) as s:
+        return s.con.execute(sql).fetchall()
+
+
+def rejects(store_dir: Path) -> list[tuple[str, str, str]]:
+    """(last part of row_ref, reason, detail) of every reject, sorted."""
+    got = rows(store_dir, "SELECT row_ref, reason, detail FROM rejects")
+    return sorted((ref.rsplit(":", 1)[-1], reason, detail) for ref, reason, detail in got)
+
+
+def write_jsonl(path: Path, lines: list[Any | str]) -> Path:
+    """One line per item: a str is written as is (raw JSON text), anything else dumped."""
+    path.write_text("".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in lines), encoding="utf-8")
+    return path
+
+
+# -- 1. nesting ------------------------------------------------------------------------
+
+CAPSFUSION_RECORD = {"image_url": "https://example.org/1.jpg", "laion_2b": "a cat", "laion_coco": "a cat on a mat",
+                     "capsfusion": "a grey cat sitting on a mat"}
+GBC_GRAPH = {"img_path": "images/1.jpg", "vertices": [
+    {"vertex_id": "image", "label": "image", "descs": [{"text": "a cat on a mat", "label": "short"}]}]}
+LACLIP_PAIR = {"source_caption": "a cat", "rewritten_caption": "a small cat resting", "strategy": "chatgpt"}
+
+
+@pytest.mark.parametrize("fmt, name, text", [
+    ("capsfusion", "triples.json", f'[{json.dumps(CAPSFUSION_RECORD)}, {{"laion_2b": {DEEP_JSON}}}]'),
+    ("coco", "captions.json", '{"images": [{"id": 1, "extra": ' + DEEP_JSON + '}], "annotations": []}'),
+])
+def test_a_deep_json_document_is_one_error_line(tmp_path, fmt, name, text):
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    proc = curate("ingest", fmt, path, "--store", tmp_path / "s")
+    assert proc.returncode == 3
+    assert one_error_line(proc) == (f"error: {name} nests arrays/objects more than {MAX_JSON_DEPTH} levels deep; "
+                                    "nothing was written")
+    assert rows(tmp_path / "s", "SELECT (SELECT count(*) FROM samples), (SELECT count(*) FROM rejects)") == [(0, 0)]
+
+
+@pytest.mark.parametrize("fmt, good, options, variants", [
+    ("capsfusion", CAPSFUSION_RECORD, [], {"raw", "synthetic", "fused"}),
+    ("gbc", GBC_GRAPH, [], {"gbc_short", "gbc_short_caption"}),
+    ("laclip", LACLIP_PAIR, ["-o", "create=true"], {"raw", "rewrite"}),
+])
+def test_a_deep_jsonl_line_is_a_reject_and_the_other_lines_are_ingested(tmp_path, fmt, good, options, variants):
+    path = write_jsonl(tmp_path / "in.jsonl", [good, '{"key": ' + DEEP_JSON + "}"])
+    proc = curate("ingest", fmt, path, "--store", tmp_path / "s", "--source", "src", *options)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stderr == "" and "too deeply nested: 1" in proc.stdout
+    assert rejects(tmp_path / "s") == [
+        ("line 2", "too deeply nested", f"line nests arrays/objects more than {MAX_JSON_DEPTH} levels deep")]
+    assert {v for (v,) in rows(tmp_path / "s", "SELECT DISTINCT variant FROM captions")} == variants
+    assert rows(tmp_path / "s", "SELECT count(*) FROM samples") == [(1,)]
+
+
+def test_nesting_up_to_the_limit_is_kept_and_one_more_level_is_rejected(tmp_path):
+    """The limit is exact and far from Python's own: a record exactly MAX_JSON_DEPTH deep
+    (the record object is level 1) is ingested and its extra kept whole; one level more is a reject."""
+    def nested(levels: int) -> Any:
+        v: Any = []
+        for _ in range(levels - 1):
+            v = [v]
+        return v
+
+    ok = {**CAPSFUSION_RECORD, "meta": nested(MAX_JSON_DEPTH - 1)}
+    deep = {**CAPSFUSION_RECORD, "image_url": "https://example.org/2.jpg", "meta": nested(MAX_JSON_DEPTH)}
+    assert (json_depth(ok), json_depth(deep)) == (MAX_JSON_DEPTH, MAX_JSON_DEPTH + 1)
+    path = write_jsonl(tmp_path / "in.jsonl", [ok, deep])
+    proc = curate("ingest", "capsfusion", path, "--store", tmp_path / "s")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert [r[:2] for r in rejects(tmp_path / "s")] == [("line 2", "too deeply nested")]
+    (extra,) = rows(tmp_path / "s", "SELECT extra FROM samples")[0]
+    assert json.loads(extra) == {"meta": ok["meta"]}
+
+
+def test_json_depth_does_not_recurse():
+    assert [json_depth(v) for v in (1, "x", None, [], {}, [1, [2]], {"a": [{"b": 1}]})] == [0, 0, 0, 1, 1, 2, 3]
+    v: Any = []
+    for _ in range(DEEP):
+        v = [v]
+    assert json_depth(v) == DEEP + 1
+    assert json_depth(v, limit=MAX_JSON_DEPTH) == MAX_JSON_DEPTH + 1
