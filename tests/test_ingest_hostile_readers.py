@@ -1,7 +1,9 @@
 """Hostile input to the JSON-shaped readers (CapsFusion, COCO, GBC, LaCLIP), through the
-real CLI in a subprocess: JSON nested 100,000 levels deep.
+real CLI in a subprocess: JSON nested 100,000 levels deep and image paths that climb out
+of their input's root.
 
-Each defect test failed on the readers as they were (a RecursionError traceback) and passes now.
+Each defect test failed on the readers as they were (a RecursionError traceback, the path
+``../../../../etc/passwd`` stored as is) and passes now.
 """
 
 from __future__ import annotations
@@ -120,3 +122,102 @@ def test_json_depth_does_not_recurse():
         v = [v]
     assert json_depth(v) == DEEP + 1
     assert json_depth(v, limit=MAX_JSON_DEPTH) == MAX_JSON_DEPTH + 1
+
+
+# -- 2. image paths --------------------------------------------------------------------
+
+def coco_doc(file_names: list[str]) -> dict[str, Any]:
+    return {"images": [{"id": i, "file_name": f, "coco_url": f"https://example.org/{i}.jpg"}
+                       for i, f in enumerate(file_names)],
+            "annotations": [{"id": 100 + i, "image_id": i, "caption": f"photo number {i}"}
+                            for i in range(len(file_names))]}
+
+
+def test_coco_image_paths_stay_inside_the_captions_folder(tmp_path):
+    root = tmp_path / "coco"
+    root.mkdir()
+    names = ["../../../../etc/passwd", "/etc/passwd", "000000000002.jpg", "val2017/../000000000003.jpg",
+             str(root / "val2017" / "000000000004.jpg"), "", "."]
+    path = root / "captions.json"
+    path.write_text(json.dumps(coco_doc(names)), encoding="utf-8")
+    # run from a deep folder: a path taken relative to the working directory would reach /etc/passwd
+    work = tmp_path / "a" / "b" / "c" / "d"
+    work.mkdir(parents=True)
+    proc = curate("ingest", "coco", path, "--store", tmp_path / "s", cwd=work)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "image path escapes the input root: 2" in proc.stdout
+
+    base = os.path.abspath(root)
+    got = rejects(tmp_path / "s")
+    images = [r for r in got if r[0].startswith("images")]
+    assert images == [
+        ("images[0]", "image path escapes the input root",  # joined to the root and normalised, as documented
+         f"file_name '../../../../etc/passwd' resolves to {os.path.normpath(base + '/../../../../etc/passwd')}, "
+         f"outside {base}"),
+        ("images[1]", "image path escapes the input root", f"file_name '/etc/passwd' resolves to /etc/passwd, outside {base}"),
+        ("images[5]", "bad image path", "file_name is empty"),
+        ("images[6]", "bad image path", f"file_name '.' names the image root {base} itself"),
+    ]
+    # their annotations have no image to go to
+    assert [r[:2] for r in got if r[0].startswith("annotations")] == [
+        (f"annotations[{i}]", "unknown image") for i in (0, 1, 5, 6)]
+    stored = sorted(p for (p,) in rows(tmp_path / "s", "SELECT image_path FROM samples"))
+    assert stored == [f"{base}/000000000002.jpg", f"{base}/000000000003.jpg", f"{base}/val2017/000000000004.jpg"]
+
+
+def test_coco_image_root_option_and_a_root_that_is_not_a_folder(tmp_path):
+    ann, images = tmp_path / "annotations", tmp_path / "val2017"
+    ann.mkdir()
+    images.mkdir()
+    path = ann / "captions_val2017.json"
+    path.write_text(json.dumps(coco_doc(["000000000001.jpg", "../annotations/captions_val2017.json"])), "utf-8")
+    proc = curate("ingest", "coco", path, "--store", tmp_path / "s", "-o", f"image_root={images}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert [r[:2] for r in rejects(tmp_path / "s")] == [
+        ("annotations[1]", "unknown image"), ("images[1]", "image path escapes the input root")]
+    assert rows(tmp_path / "s", "SELECT image_path FROM samples") == [(f"{os.path.abspath(images)}/000000000001.jpg",)]
+
+    proc = curate("ingest", "coco", path, "--store", tmp_path / "s2", "-o", f"image_root={path}")
+    assert proc.returncode == 3
+    assert one_error_line(proc) == f"error: image_root {path} is not a folder"
+
+
+def test_gbc_image_paths_stay_inside_the_image_root(tmp_path):
+    checkout = tmp_path / "ml-gbc"
+    (checkout / "data" / "gbc").mkdir(parents=True)
+
+    def graph(img_path: str, text: str) -> dict[str, Any]:
+        return {**GBC_GRAPH, "img_path": img_path,
+                "vertices": [{"vertex_id": "image", "label": "image", "descs": [{"text": text, "label": "short"}]}]}
+
+    path = write_jsonl(checkout / "data" / "gbc" / "graphs.jsonl", [
+        graph("data/images/wiki/Wild_horses.jpg", "wild horses"),
+        graph("../../../../../etc/shadow", "a secret"),
+        graph("/etc/hostname", "a host"),
+    ])
+    proc = curate("ingest", "gbc", path, "--store", tmp_path / "s", "-o", f"image_root={checkout}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert [r[:2] for r in rejects(tmp_path / "s")] == [
+        ("line 2", "image path escapes the input root"), ("line 3", "image path escapes the input root")]
+    assert rows(tmp_path / "s", "SELECT image_path FROM samples") == [
+        (f"{os.path.abspath(checkout)}/data/images/wiki/Wild_horses.jpg",)]
+
+
+def test_a_symlink_inside_the_root_is_followed_and_a_symlinked_root_is_accepted(store, tmp_path):
+    """The check is on the path's text: the root's own links (a dataset cache linking every
+    file to a blob store) are followed, and an absolute path through the root's resolved
+    name is inside it."""
+    from curate.ingest.coco import ingest_coco
+
+    blobs, real_root = tmp_path / "blobs", tmp_path / "real"
+    blobs.mkdir()
+    real_root.mkdir()
+    (real_root / "images").symlink_to(blobs)
+    link_root = tmp_path / "link"
+    link_root.symlink_to(real_root)
+    path = link_root / "captions.json"
+    path.write_text(json.dumps(coco_doc(["images/1.jpg", str(real_root / "2.jpg"), str(link_root / "3.jpg")])), "utf-8")
+    r = ingest_coco(store, path, source="linked")
+    assert (r.samples_added, r.rejected) == (3, 0)
+    stored = sorted(p for (p,) in store.con.execute("SELECT image_path FROM samples").fetchall())
+    assert stored == sorted([f"{link_root}/images/1.jpg", f"{real_root}/2.jpg", f"{link_root}/3.jpg"])

@@ -1,6 +1,7 @@
 """Small helpers the JSON-shaped readers (CapsFusion, COCO, GBC, LaCLIP) share: whole-document
 and line-by-line JSON reading with one-line errors, typed field access that raises
-:class:`BadRecord` (a reject with a reason), and :class:`Collected`, which gathers
+:class:`BadRecord` (a reject with a reason), :class:`ImageRoot`, which resolves an input's
+image paths and refuses those that leave its root, and :class:`Collected`, which gathers
 sample rows, long captions and rejects as Arrow tables and turns them into a :class:`Prepared`.
 
 JSON nested deeper than :data:`MAX_JSON_DEPTH` arrays/objects is refused: a whole
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -128,6 +130,52 @@ def input_file(path: str | Path, what: str = "input") -> Path:
     if not p.is_file():
         raise InputError(f"{what} {p} is not a file")
     return p
+
+
+class ImageRoot:
+    """The folder an input's image paths are relative to, and the check that keeps them in it.
+
+    :meth:`path` joins a relative path to the root and normalises it (``a/../b`` is
+    ``b``); the result must lie strictly inside the root, else the record is rejected
+    (``image path escapes the input root``). An absolute path is taken only when it lies
+    inside the root (named as given or with its symlinks resolved). The check is on the
+    path's text, not on the file system: the file need not exist (images may be fetched
+    later), and a symlink *inside* the root is followed wherever it points, since whoever
+    owns the root put it there (dataset caches such as Hugging Face's link every file to a
+    blob store elsewhere). The stored ``image_path`` is the absolute, normalised path.
+    """
+
+    def __init__(self, root: str | Path):
+        self.root = os.path.abspath(root)
+        self.real = os.path.realpath(root)
+
+    @classmethod
+    def of(cls, image_root: str | Path | None, input_path: Path) -> ImageRoot:
+        """The reader option ``image_root`` (an existing folder), else the input file's folder."""
+        if image_root is None:
+            return cls(input_path.parent)
+        p = Path(image_root)
+        if not p.is_dir():
+            raise InputError(f"image_root {p} is not a folder" if p.exists() else f"image_root {p} does not exist")
+        return cls(p)
+
+    def _inside(self, path: str) -> bool:
+        return any(path.startswith(base.rstrip(os.sep) + os.sep) for base in (self.root, self.real))
+
+    def path(self, value: str, key: str) -> str:
+        """``value`` (the record's ``key``) resolved against the root; :class:`BadRecord` if
+        it is empty, has a NUL character, names the root itself or leaves it."""
+        if not value.strip():
+            raise BadRecord("bad image path", f"{key} is empty")
+        if "\x00" in value:
+            raise BadRecord("bad image path", f"{key} {value[:200]!r} contains a NUL character")
+        resolved = os.path.normpath(os.path.join(self.root, value))  # join keeps an absolute value as is
+        if not self._inside(resolved):
+            if resolved in (self.root, self.real):
+                raise BadRecord("bad image path", f"{key} {value[:200]!r} names the image root {self.root} itself")
+            raise BadRecord("image path escapes the input root",
+                            f"{key} {value[:200]!r} resolves to {resolved[:300]}, outside {self.root}")
+        return resolved
 
 
 def _first_char(path: Path) -> str:
@@ -292,5 +340,5 @@ class BadRecord(Exception):
         self.record = record
 
 
-__all__ = ["read_json_document", "iter_json_lines", "Collected", "MAX_JSON_DEPTH",
+__all__ = ["read_json_document", "iter_json_lines", "Collected", "ImageRoot", "MAX_JSON_DEPTH",
            "ArrowRows", "BadRecord", "field", "json_type", "json_depth", "dump_record", "input_file"]
