@@ -1,9 +1,9 @@
 """Hostile input to the JSON-shaped readers (CapsFusion, COCO, GBC, LaCLIP), through the
-real CLI in a subprocess: JSON nested 100,000 levels deep and image paths that climb out
-of their input's root.
+real CLI in a subprocess: JSON nested 100,000 levels deep, image paths that climb out of
+their input's root, and GBC labels that are not safe variant names.
 
 Each defect test failed on the readers as they were (a RecursionError traceback, the path
-``../../../../etc/passwd`` stored as is) and passes now.
+``../../../../etc/passwd`` stored as is, the variant ``gbc_../../evil``) and passes now.
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ from typing import Any
 
 import pytest
 
+from curate import vectors
 from curate.ingest.jsonrecords import MAX_JSON_DEPTH, json_depth
+from curate.names import is_name
 from curate.store import Store
 
 REPO = Path(__file__).resolve().parent.parent
@@ -221,3 +223,44 @@ def test_a_symlink_inside_the_root_is_followed_and_a_symlinked_root_is_accepted(
     assert (r.samples_added, r.rejected) == (3, 0)
     stored = sorted(p for (p,) in store.con.execute("SELECT image_path FROM samples").fetchall())
     assert stored == sorted([f"{link_root}/images/1.jpg", f"{real_root}/2.jpg", f"{link_root}/3.jpg"])
+
+
+# -- 3. variant names from data ----------------------------------------------------------
+
+def test_gbc_labels_become_safe_variant_names(tmp_path):
+    long_label = "x" * 300
+    descs = [{"text": "the evil twin", "label": "../../evil"}, {"text": "two words", "label": "a b"},
+             {"text": "nothing left", "label": "///"}, {"text": "empty label", "label": ""},
+             {"text": "a long label", "label": long_label}, {"text": "a plain detail", "label": "detail"}]
+    path = write_jsonl(tmp_path / "graphs.jsonl", [
+        {"img_path": "1.jpg", "vertices": [{"vertex_id": "cat", "label": "cat", "descs": descs}]}])
+    proc = curate("ingest", "gbc", path, "--store", tmp_path / "s", "--source", "gbc")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "3 GBC labels renamed to safe variant names ('../../evil' -> gbc_evil, 'a b' -> gbc_a_b, " in proc.stdout
+
+    got = dict(rows(tmp_path / "s", "SELECT text, variant FROM captions"))
+    assert got == {"the evil twin": "gbc_evil", "two words": "gbc_a_b", "a long label": "gbc_" + "x" * 46,
+                   "a plain detail": "gbc_detail"}
+    # every variant is a valid name, so the vector sets `curate embed` makes of them are too
+    for variant in got.values():
+        assert is_name(variant)
+        vectors.check_name(f"clip.ViT-B-32-laion2b_s34b_b79k.text.{variant}")
+    labels = dict(rows(tmp_path / "s", "SELECT text, provenance->>'desc_label' FROM captions"))
+    assert labels == {"the evil twin": "../../evil", "two words": "a b", "a long label": long_label,
+                      "a plain detail": None}
+    assert [r[:2] for r in rejects(tmp_path / "s")] == [
+        ("line 1 vertex 'cat' desc 2", "bad label"), ("line 1 vertex 'cat' desc 3", "bad label")]
+
+
+def test_no_reader_makes_a_variant_name_of_hostile_keys(tmp_path):
+    """CapsFusion and LaCLIP take their variant names from fixed keys, never from the data:
+    a hostile strategy or extra key changes the generator or extra, not the variant (a guard;
+    this held before too)."""
+    write_jsonl(tmp_path / "caps.jsonl", [{**CAPSFUSION_RECORD, "../../variant": "x", "Laion_2B/..": "y"}])
+    write_jsonl(tmp_path / "pairs.jsonl", [{**LACLIP_PAIR, "strategy": "../../evil"}])
+    for fmt, name, more in (("capsfusion", "caps.jsonl", []), ("laclip", "pairs.jsonl", ["-o", "create=true"])):
+        proc = curate("ingest", fmt, tmp_path / name, "--store", tmp_path / "s", *more)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    variants = {v for (v,) in rows(tmp_path / "s", "SELECT DISTINCT variant FROM captions")}
+    assert variants == {"raw", "synthetic", "fused", "rewrite"} and all(is_name(v) for v in variants)
+    assert rows(tmp_path / "s", "SELECT generator FROM captions WHERE variant = 'rewrite'") == [("LaCLIP ../../evil",)]
