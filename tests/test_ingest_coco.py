@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -50,7 +51,9 @@ def test_real_file(store, val2017):
     row = store.con.execute(
         "SELECT url, image_path, width, height, extra->>'flickr_url', (extra->>'license')::INT FROM samples WHERE uid = ?",
         [uid]).fetchone()
-    assert row == (img["coco_url"], img["file_name"], img["width"], img["height"], img["flickr_url"], img["license"])
+    # file_name is relative to the image root, by default the captions file's folder
+    assert row == (img["coco_url"], os.path.join(os.path.abspath(val2017.parent), img["file_name"]), img["width"], img["height"],
+                   img["flickr_url"], img["license"])
 
     ann = doc["annotations"][0]
     got = store.con.execute(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -47,7 +48,8 @@ def test_real_file_counts(store, gbc_dir, name):
     g = graphs[0]
     uid = sample_uid("gbc", source_id=g["img_path"])
     sample = store.con.execute("SELECT url, image_path, width, height, extra FROM samples WHERE uid = ?", [uid]).fetchone()
-    assert sample[:4] == (None, g["img_path"], g["img_size"][0], g["img_size"][1])
+    # img_path is relative to the image root, by default the JSONL file's folder (the uid keeps the path as written)
+    assert sample[:4] == (None, os.path.join(os.path.abspath(gbc_dir), g["img_path"]), g["img_size"][0], g["img_size"][1])
     assert json.loads(sample[4]) == {"mask_inside_threshold": g["mask_inside_threshold"]}
     top = dict(store.con.execute(
         "SELECT variant, text FROM captions WHERE uid = ? AND variant LIKE '%_caption'", [uid]).fetchall())

@@ -35,8 +35,11 @@ missing key (``missing key``; the other variants of the record are kept), a capt
 image url that is not a string (``wrong type``), a record with no image url and neither
 ``laion_2b`` nor ``laion_coco`` (``missing key`` in JSON, ``no url or id`` in parquet:
 nothing to key it by), a repeated record (``duplicate row``, or ``duplicate id`` when
-the captions differ), and in JSONL a line that is not UTF-8 or not JSON. NULL, empty and
-over-long captions are rejected by :func:`run_ingest`.
+the captions differ), and in JSONL a line that is not UTF-8, not JSON or nested more than
+:data:`~curate.ingest.jsonrecords.MAX_JSON_DEPTH` levels (``too deeply nested``; a JSON
+array nested that deep is an :class:`InputError`). NULL, empty and over-long captions are
+rejected by :func:`run_ingest`. Variant names are fixed (``raw``, ``synthetic``,
+``fused``), never taken from the data.
 
 """
 

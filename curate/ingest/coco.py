@@ -6,19 +6,27 @@ parsed whole (COCO files are a few tens of MB).
 
 * Each image becomes one sample: ``uid = sample_uid(source, source_id=str(id))`` (the
   image id is the source's own id), ``url`` = ``coco_url``, ``image_path`` =
-  ``file_name``, ``width``/``height``; its other keys (license, flickr_url,
-  date_captured, ...) go to ``samples.extra``.
+  ``file_name`` resolved against the image root, ``width``/``height``; its other keys
+  (license, flickr_url, date_captured, ...) go to ``samples.extra``.
+* The image root is the option ``image_root`` (COCO's ``val2017/`` folder, say), else
+  the folder of the captions file. A ``file_name`` is joined to it and normalised
+  (:class:`~curate.ingest.jsonrecords.ImageRoot`), and ``image_path`` holds the
+  absolute result; one that leaves the root (``../../etc/passwd``, or an absolute path
+  elsewhere) is rejected (``image path escapes the input root``), and so are an empty one
+  and one naming the root itself (``bad image path``).
 * Each annotation becomes a caption of variant ``human`` (generator ``COCO annotators``)
   with provenance ``{"annotation_id": id}``.
 
 Rejects, each with a reason: an entry that is not an object (``not a JSON object``), a
 missing or null id/image_id/caption key (``missing key``), a value of the wrong type
-(``wrong type``, e.g. a caption that is a number), an annotation whose image_id is not
+(``wrong type``, e.g. a caption that is a number), a ``file_name`` outside the image
+root (see above), an annotation whose image_id is not
 among the images (``unknown image``), a repeated annotation id (``duplicate id``), a
 caption repeating the text of another annotation of the same image (``duplicate
 caption``: the two would be one caption, since captions are content-addressed), a
 repeated image id (``duplicate row`` / ``duplicate id``). Images without a valid caption
-are rejected by :func:`run_ingest` (``no valid caption``).
+are rejected by :func:`run_ingest` (``no valid caption``). A file nested more than
+:data:`~curate.ingest.jsonrecords.MAX_JSON_DEPTH` levels is an :class:`InputError`.
 
 On ``captions_val2017.json``: 5,000 images, 25,014 annotations, 4 of which repeat an
 earlier caption of their image word for word, so 25,010 captions.
@@ -33,14 +41,24 @@ from ..errors import InputError
 from ..ids import sample_uid
 from ..store import Store
 from .core import IngestResult, Prepared, run_ingest
-from .jsonrecords import BadRecord, Collected, dump_record, field, input_file, json_type, read_json_document
+from .jsonrecords import (
+    BadRecord,
+    Collected,
+    ImageRoot,
+    dump_record,
+    field,
+    input_file,
+    json_type,
+    read_json_document,
+)
 
 IMAGE_KEYS = ("id", "coco_url", "file_name", "width", "height")
 
 
-def prepare_coco(store: Store, path: str | Path, source: str) -> Prepared:
+def prepare_coco(store: Store, path: str | Path, source: str, image_root: str | Path | None = None) -> Prepared:
     path = input_file(path)
     name = str(path.resolve())
+    root = ImageRoot.of(image_root, path)
     doc = read_json_document(path)
     if not isinstance(doc, dict):
         raise InputError(f"{path.name}: expected a COCO captions object with images and annotations, got {json_type(doc)}")
@@ -57,8 +75,9 @@ def prepare_coco(store: Store, path: str | Path, source: str) -> Prepared:
             if not isinstance(img, dict):
                 raise BadRecord("not a JSON object", f"expected an object, got {json_type(img)}")
             image_id = field(img, "id", (int, str))
+            file_name = field(img, "file_name", str, required=False)
             checked = dict(url=field(img, "coco_url", str, required=False),
-                           image_path=field(img, "file_name", str, required=False),
+                           image_path=None if file_name is None else root.path(file_name, "file_name"),
                            width=field(img, "width", int, required=False),
                            height=field(img, "height", int, required=False))
         except BadRecord as e:
@@ -95,12 +114,15 @@ def prepare_coco(store: Store, path: str | Path, source: str) -> Prepared:
             continue  # a repeated image id: its annotations went to the first image with that id
         for ann_ref, ann in by_image.pop(image_id, ()):
             out.caption(uid, ann_ref, "human", ann["caption"], "COCO annotators", {"annotation_id": ann["id"]})
-    return out.plan("coco", source, {"input": name})
+    return out.plan("coco", source, {"input": name, "image_root": root.root}, records_in=len(doc["images"]))
 
 
-def ingest_coco(store: Store, path: str | Path, source: str | None = None) -> IngestResult:
-    """Ingest a COCO captions JSON file (see the module docstring for the mapping)."""
-    return run_ingest(store, prepare_coco(store, path, source or Path(path).stem))
+def ingest_coco(store: Store, path: str | Path, source: str | None = None, *,
+                image_root: str | Path | None = None) -> IngestResult:
+    """Ingest a COCO captions JSON file (see the module docstring for the mapping).
+
+    ``image_root``: the folder ``file_name`` is relative to (default: the file's folder)."""
+    return run_ingest(store, prepare_coco(store, path, source or Path(path).stem, image_root))
 
 
 __all__ = ["ingest_coco", "prepare_coco"]

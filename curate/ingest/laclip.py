@@ -10,7 +10,8 @@ Two inputs give (original caption, rewrite, style) triples:
   object per line (``pair_index`` is kept when present); the strategy is the style.
 
 Each rewrite becomes a caption of variant ``rewrite``, generator ``LaCLIP <style>``,
-provenance ``{style, file, line, rewrite_of[, pair_index]}``.
+provenance ``{style, file, line, rewrite_of[, pair_index]}``. The variant is always
+``rewrite`` (``raw`` for created originals): a style never becomes a variant name.
 
 **Matching.** A rewrite is a function of the original *text* (the LLM never saw the
 image), so it is attached to every sample of ``source`` that has a caption of variant
@@ -21,7 +22,9 @@ store``) unless ``create=True``: then a sample is created for it with
 caption (generator ``alt-text``). Re-running adds nothing either way.
 
 Other rejects, each with a reason and ``file:line N`` as row_ref: a line that is not
-UTF-8 (in either file), a pairs line that is not JSON or not an object, a missing key,
+UTF-8 (in either file), a pairs line that is not JSON, nested more than
+:data:`~curate.ingest.jsonrecords.MAX_JSON_DEPTH` levels (``too deeply nested``) or not
+an object, a missing key,
 a value that is not a string (``wrong type``), an empty original (``empty original``),
 and a line repeating an earlier (original, rewrite, style) (``duplicate row``). NULL,
 empty and over-long rewrites are rejected by :func:`run_ingest`.
