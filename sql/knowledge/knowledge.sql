@@ -257,7 +257,7 @@ ORDER BY c.source, c.variant;
 -- defaults: support=none
 SELECT e.text AS entity, e.label, k.text AS caption,
        (SELECT string_agg(r.text, ' | ' ORDER BY r.variant) FROM knowledge_latest r
-        WHERE r.uid = e.uid AND r.variant IN ($raw, $synthetic)) AS references
+        WHERE r.uid = e.uid AND r.variant IN ($raw, $synthetic)) AS reference_captions
 FROM caption_entities e
 JOIN {{knowledge.unsupported}} u ON u.caption_id = e.caption_id AND u.norm = e.norm
 JOIN knowledge_latest k ON k.caption_id = e.caption_id
