@@ -17,6 +17,7 @@ import polars as pl
 from curate import Store
 from curate.mix.audit import audit_manifest
 from curate.pipeline import load_pipeline, run_pipeline
+from curate.report import write_report
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -64,11 +65,13 @@ def main() -> None:
         for title, df in audit_manifest(store, manifest):
             if "Variant" in title or "Knowledge" in title:
                 show(title, df)
+        page = write_report(store, manifest_path=manifest)
         totals = store.summary()
     print(f"\nstore: {args.store}/catalog.duckdb  ({totals['samples']:,} samples, {totals['captions']:,} captions, "
           f"{totals['rejects']:,} rejects, {totals['runs']:,} runs)")
     print(f"reports: {reports}/caption_counts.csv, caption_lengths.csv, knowledge_by_source.csv, "
           "knowledge_retention.csv, duplicate_summary.parquet")
+    print(f"report: {page} (one self-contained HTML page: open it in a browser; `curate report` writes it)")
     print(f"query it: .venv/bin/curate sql --store {args.store} \"SELECT variant, count(*) FROM captions GROUP BY 1\"")
     print(f"done in {time.perf_counter() - t0:.1f}s")
 
