@@ -24,7 +24,16 @@ The package is split by responsibility, and every public name is re-exported her
 
 from __future__ import annotations
 
-from .exchange import DATACOMP_KEYS, export_clip_retrieval, export_datacomp, import_clip_retrieval, import_datacomp
+from .exchange import (
+    DATACOMP_KEYS,
+    export_clip_retrieval,
+    export_datacomp,
+    import_clip_retrieval,
+    import_datacomp,
+    import_npy,
+    load_npy,
+    read_ids,
+)
 from .read import (
     EMB_DIR,
     ID_COLUMN,
@@ -35,13 +44,15 @@ from .read import (
     ensure_table,
     list_sets,
     open_set,
+    set_path,
     sets_table,
 )
-from .write import DEFAULT_SHARD_ROWS, NORM_TOL, Block, WriteResult, drop_set, write_set
+from .write import DEFAULT_SHARD_ROWS, NORM_TOL, Block, WriteResult, canonical_uuids, drop_set, shard_width, write_set
 
 __all__ = [
     "DATACOMP_KEYS", "DEFAULT_SHARD_ROWS", "EMB_DIR", "ID_COLUMN", "KINDS", "NORM_TOL", "TABLE_SQL",
     "Block", "VectorSet", "WriteResult",
-    "check_name", "drop_set", "ensure_table", "export_clip_retrieval", "export_datacomp", "import_clip_retrieval",
-    "import_datacomp", "list_sets", "open_set", "sets_table", "write_set",
+    "canonical_uuids", "check_name", "drop_set", "ensure_table", "export_clip_retrieval", "export_datacomp",
+    "import_clip_retrieval", "import_datacomp", "import_npy", "list_sets", "load_npy", "open_set", "read_ids",
+    "set_path", "sets_table", "shard_width", "write_set",
 ]
