@@ -46,7 +46,9 @@ def report_path(out_dir: Path | None, store_path: Path, stem: str) -> Path:
     characters, checked by :func:`curate.names.check_name`) under ``--out-dir`` or the
     store's ``reports/`` (and kept there by :func:`curate.names.under`)."""
     name = names.check_name("report", names.normalise(_slug(stem))[:150], max_len=150)
-    return names.under(out_dir or store_path / "reports", name)
+    root = out_dir or store_path / "reports"
+    names.under(root, name)  # refuses a name that would leave the folder
+    return root / name
 
 
 def count_specs(published: tuple[str, ...], method: str, downstream: str, vocabulary: str | None,

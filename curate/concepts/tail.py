@@ -86,7 +86,8 @@ def tail_path(store_path: str | Path, vocabulary: str, *, n: int = 50, variant: 
         return out
     stem = names.check_name("tail benchmark", name if name is not None else tail_name(vocabulary, mode, variant, n),
                             max_len=200)
-    return names.under(Path(store_path) / "manifests", f"{stem}.parquet")
+    names.under(Path(store_path) / "manifests", f"{stem}.parquet")  # refuses a path leaving manifests/
+    return Path(store_path) / "manifests" / f"{stem}.parquet"
 
 
 def build_tail_benchmark(store: Store, vocabulary: str, *, n: int = 50, min_count: int = 1, cap: int = 50,

@@ -1,8 +1,12 @@
 """Importing and exporting embedding sets in other tools' layouts: clip-retrieval
-embedding folders (:func:`import_clip_retrieval`, :func:`export_clip_retrieval`) and
-DataComp embedding shards (:func:`import_datacomp`, :func:`export_datacomp`). Store ids
-are found through the metadata's uid, url or img2dataset key; every write goes through
-:func:`curate.vectors.write.write_set`."""
+embedding folders (:func:`import_clip_retrieval`, :func:`export_clip_retrieval`),
+DataComp embedding shards (:func:`import_datacomp`, :func:`export_datacomp`) and plain
+``.npy`` arrays with an id file (:func:`import_npy`). Store ids are found through the
+metadata's uid, url or img2dataset key; every write goes through
+:func:`curate.vectors.write.write_set`. Input files are read through :func:`load_npy`,
+:func:`read_ids` and the npz and parquet readers here, which turn an empty, truncated,
+mis-shaped or non-UTF-8 file into one :class:`InputError` line naming it, for every
+shard before anything is written."""
 
 from __future__ import annotations
 
