@@ -254,7 +254,7 @@ def test_clip_retrieval_export_import_roundtrip(store, tmp_path):
     assert sorted(p.name for p in (out / "img_emb").iterdir()) == ["img_emb_0.npy", "img_emb_1.npy", "img_emb_2.npy"]
     meta = pq.read_table(out / "metadata" / "metadata_1.parquet")
     assert meta.column_names == ["uid", "url", "caption"]
-    assert meta.column("uid").to_pylist() == uids[20:40]
+    assert meta.column("uid").to_pylist() == [u.replace("-", "") for u in uids[20:40]]  # 32 hex, as curate mix writes
     assert meta.column("caption")[0].as_py().startswith("caption of https://")
     res = import_clip_retrieval(store, "again", out)
     assert res.count == 50 and res.rejected == {}
@@ -352,3 +352,219 @@ def test_datacomp_export_round_trips_through_the_importer_and_the_cli(store, tmp
     with np.load(npz) as a, np.load(tmp_path / "cli.npz") as b:
         assert all(np.array_equal(a[k], b[k]) for k in ("b32_img", "b32_txt"))
     assert main(["vectors", "export", "img", str(tmp_path / "f"), "--store", str(store.path), "--key", "b32_img"]) != 0
+
+
+# -- bad import files: one error line, nothing written (issue 17) ----------------------------
+def _bad_import_case(case: str, tmp: Path, uids: list[str]) -> tuple[list[str], str]:
+    """(argv after `vectors import NAME`, the file the error must name) for a bad input."""
+    x = normalise(np.random.default_rng(12).standard_normal((len(uids), 8))).astype(np.float32)
+    ids = tmp / "ids.txt"
+    ids.write_text("\n".join(uids) + "\n", encoding="utf-8")
+    good = tmp / "good.npy"
+    np.save(good, x)
+    raw = good.read_bytes()
+    folder = tmp / "cr"
+    (folder / "img_emb").mkdir(parents=True)
+    (folder / "metadata").mkdir()
+    for i, part in enumerate((slice(0, 3), slice(3, None))):
+        np.save(folder / "img_emb" / f"img_emb_{i}.npy", x[part])
+        pq.write_table(pa.table({"uid": uids[part]}), folder / "metadata" / f"metadata_{i}.parquet")
+    shard1 = folder / "img_emb" / "img_emb_1.npy"
+    npz, uid_pq = tmp / "d.npz", tmp / "d.parquet"
+    np.savez(npz, l14_img=x)
+    pq.write_table(pa.table({"uid": [u.replace("-", "") for u in uids]}), uid_pq)
+    f = tmp / "bad.npy"
+    if case == "ids not utf-8":
+        bad_ids = tmp / "ids-latin1.txt"
+        bad_ids.write_bytes(("\n".join(uids[:2]) + "\ncaf\xe9\n").encode("latin-1"))
+        return [str(good), "--ids", str(bad_ids)], "ids-latin1.txt: not UTF-8 text (line 3"
+    if case == "ids parquet corrupt":
+        bad_ids = tmp / "ids.parquet"
+        bad_ids.write_bytes(b"PAR1 not really")
+        return [str(good), "--ids", str(bad_ids)], "ids.parquet: cannot read ids"
+    if case == "zero-byte npy":
+        f.write_bytes(b"")
+        return [str(f), "--ids", str(ids)], "bad.npy: empty file (0 bytes)"
+    if case == "truncated npy data":
+        f.write_bytes(raw[:-40])
+        return [str(f), "--ids", str(ids)], "bad.npy: not a readable .npy file"
+    if case == "truncated npy header":
+        f.write_bytes(raw[:60])
+        return [str(f), "--ids", str(ids)], "bad.npy: not a readable .npy file"
+    if case == "3-d npy":
+        np.save(f, x.reshape(len(uids), 4, 2))
+        return [str(f), "--ids", str(ids)], "bad.npy: shape (6, 4, 2)"
+    if case == "integer npy":
+        np.save(f, (x * 100).astype(np.int32))
+        return [str(f), "--ids", str(ids)], "bad.npy: dtype int32"
+    if case in ("nan", "inf"):
+        y = x.copy()
+        y[4, 2] = np.nan if case == "nan" else -np.inf
+        np.save(f, y)
+        return [str(f), "--ids", str(ids)], "1 vectors contain NaN or inf and 0 are all zeros (first: bad.npy:4"
+    if case == "zero-byte shard":
+        shard1.write_bytes(b"")
+        return [str(folder)], "img_emb_1.npy: empty file (0 bytes)"
+    if case == "truncated shard":
+        shard1.write_bytes(shard1.read_bytes()[:-10])
+        return [str(folder)], "img_emb_1.npy: not a readable .npy file"
+    if case == "shard of another dimension":
+        np.save(shard1, normalise(np.ones((3, 9))).astype(np.float32))
+        return [str(folder)], "img_emb_1.npy: wrong dimension 9; img_emb_0.npy has 8"
+    if case == "nan in a shard":
+        y = x[3:].copy()
+        y[1, 0] = np.nan
+        np.save(shard1, y)
+        return [str(folder), "--on-bad", "error"], "(first: img_emb_1.npy:1"
+    if case == "corrupt metadata":
+        (folder / "metadata" / "metadata_1.parquet").write_bytes(b"nope")
+        return [str(folder)], "metadata_1.parquet: not a readable parquet file"
+    if case == "zero-byte npz":
+        npz.write_bytes(b"")
+        return [str(npz), "--uids", str(uid_pq)], "d.npz: empty file (0 bytes)"
+    if case == "truncated npz":
+        npz.write_bytes(npz.read_bytes()[:200])
+        return [str(npz), "--uids", str(uid_pq)], "d.npz: not a readable .npz file"
+    if case == "inf in npz":
+        y = x.copy()
+        y[0, 0] = np.inf
+        np.savez(npz, l14_img=y)
+        return [str(npz), "--uids", str(uid_pq), "--on-bad", "error"], "(first: d.npz[l14_img]:0"
+    raise AssertionError(case)
+
+
+@pytest.mark.parametrize("case", [
+    "ids not utf-8", "ids parquet corrupt", "zero-byte npy", "truncated npy data", "truncated npy header", "3-d npy",
+    "integer npy", "nan", "inf", "zero-byte shard", "truncated shard", "shard of another dimension", "nan in a shard",
+    "corrupt metadata", "zero-byte npz", "truncated npz", "inf in npz",
+])
+def test_a_bad_import_file_is_one_input_error_line_naming_it(store, tmp_path, case, capsys):
+    """`curate vectors import` on a bad file: exit 3 and one `error:` line that names the
+    file (before: a UnicodeDecodeError or ArrowInvalid traceback, or `aborted` with exit
+    130 for a zero-byte file); no set, folder or ok run is left behind."""
+    from curate.cli import main
+
+    uids = make_uids(6)
+    add_samples(store, uids)
+    store.close()
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    argv, names_file = _bad_import_case(case, inputs, uids)
+    capsys.readouterr()
+    rc = main(["vectors", "import", "v", *argv, "--store", str(store.path)])
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert rc == 3 and len(lines) == 1 and lines[0].startswith("error: "), err
+    assert names_file in lines[0], err
+    with Store.open(store.path) as s:
+        assert list_sets(s) == []
+        assert s.con.execute("SELECT count(*) FROM runs WHERE status = 'ok'").fetchall() == [(0,)]
+    assert list((store.path / "vectors").iterdir()) == []
+
+
+# -- padded shards, the combined layout, and embedding-reader (issue 16 item 8) -------------
+def test_more_than_ten_shards_are_padded_so_names_sort_in_row_order(store):
+    uids = make_uids(23)
+    add_samples(store, uids)
+    x = normalise(np.random.default_rng(13).standard_normal((23, 8)))
+    write_set(store, "img", x, uids, shard_rows=2)  # 12 shards
+    vs = open_set(store, "img")
+    names_ = sorted(p.name for p in (vs.path / "img_emb").iterdir())
+    assert names_ == [f"img_emb_{i:02d}.npy" for i in range(12)]
+    assert [e for e, _, _ in vs.shards] == [f"img_emb/{n}" for n in names_]  # name order is row order
+    assert sorted(p.name for p in (vs.path / "metadata").iterdir()) == [f"metadata_{i:02d}.parquet" for i in range(12)]
+    assert vs.ids().to_pylist() == uids
+    np.testing.assert_allclose(vs.matrix(), x, atol=2e-3)
+    write_set(store, "small", x[:4], uids[:4], shard_rows=2)  # fewer than ten: one digit, as clip-retrieval
+    assert sorted(p.name for p in (open_set(store, "small").path / "img_emb").iterdir()) == ["img_emb_0.npy",
+                                                                                             "img_emb_1.npy"]
+
+
+def _read_with_embedding_reader(folder: Path, sub: str) -> tuple[np.ndarray, list[str]]:
+    er = pytest.importorskip("embedding_reader")
+    reader = er.EmbeddingReader(str(folder / sub), file_format="parquet_npy", metadata_folder=str(folder / "metadata"),
+                                meta_columns=["uid"])
+    embs, ids = [], []
+    for emb, meta in reader(batch_size=5, start=0, end=reader.count, show_progress=False):
+        embs.append(emb)
+        ids += meta["uid"].tolist()
+    return np.concatenate(embs), ids
+
+
+def test_an_export_of_more_than_ten_shards_reads_in_order_with_embedding_reader(store, tmp_path):
+    """embedding-reader (clip-retrieval's reader) sorts shard names as strings: unpadded
+    names past ten shards would read as 0, 1, 10, 11, 2, ... and misplace every row."""
+    uids = make_uids(23)
+    add_samples(store, uids)
+    x = normalise(np.random.default_rng(14).standard_normal((23, 8)))
+    write_set(store, "img", x, uids, shard_rows=2)
+    out = export_clip_retrieval(store, "img", tmp_path / "export")
+    assert sorted(p.name for p in (out / "img_emb").iterdir()) == [f"img_emb_{i:02d}.npy" for i in range(12)]
+    emb, ids = _read_with_embedding_reader(out, "img_emb")
+    assert ids == [u.replace("-", "") for u in uids]  # in the set's order, 32 hex digits
+    np.testing.assert_array_equal(emb, open_set(store, "img").matrix(np.float16).astype(np.float32))
+    again = export_clip_retrieval(store, "img", tmp_path / "resharded", shard_rows=10)
+    assert sorted(p.name for p in (again / "img_emb").iterdir()) == ["img_emb_0.npy", "img_emb_1.npy", "img_emb_2.npy"]
+    assert _read_with_embedding_reader(again, "img_emb")[1] == ids
+    with pytest.raises(ConfigError, match="exists and is not an empty folder"):
+        export_clip_retrieval(store, "img", out)
+
+
+def test_import_reads_padded_and_unpadded_shards_in_numeric_order(store, tmp_path):
+    uids = make_uids(24)
+    add_samples(store, uids)
+    x = normalise(np.random.default_rng(15).standard_normal((24, 8))).astype(np.float16)
+    for form in ("unpadded", "padded"):
+        folder = tmp_path / form
+        (folder / "img_emb").mkdir(parents=True)
+        (folder / "metadata").mkdir()
+        for i in range(12):
+            num = f"{i:02d}" if form == "padded" else str(i)
+            np.save(folder / "img_emb" / f"img_emb_{num}.npy", x[2 * i:2 * i + 2])
+            pq.write_table(pa.table({"uid": uids[2 * i:2 * i + 2]}), folder / "metadata" / f"metadata_{num}.parquet")
+        res = import_clip_retrieval(store, form, folder)
+        assert res.count == 24 and open_set(store, form).ids().to_pylist() == uids
+        np.testing.assert_array_equal(open_set(store, form).matrix(np.float16), x)
+    np.save(tmp_path / "padded" / "img_emb" / "img_emb_1.npy", x[2:4])  # shard 1 twice: refused
+    with pytest.raises(InputError, match="img_emb_01.npy and img_emb_1.npy are both shard 1"):
+        import_clip_retrieval(store, "twice", tmp_path / "padded")
+
+
+def test_combined_image_text_export_is_the_layout_clip_retrieval_writes(store, tmp_path, capsys):
+    """--text-set writes img_emb/, text_emb/ and metadata/ row-aligned in one folder; the
+    samples without a text vector are left out; both halves read back through
+    embedding-reader and through the importer."""
+    from curate.cli import main
+
+    uids = make_uids(25)
+    add_samples(store, uids)
+    rng = np.random.default_rng(16)
+    img = normalise(rng.standard_normal((25, 8)))
+    write_set(store, "img", img, uids, shard_rows=2)
+    caption_ids = dict(store.con.execute("SELECT uid::VARCHAR, caption_id::VARCHAR FROM captions").fetchall())
+    with_text = [u for i, u in enumerate(uids) if i != 3]  # sample 3 has no text vector
+    txt = normalise(rng.standard_normal((24, 8)))
+    write_set(store, "txt", txt[::-1], [caption_ids[u] for u in with_text][::-1], kind="text", variant="raw")
+    store.close()
+    out = tmp_path / "both"
+    assert main(["vectors", "export", "img", str(out), "--text-set", "txt", "--store", str(store.path)]) == 0
+    assert "exported 24 image vectors of 'img' with the text vectors of 'txt'" in capsys.readouterr().out
+    for sub, prefix, ext in (("img_emb", "img_emb", "npy"), ("text_emb", "text_emb", "npy"),
+                             ("metadata", "metadata", "parquet")):
+        assert sorted(p.name for p in (out / sub).iterdir()) == [f"{prefix}_{i:02d}.{ext}" for i in range(12)]
+    meta = pq.read_table(out / "metadata" / "metadata_00.parquet")
+    assert meta.column_names == ["uid", "caption_id", "url", "caption"]
+    img_emb, img_ids = _read_with_embedding_reader(out, "img_emb")
+    txt_emb, txt_ids = _read_with_embedding_reader(out, "text_emb")
+    assert img_ids == txt_ids == [u.replace("-", "") for u in with_text]
+    want_txt = dict(zip(with_text, txt))
+    np.testing.assert_allclose(img_emb, img[[i for i in range(25) if i != 3]], atol=2e-3)
+    np.testing.assert_allclose(txt_emb, np.stack([want_txt[u] for u in with_text]), atol=2e-3)
+    with Store.open(store.path) as s:
+        back_i = import_clip_retrieval(s, "img_back", out)
+        back_t = import_clip_retrieval(s, "txt_back", out, kind="text")
+        assert back_i.count == back_t.count == 24
+        assert open_set(s, "img_back").ids().to_pylist() == with_text
+        assert open_set(s, "txt_back").ids().to_pylist() == [caption_ids[u] for u in with_text]
+        with pytest.raises(ConfigError, match="pairs an image set with a text set"):
+            export_clip_retrieval(s, "txt", tmp_path / "x", text_set="img")

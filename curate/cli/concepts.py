@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from .. import names
 from ..errors import ConfigError
 from ..store import Store
 from .common import executor_options, max_rows_option, progress_option, run_options, show_table, store_option
@@ -38,6 +39,16 @@ def _show(df: Any, max_rows: int = 40, float_precision: int | None = 4) -> None:
 
 def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9.]+", "_", text.lower()).strip("_")
+
+
+def report_path(out_dir: Path | None, store_path: Path, stem: str) -> Path:
+    """A plot's path stem: a report name made from ``stem`` (slugged, at most 150
+    characters, checked by :func:`curate.names.check_name`) under ``--out-dir`` or the
+    store's ``reports/`` (and kept there by :func:`curate.names.under`)."""
+    name = names.check_name("report", names.normalise(_slug(stem))[:150], max_len=150)
+    root = out_dir or store_path / "reports"
+    names.under(root, name)  # refuses a name that would leave the folder
+    return root / name
 
 
 def count_specs(published: tuple[str, ...], method: str, downstream: str, vocabulary: str | None,
@@ -172,26 +183,30 @@ def count_cmd(store_path: Path, vocabulary: str, mode: str, model: str | None, w
 @click.option("--variant", default=None, help="Count and take captions of this variant only.")
 @mode_option
 @click.option("--seed", default=0, show_default=True)
+@click.option("--name", default=None,
+              help="File stem under the store's manifests/ (default tail_VOCABULARY_MODE_VARIANT_nN).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Manifest path (default: the store's manifests/).")
-@click.option("--train-manifest", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="A training manifest (parquet/CSV/TSV/JSONL with uid): report the overlap.")
+              help="Manifest path, a .parquet (default: the store's manifests/).")
+@click.option("--train-manifest", type=click.Path(path_type=Path), default=None,
+              help="A training manifest in any format `curate mix` writes (parquet, JSONL, CSV/TSV, DataComp .npy) "
+                   "or webdataset .tar shards: report the overlap.")
 def tail_cmd(store_path: Path, vocabulary: str, n: int, min_count: int, cap: int, variant: str | None, mode: str,
-             seed: int, out: Path | None, train_manifest: Path | None) -> None:
+             seed: int, name: str | None, out: Path | None, train_manifest: Path | None) -> None:
     """A Let It Wag!-style evaluation manifest of a vocabulary's rarest concepts."""
-    from ..concepts.tail import build_tail_benchmark, overlap, read_uids
+    from ..concepts.tail import build_tail_benchmark, overlap, read_training_manifest, tail_path
 
-    if train_manifest:
-        read_uids(train_manifest)  # a missing or unreadable one fails before the tail manifest is written
+    # names, then the training manifest, are checked before anything is written
+    tail_path(store_path, vocabulary, n=n, variant=variant, mode=mode, name=name, out=out)
+    train = read_training_manifest(train_manifest) if train_manifest else None
     with Store.open(store_path) as s:
         res = build_tail_benchmark(s, vocabulary, n=n, min_count=min_count, cap=cap, variant=variant, mode=mode,
-                                   seed=seed, out=out)
+                                   seed=seed, out=out, name=name)
     click.echo(res.summary())
     _show(res.concepts, 20)
-    if train_manifest:
-        ov = overlap(res.path, train_manifest)
+    if train is not None:
+        ov = overlap(res.path, train)
         click.echo(f"overlap with {train_manifest}: {int(ov['in_train'].sum()):,} of {int(ov['samples'].sum()):,} "
-                   "tail samples are in the training manifest")
+                   f"tail samples are in the training manifest (matched by {train.key}, {train.rows:,} manifest rows)")
         _show(ov.filter(ov["in_train"] > 0), 20)
 
 
@@ -216,13 +231,18 @@ def image_count_cmd(store_path: Path, vocabulary: str, image_set: str, model: st
     """Image and matched concept frequency: embed the vocabulary's prompts with the CLIP
     text tower, tag every image with its top-k concepts, count, and report the
     misalignment degree."""
-    from ..concepts.image import embed_concepts, image_counts
+    from ..concepts.image import concept_set_name, embed_concepts, image_counts
+    from ..concepts.vocab import check_name as check_vocabulary
     from ..similarity.tags import tag
     from ..stages.clip import ClipModel, check_weights, default_model_id
+    from ..vectors import check_name
 
+    check_vocabulary(vocabulary)  # names that become paths, before the model is loaded
+    check_name(image_set)
+    mid = model_id or default_model_id(model, pretrained)
+    check_name(concept_set_name(vocabulary, mid))
     check_weights(model, pretrained, model_config)
     clip = ClipModel(model, pretrained, model_config, device=device, precision="auto")
-    mid = model_id or default_model_id(model, pretrained)
     with Store.open(store_path) as s:
         cset = embed_concepts(s, vocabulary, clip, model_id=mid, template_set=template_set)
         res = tag(s, image_set, cset, k=k)
@@ -288,7 +308,7 @@ def audit(store_path: Path, published: tuple[str, ...], counts: tuple[str, ...],
             stem += f"_{vocabulary or downstream}"
         else:
             stem = "_".join(spec.label for spec in specs)
-        out = (out_dir or store_path / "reports") / _slug(f"concepts_rank_frequency_{stem}")[:150]
+        out = report_path(out_dir, store_path, f"concepts_rank_frequency_{stem}")
         paths = rank_frequency_plot(vectors, out, title=f"rank-frequency: {', '.join(vectors)}")
         click.echo(f"plot: {', '.join(str(p) for p in paths)}")
 
@@ -345,6 +365,6 @@ def fit(metric_csv: Path, store_path: Path, published: str | None, counts: tuple
         count_table = counts_source(s, spec)
     res = loglinear_fit(count_table, metric, drop_zero=drop_zero)
     click.echo(f"{metric_csv.name} against {spec.label}: {res.summary()}")
-    out = (out_dir or store_path / "reports") / f"concepts_fit_{_slug(metric_csv.stem)}_{_slug(spec.label)}"
+    out = report_path(out_dir, store_path, f"concepts_fit_{_slug(metric_csv.stem)}_{_slug(spec.label)}")
     paths = fit_plot(res, out, title=f"{metric_csv.stem} against {spec.label}", metric_name=column or "metric")
     click.echo(f"plot: {', '.join(str(p) for p in paths)}")

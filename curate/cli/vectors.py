@@ -4,16 +4,13 @@ a thin layer over :mod:`curate.vectors`."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, cast
+from typing import Literal, cast
 
 import click
 
-from ..errors import ConfigError, InputError
+from ..errors import ConfigError
 from ..store import Store
 from .common import show_table, store_option
-
-if TYPE_CHECKING:
-    import pyarrow as pa
 
 
 @click.group()
@@ -61,10 +58,15 @@ def vectors_import(name: str, path: Path, store_path: Path, fmt: str, kind: Lite
     """Import embeddings at PATH as set NAME (clip-retrieval folder, DataComp .npz, or .npy + --ids)."""
     from .. import vectors as V
 
+    V.check_name(name)  # before the store is opened or any input is read
     if fmt == "auto":
         fmt = "clip-retrieval" if path.is_dir() else {".npz": "datacomp", ".npy": "npy"}.get(path.suffix.lower(), "")
         if not fmt:
             raise ConfigError(f"cannot tell the format of {path.name}; pass --format clip-retrieval|datacomp|npy")
+    if fmt == "datacomp" and uids_path is None:
+        raise ConfigError("datacomp format needs --uids PARQUET (the uid column in the .npz row order)")
+    if fmt == "npy" and ids_path is None:
+        raise ConfigError("npy format needs --ids FILE (.txt, one id per line, or a parquet)")
     with Store.open(store_path) as s:
         if fmt == "clip-retrieval":
             # --kind concept is passed on as given: import_clip_retrieval rejects it with a ConfigError
@@ -72,32 +74,14 @@ def vectors_import(name: str, path: Path, store_path: Path, fmt: str, kind: Lite
             res = V.import_clip_retrieval(s, name, path, kind=clip_kind, match=match, variant=variant, model=model,
                                           on_bad=on_bad or "quarantine", replace=replace, normalise=normalise)
         elif fmt == "datacomp":
-            if uids_path is None:
-                raise ConfigError("datacomp format needs --uids PARQUET (the uid column in the .npz row order)")
+            assert uids_path is not None
             res = V.import_datacomp(s, name, path, uids_path, key=key, variant=variant, on_bad=on_bad or "quarantine",
                                     replace=replace, normalise=normalise)
         else:
-            if ids_path is None:
-                raise ConfigError("npy format needs --ids FILE (.txt, one id per line, or a parquet)")
-            import numpy as np
-
-            try:
-                arr = np.load(path, mmap_mode="r")
-            except (OSError, ValueError) as e:
-                raise InputError(f"{path}: not a readable .npy file ({e})") from None
-            ids = _read_ids(ids_path)
-            res = V.write_set(s, name, np.asarray(arr), ids, kind=kind or "image", model=model,
-                              variant=variant if kind == "text" else None, on_bad=on_bad or "error", replace=replace,
-                              normalise=normalise, source=f"npy:{path}", stage="vectors.import_npy.v1")
+            assert ids_path is not None
+            res = V.import_npy(s, name, path, ids_path, kind=kind or "image", model=model, variant=variant,
+                               on_bad=on_bad or "error", replace=replace, normalise=normalise)
     click.echo(res.summary())
-
-
-def _read_ids(path: Path) -> pa.ChunkedArray | list[str]:
-    import pyarrow.parquet as pq
-
-    if path.suffix.lower() == ".parquet":
-        return pq.read_table(path).column(0).cast("string")
-    return [line.rstrip("\r\n") for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 @vectors.command("export")
@@ -106,31 +90,48 @@ def _read_ids(path: Path) -> pa.ChunkedArray | list[str]:
 @store_option
 @click.option("--format", "fmt", type=click.Choice(["clip-retrieval", "datacomp"]), default="clip-retrieval",
               show_default=True, help="clip-retrieval: a folder OUT; datacomp: OUT.npz plus OUT.parquet (uid, url, text).")
+@click.option("--text-set", default=None, metavar="SET",
+              help="clip-retrieval: also write this text set as text_emb/, row-aligned with image set NAME and one "
+                   "metadata/ (the layout clip-retrieval inference writes).")
+@click.option("--shard-rows", type=int, default=None,
+              help="clip-retrieval: rows per shard (default: the set's own shards).")
 @click.option("--key", default=None, help="datacomp: the array NAME becomes (b32_img, b32_txt, l14_img, l14_txt; "
               "default l14_img, or l14_txt for a text set).")
 @click.option("--with", "also", multiple=True, metavar="KEY=SET",
               help="datacomp: another set in the same shard, e.g. --with l14_txt=clip.x.text.raw (repeatable).")
-def vectors_export(name: str, out: Path, store_path: Path, fmt: str, key: str | None, also: tuple[str, ...]) -> None:
-    """Write set NAME as a clip-retrieval embedding folder OUT (with uid, url, caption metadata), or as a
-    DataComp embedding shard (--format datacomp)."""
-    from ..vectors import export_clip_retrieval, export_datacomp, open_set
+def vectors_export(name: str, out: Path, store_path: Path, fmt: str, text_set: str | None, shard_rows: int | None,
+                   key: str | None, also: tuple[str, ...]) -> None:
+    """Write set NAME as a clip-retrieval embedding folder OUT (uid, url, caption metadata; with
+    --text-set, image and text embeddings in one folder), or as a DataComp embedding shard
+    (--format datacomp)."""
+    import pyarrow.parquet as pq
 
+    from ..vectors import check_name, export_clip_retrieval, export_datacomp, open_set
+
+    for n in (name, text_set):
+        if n is not None:
+            check_name(n)
     with Store.open(store_path) as s:
         vs = open_set(s, name)
         if fmt == "datacomp":
+            if text_set or shard_rows:
+                raise ConfigError("--text-set and --shard-rows belong to --format clip-retrieval")
             sets = {key or ("l14_txt" if vs.kind == "text" else "l14_img"): name}
             for item in also:
                 k, sep, v = item.partition("=")
                 if not sep or not k or not v:
                     raise ConfigError(f"--with expects KEY=SET, got {item!r}")
-                sets[k.strip()] = v.strip()
+                sets[k.strip()] = check_name(v.strip())
             npz, meta, rows = export_datacomp(s, out, sets)
             click.echo(f"exported {rows:,} samples ({', '.join(f'{k}={v}' for k, v in sets.items())}) to {npz} and {meta}")
             return
         if key or also:
             raise ConfigError("--key and --with belong to --format datacomp")
-        export_clip_retrieval(s, name, out)
-    click.echo(f"exported {vs.count:,} {vs.kind} vectors of {name!r} to {out} ({len(vs.shards)} shard(s))")
+        export_clip_retrieval(s, name, out, text_set=text_set, shard_rows=shard_rows)
+    metas = sorted((out / "metadata").glob("metadata_*.parquet"))
+    rows = sum(pq.read_metadata(m).num_rows for m in metas)
+    what = f"{vs.kind} vectors of {name!r}" + (f" with the text vectors of {text_set!r}" if text_set else "")
+    click.echo(f"exported {rows:,} {what} to {out} ({len(metas)} shard(s))")
 
 
 @vectors.command("drop")
@@ -138,7 +139,9 @@ def vectors_export(name: str, out: Path, store_path: Path, fmt: str, key: str | 
 @store_option
 def vectors_drop(name: str, store_path: Path) -> None:
     """Remove set NAME (its registry row and folder)."""
-    from ..vectors import drop_set
+    from ..vectors import check_name, drop_set
+
+    check_name(name)
 
     with Store.open(store_path) as s:
         drop_set(s, name)

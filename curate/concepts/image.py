@@ -48,8 +48,13 @@ def templates(name: str) -> list[str]:
 
 
 def concept_set_name(vocabulary: str, model_id: str) -> str:
-    safe = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in model_id)
-    return f"concepts.{vocabulary}.{safe}"
+    """``concepts.<vocabulary>.<model_id>`` with the model id's other characters as ``_``
+    (``ViT-B-32/openai`` -> ``ViT-B-32_openai``); the vocabulary name is checked, as it
+    becomes part of the vector set's folder name."""
+    from .vocab import check_name
+
+    safe = "".join(ch if ch.isascii() and (ch.isalnum() or ch in "._-") else "_" for ch in model_id)
+    return f"concepts.{check_name(vocabulary)}.{safe}"
 
 
 def embed_concepts(store: Store, vocabulary: str, clip: Any, *, model_id: str, template_set: str = "imagenet1k",
@@ -59,13 +64,13 @@ def embed_concepts(store: Store, vocabulary: str, clip: Any, *, model_id: str, t
     from .. import vectors
     from ..stages.concepts import _vocabulary_rows
 
+    name = vectors.check_name(name or concept_set_name(vocabulary, model_id))  # before any text is encoded
     rows = _vocabulary_rows(store, vocabulary)
     concepts = sorted({c for c, _ in rows})
     tpl = templates(template_set)
     prompts = [t.replace("{c}", c) for c in concepts for t in tpl]
     emb = clip.encode_texts(prompts, batch_size=batch_size).reshape(len(concepts), len(tpl), -1).mean(axis=1)
     emb = emb / np.linalg.norm(emb, axis=1, keepdims=True)
-    name = name or concept_set_name(vocabulary, model_id)
     vectors.write_set(store, name, emb.astype(np.float32), concepts, kind="concept", model=model_id, replace=True,
                       config={"vocabulary": vocabulary, "templates": template_set, "n_templates": len(tpl)})
     return name

@@ -6,11 +6,17 @@ Layout (clip-retrieval's, so FAISS and clip-retrieval tools can memory-map it)::
     vectors/<name>/img_emb/img_emb_<i>.npy        float16 (rows, dim), L2-normalised  (text sets: text_emb/)
     vectors/<name>/metadata/metadata_<i>.parquet  one id column in the same row order
 
+Shard numbers are zero-padded to the digits of the shard count, as clip-retrieval's
+writer pads them (``img_emb_00.npy`` ... ``img_emb_11.npy`` for 12 shards), so readers
+that sort names as strings read them in row order; ``meta.json`` lists them in order.
+
 The id column is ``uid`` for image sets (``samples.uid``), ``caption_id`` for text sets
 (``captions.caption_id``) and ``concept`` (free text) for concept sets, such as the text
-embeddings of a tag vocabulary. Ids are written as canonical UUID strings; every set
-is registered in the ``vector_sets`` table (created by :func:`ensure_table`, not by a
-migration).
+embeddings of a tag vocabulary. Ids are stored as canonical UUID strings whatever form
+they came in; exports write ``uid`` as 32 hex digits, the form ``curate mix`` writes.
+Every set is registered in the ``vector_sets`` table (created by :func:`ensure_table`,
+not by a migration). A set's name is its folder name: :func:`check_name` checks it and
+:func:`set_path` joins it with :func:`curate.names.under`.
 
 The package is split by responsibility, and every public name is re-exported here
 (``from curate.vectors import open_set, write_set, ...``):
@@ -19,12 +25,23 @@ The package is split by responsibility, and every public name is re-exported her
   :class:`VectorSet` (memory-mapped block reads), :func:`open_set`, listing;
 * :mod:`curate.vectors.write`: validated atomic writes (:func:`write_set`,
   :class:`Block`, :class:`WriteResult`) and :func:`drop_set`;
-* :mod:`curate.vectors.exchange`: clip-retrieval and DataComp importers and exporters.
+* :mod:`curate.vectors.exchange`: clip-retrieval, DataComp and plain ``.npy`` importers
+  (every input file checked, one :class:`~curate.errors.InputError` line naming a bad
+  one) and the clip-retrieval (one set, or image and text combined) and DataComp exporters.
 """
 
 from __future__ import annotations
 
-from .exchange import DATACOMP_KEYS, export_clip_retrieval, export_datacomp, import_clip_retrieval, import_datacomp
+from .exchange import (
+    DATACOMP_KEYS,
+    export_clip_retrieval,
+    export_datacomp,
+    import_clip_retrieval,
+    import_datacomp,
+    import_npy,
+    load_npy,
+    read_ids,
+)
 from .read import (
     EMB_DIR,
     ID_COLUMN,
@@ -35,13 +52,15 @@ from .read import (
     ensure_table,
     list_sets,
     open_set,
+    set_path,
     sets_table,
 )
-from .write import DEFAULT_SHARD_ROWS, NORM_TOL, Block, WriteResult, drop_set, write_set
+from .write import DEFAULT_SHARD_ROWS, NORM_TOL, Block, WriteResult, canonical_uuids, drop_set, shard_width, write_set
 
 __all__ = [
     "DATACOMP_KEYS", "DEFAULT_SHARD_ROWS", "EMB_DIR", "ID_COLUMN", "KINDS", "NORM_TOL", "TABLE_SQL",
     "Block", "VectorSet", "WriteResult",
-    "check_name", "drop_set", "ensure_table", "export_clip_retrieval", "export_datacomp", "import_clip_retrieval",
-    "import_datacomp", "list_sets", "open_set", "sets_table", "write_set",
+    "canonical_uuids", "check_name", "drop_set", "ensure_table", "export_clip_retrieval", "export_datacomp",
+    "import_clip_retrieval", "import_datacomp", "import_npy", "list_sets", "load_npy", "open_set", "read_ids",
+    "set_path", "sets_table", "shard_width", "write_set",
 ]

@@ -1,8 +1,12 @@
 """Importing and exporting embedding sets in other tools' layouts: clip-retrieval
-embedding folders (:func:`import_clip_retrieval`, :func:`export_clip_retrieval`) and
-DataComp embedding shards (:func:`import_datacomp`, :func:`export_datacomp`). Store ids
-are found through the metadata's uid, url or img2dataset key; every write goes through
-:func:`curate.vectors.write.write_set`."""
+embedding folders (:func:`import_clip_retrieval`, :func:`export_clip_retrieval`),
+DataComp embedding shards (:func:`import_datacomp`, :func:`export_datacomp`) and plain
+``.npy`` arrays with an id file (:func:`import_npy`). Store ids are found through the
+metadata's uid, url or img2dataset key; every write goes through
+:func:`curate.vectors.write.write_set`. Input files are read through :func:`load_npy`,
+:func:`read_ids` and the npz and parquet readers here, which turn an empty, truncated,
+mis-shaped or non-UTF-8 file into one :class:`InputError` line naming it, for every
+shard before anything is written."""
 
 from __future__ import annotations
 
@@ -10,6 +14,8 @@ import os
 import re
 import shutil
 import uuid
+import zipfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -20,17 +26,112 @@ import pyarrow.parquet as pq
 
 from ..errors import ConfigError, InputError
 from ..store import Store
-from .read import EMB_DIR, open_set
-from .write import DEFAULT_SHARD_ROWS, Block, WriteResult, write_set
+from .read import EMB_DIR, check_name, open_set
+from .write import DEFAULT_SHARD_ROWS, Block, WriteResult, shard_width, write_set
 
 
 def _numbered(folder: Path, prefix: str, suffix: str) -> dict[int, Path]:
-    out = {}
-    for p in folder.glob(f"{prefix}_*{suffix}"):
+    """``<prefix>_<i><suffix>`` files by shard number, in numeric order: padded
+    (``img_emb_07.npy``, as clip-retrieval and curate write them) and unpadded
+    (``img_emb_7.npy``) names alike, so shard 10 comes after shard 9 either way."""
+    out: dict[int, Path] = {}
+    for p in sorted(folder.glob(f"{prefix}_*{suffix}")):
         m = re.fullmatch(rf"{re.escape(prefix)}_(\d+){re.escape(suffix)}", p.name)
         if m:
-            out[int(m.group(1))] = p
-    return out
+            i = int(m.group(1))
+            if i in out:
+                raise InputError(f"{folder}: {out[i].name} and {p.name} are both shard {i}; keep one of them")
+            out[i] = p
+    return dict(sorted(out.items()))
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def load_npy(path: str | os.PathLike[str]) -> np.ndarray:
+    """A 2-D floating-point ``.npy`` array, memory-mapped; an empty, truncated or
+    otherwise unreadable file, or an array of another shape or type, is one
+    :class:`InputError` line naming the file."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        raise InputError(f"{path}: cannot read it ({e.strerror})") from None
+    if size == 0:
+        raise InputError(f"{path}: empty file (0 bytes), not a .npy array")
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:  # EOFError: a file cut inside its header
+        raise InputError(f"{path}: not a readable .npy file ({_first_line(e)})") from None
+    if not isinstance(arr, np.ndarray):
+        raise InputError(f"{path}: an .npz archive, not a .npy array (import it with --format datacomp)")
+    if arr.ndim != 2:
+        raise InputError(f"{path}: shape {arr.shape}; embeddings are a 2-D array (rows, dim)")
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise InputError(f"{path}: dtype {arr.dtype}; embeddings are floating point")
+    return arr
+
+
+def _parquet_schema(path: Path) -> tuple[list[str], int]:
+    """(column names, rows) of a parquet file, or one InputError line."""
+    try:
+        meta = pq.read_metadata(path)
+        return meta.schema.to_arrow_schema().names, meta.num_rows
+    except (OSError, pa.ArrowException) as e:
+        raise InputError(f"{path}: not a readable parquet file ({_first_line(e)})") from None
+
+
+def read_ids(path: str | os.PathLike[str]) -> pa.Array | list[str]:
+    """Ids in row order: a ``.parquet`` (its first column) or UTF-8 text, one id a line
+    (blank lines skipped). Unreadable files and non-UTF-8 bytes are one InputError line."""
+    path = Path(path)
+    if path.suffix.lower() == ".parquet":
+        try:
+            table = pq.read_table(path)
+            if not table.num_columns:
+                raise InputError(f"{path}: no columns; the ids are its first column")
+            return table.column(0).combine_chunks().cast(pa.string())
+        except (OSError, pa.ArrowException) as e:
+            raise InputError(f"{path}: cannot read ids from its first column ({_first_line(e)})") from None
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except OSError as e:
+        raise InputError(f"{path}: cannot read it ({e.strerror})") from None
+    except UnicodeDecodeError as e:
+        line = e.object[:e.start].count(b"\n") + 1
+        raise InputError(f"{path}: not UTF-8 text (line {line}, byte {e.start}: {e.reason}); "
+                         "ids are one per line in UTF-8, or a parquet column") from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def import_npy(store: Store, name: str, npy: str | os.PathLike[str], ids: str | os.PathLike[str], *,
+               kind: Literal["image", "text", "concept"] = "image", model: str | None = None,
+               variant: str | None = None, on_bad: Literal["error", "quarantine"] = "error",
+               replace: bool = False, normalise: Literal["auto", "error"] = "auto",
+               shard_rows: int = DEFAULT_SHARD_ROWS) -> WriteResult:
+    """Import a plain ``(rows, dim)`` float ``.npy`` whose rows follow ``ids`` (see
+    :func:`read_ids`): sample uids (image), caption ids (text) or free-text concepts.
+    Every check of :func:`load_npy`, :func:`read_ids` and
+    :func:`~curate.vectors.write.write_set` runs before anything is written."""
+    check_name(name)
+    npy = Path(npy)
+    arr = load_npy(npy)
+    id_values = read_ids(ids)
+    if len(id_values) != arr.shape[0]:
+        raise InputError(f"{npy.name} has {arr.shape[0]:,} rows but {Path(ids).name} has {len(id_values):,} ids; "
+                         "they must be in the same order, one id per row")
+    id_arr = id_values if isinstance(id_values, pa.Array) else pa.array(id_values, pa.string())
+
+    def blocks() -> Iterator[Block]:
+        for s in range(0, arr.shape[0], 65_536):
+            e = min(s + 65_536, arr.shape[0])
+            yield Block(np.asarray(arr[s:e]), id_arr.slice(s, e - s), [f"{npy.name}:{r}" for r in range(s, e)])
+
+    return write_set(store, name, blocks(), kind=kind, model=model, variant=variant if kind == "text" else None,
+                     on_bad=on_bad, replace=replace, normalise=normalise, shard_rows=shard_rows,
+                     source=f"npy:{npy}", stage="vectors.import_npy.v1", config={"npy": str(npy), "ids": str(ids)},
+                     dim=int(arr.shape[1]))
 
 
 def _map_ids(store: Store, meta: pa.Table, kind: str, match: str, variant: str | None,
@@ -99,6 +200,7 @@ def import_clip_retrieval(store: Store, name: str, folder: str | os.PathLike[str
     equals ``caption_col`` (or the only one of that variant when the column is absent).
     Rows that match nothing or more than one id are rejects (``no matching sample``,
     ``ambiguous url``, ...): quarantined by default, ``on_bad='error'`` to fail instead."""
+    check_name(name)
     folder = Path(folder)
     if kind not in ("image", "text"):
         raise ConfigError(f"kind must be image or text, got {kind!r}")
@@ -111,7 +213,7 @@ def import_clip_retrieval(store: Store, name: str, folder: str | os.PathLike[str
     missing = sorted(set(embs) - set(metas))
     if missing:
         raise InputError(f"{folder}: {sub}_{missing[0]}.npy has no metadata/metadata_{missing[0]}.parquet")
-    first_cols = pq.read_schema(metas[min(embs)]).names
+    first_cols = _parquet_schema(metas[min(embs)])[0]
     if match == "auto":
         found = next((c for c in _MATCH_COLUMNS if c in first_cols), None)
         if found is None:
@@ -120,22 +222,25 @@ def import_clip_retrieval(store: Store, name: str, folder: str | os.PathLike[str
         match = found
     if match not in ("uid", "url", "key"):
         raise ConfigError(f"match must be auto, uid, url or key, got {match!r}")
+    dim = None
     for i in sorted(embs):  # validate every shard before any work
-        try:
-            shape = np.load(embs[i], mmap_mode="r").shape
-        except (OSError, ValueError) as e:
-            raise InputError(f"{embs[i]}: not a readable .npy file ({e})") from None
-        rows = pq.read_metadata(metas[i]).num_rows
-        if len(shape) != 2 or shape[0] != rows:
+        shape = load_npy(embs[i]).shape
+        cols, rows = _parquet_schema(metas[i])
+        if shape[0] != rows:
             raise InputError(f"{embs[i]} has shape {shape} but {metas[i].name} has {rows:,} rows; "
                              "they must be in the same row order, one row per vector")
-        if match not in pq.read_schema(metas[i]).names:
+        if dim is None:
+            dim = (shape[1], embs[i].name)
+        elif shape[1] != dim[0]:
+            raise InputError(f"{embs[i]}: wrong dimension {shape[1]}; {dim[1]} has {dim[0]} "
+                             "(every shard of a set has one dimension)")
+        if match not in cols:
             raise InputError(f"{metas[i]}: no {match!r} column to match samples by")
     pre_rejects: list[tuple[str, str, str, str]] = []
 
     def blocks() -> Iterator[Block]:
         for i in sorted(embs):
-            cols = [match] + ([caption_col] if kind == "text" and caption_col in pq.read_schema(metas[i]).names else [])
+            cols = [match] + ([caption_col] if kind == "text" and caption_col in _parquet_schema(metas[i])[0] else [])
             meta = pq.read_table(metas[i], columns=cols)
             if kind == "text" and caption_col not in meta.column_names:
                 meta = meta.append_column(caption_col, pa.nulls(meta.num_rows, pa.string()))
@@ -146,7 +251,7 @@ def import_clip_retrieval(store: Store, name: str, folder: str | os.PathLike[str
                     raise InputError(f"{embs[i].name}:{r}: {reason} ({match} {rec!r}); "
                                      f"{len(bad):,} such rows in this shard; use on_bad='quarantine' to skip them")
                 pre_rejects.append((f"{embs[i].name}:{r}", reason, f"{match} {rec}", rec))
-            arr = np.load(embs[i], mmap_mode="r")
+            arr = load_npy(embs[i])
             for s in range(0, len(keep), 65_536):
                 k = keep[s:s + 65_536]
                 yield Block(np.asarray(arr[k]), ids.slice(s, len(k)), [f"{embs[i].name}:{r}" for r in k])
@@ -156,6 +261,25 @@ def import_clip_retrieval(store: Store, name: str, folder: str | os.PathLike[str
                                normalise=normalise, shard_rows=shard_rows,
                                source=f"clip-retrieval:{folder}", stage="vectors.import_clip_retrieval.v1",
                                config={"folder": str(folder), "match": match, "caption_col": caption_col})
+
+
+def _load_npz_array(npz: Path, key: str) -> np.ndarray:
+    """Array ``key`` of an ``.npz``, 2-D floating point; anything else is one InputError line."""
+    try:
+        if npz.stat().st_size == 0:
+            raise InputError(f"{npz}: empty file (0 bytes), not an .npz archive")
+        z = np.load(npz, allow_pickle=False)
+        if not isinstance(z, np.lib.npyio.NpzFile):
+            raise InputError(f"{npz}: a .npy array, not an .npz archive (import it with --format npy --ids FILE)")
+        with z:
+            if key not in z.files:
+                raise InputError(f"{npz}: no array {key!r}; it has {', '.join(z.files) or 'none'}")
+            arr = z[key]
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        raise InputError(f"{npz}: not a readable .npz file ({_first_line(e)})") from None
+    if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.floating):
+        raise InputError(f"{npz}[{key}]: shape {arr.shape}, dtype {arr.dtype}; embeddings are a 2-D floating-point array")
+    return arr
 
 
 DATACOMP_KEYS: dict[str, tuple[Literal["image", "text"], str]] = {
@@ -172,17 +296,12 @@ def import_datacomp(store: Store, name: str, npz: str | os.PathLike[str], uids: 
     ``uids`` (DataComp's metadata shard). Image keys map to ``samples.uid`` (the 32-hex
     uid is the UUID); text keys to the sample's caption of ``variant`` (DataComp embeds
     the alt-text: ``raw``), which must be unique per sample. Unmatched rows are rejects."""
+    check_name(name)
     npz, uids = Path(npz), Path(uids)
     if key not in DATACOMP_KEYS:
         raise ConfigError(f"key must be one of {', '.join(DATACOMP_KEYS)}, got {key!r}")
     kind, model = DATACOMP_KEYS[key]
-    try:
-        with np.load(npz) as z:
-            if key not in z.files:
-                raise InputError(f"{npz}: no array {key!r}; it has {', '.join(z.files)}")
-            arr = z[key]
-    except (OSError, ValueError) as e:
-        raise InputError(f"{npz}: not a readable .npz file ({e})") from None
+    arr = _load_npz_array(npz, key)
     try:
         meta = pq.read_table(uids, columns=[uid_col])
     except (OSError, pa.ArrowInvalid, KeyError) as e:
@@ -259,7 +378,7 @@ def export_datacomp(store: Store, out: str | os.PathLike[str], sets: dict[str, s
             pos = {u: i for i, u in enumerate(ids.to_pylist())}
             arrays[key] = mat[[pos[u] for u in order]]
         cur.register("_curate_uids", pa.table({"uid": order, "_row": np.arange(len(order))}))
-        meta = cur.sql("SELECT replace(i.uid, '-', '') AS uid, s.url FROM _curate_uids i "
+        meta = cur.sql("SELECT replace(i.uid::UUID::VARCHAR, '-', '') AS uid, s.url FROM _curate_uids i "
                        "LEFT JOIN samples s ON s.uid = i.uid::UUID ORDER BY i._row").to_arrow_table()
         cur.unregister("_curate_uids")
     finally:
@@ -273,37 +392,106 @@ def export_datacomp(store: Store, out: str | os.PathLike[str], sets: dict[str, s
     return out, meta_path, len(order)
 
 
-def export_clip_retrieval(store: Store, name: str, out: str | os.PathLike[str]) -> Path:
-    """Write the set as a clip-retrieval embedding folder: the float16 shards as they are,
-    and ``metadata_<i>.parquet`` with the id column plus ``url`` and ``caption``
-    (image sets: the sample's url and its smallest ``raw`` caption; text sets: the
-    caption's text), so ``clip-retrieval index`` and :func:`import_clip_retrieval` read it."""
-    vs = open_set(store, name)
-    out = Path(out)
-    sub = EMB_DIR[vs.kind]
-    if out.exists() and any(out.iterdir()):
-        raise ConfigError(f"{out} exists and is not empty; choose a new folder")
-    (out / sub).mkdir(parents=True, exist_ok=True)
-    (out / "metadata").mkdir(exist_ok=True)
+#: metadata columns of an export, per kind of set; ``uid`` is 32 hex digits (the form
+#: ``curate mix`` and DataComp write), ``caption_id`` the canonical UUID as in manifests
+_EXPORT_SQL = {
+    "image": ("SELECT replace(i.id::UUID::VARCHAR, '-', '') AS uid, s.url, (SELECT min(c.text) FROM captions c "
+              "WHERE c.uid = s.uid AND c.variant = 'raw') AS caption FROM _curate_vec_ids i "
+              "LEFT JOIN samples s ON s.uid = i.id::UUID ORDER BY i._row"),
+    "text": ("SELECT i.id::UUID::VARCHAR AS caption_id, replace(c.uid::VARCHAR, '-', '') AS uid, s.url, "
+             "c.text AS caption FROM _curate_vec_ids i LEFT JOIN captions c ON c.caption_id = i.id::UUID "
+             "LEFT JOIN samples s ON s.uid = c.uid ORDER BY i._row"),
+    "concept": "SELECT id AS concept, id AS caption FROM _curate_vec_ids ORDER BY _row",
+}
+
+
+def _export_meta(store: Store, vs: Any) -> pa.Table:
     cur = store.con.cursor()
     try:
-        for i, (emb, meta, _) in enumerate(vs.shards):
-            shutil.copyfile(vs.path / emb, out / sub / f"{sub}_{i}.npy")
-            ids = pq.read_table(vs.path / meta)
-            cur.register("_curate_vec_ids", ids.append_column("_row", pa.array(np.arange(ids.num_rows))))
-            if vs.kind == "image":
-                sql = ("SELECT i.uid, s.url, (SELECT min(c.text) FROM captions c WHERE c.uid = s.uid AND "
-                       "c.variant = 'raw') AS caption FROM _curate_vec_ids i LEFT JOIN samples s ON s.uid = i.uid::UUID "
-                       "ORDER BY i._row")
-            elif vs.kind == "text":
-                sql = ("SELECT i.caption_id, c.uid::VARCHAR AS uid, s.url, c.text AS caption FROM _curate_vec_ids i "
-                       "LEFT JOIN captions c ON c.caption_id = i.caption_id::UUID LEFT JOIN samples s ON s.uid = c.uid "
-                       "ORDER BY i._row")
-            else:
-                sql = "SELECT concept, concept AS caption FROM _curate_vec_ids ORDER BY _row"
-            tbl = cur.sql(sql).to_arrow_table()
-            cur.unregister("_curate_vec_ids")
-            pq.write_table(tbl, out / "metadata" / f"metadata_{i}.parquet")
+        cur.register("_curate_vec_ids", pa.table({"id": vs.ids(), "_row": pa.array(np.arange(vs.count))}))
+        return cur.sql(_EXPORT_SQL[vs.kind]).to_arrow_table()
     finally:
         cur.close()
+
+
+def _pair_rows(store: Store, img: Any, txt: Any) -> tuple[np.ndarray, np.ndarray, pa.Table]:
+    """(image rows, text rows, metadata) of the samples both sets cover, in image-set order."""
+    cur = store.con.cursor()
+    try:
+        cur.register("_curate_img", pa.table({"id": img.ids(), "_row": pa.array(np.arange(img.count))}))
+        cur.register("_curate_txt", pa.table({"id": txt.ids(), "_trow": pa.array(np.arange(txt.count))}))
+        dup = cur.sql("SELECT c.uid::VARCHAR, count(*) FROM _curate_txt t JOIN captions c ON c.caption_id = t.id::UUID "
+                      "GROUP BY 1 HAVING count(*) > 1 LIMIT 1").fetchall()
+        if dup:
+            raise ConfigError(f"text set {txt.name!r} has {dup[0][1]} captions of sample {dup[0][0]}; one export row "
+                              "pairs an image with one text: export a text set of one variant")
+        tbl = cur.sql("SELECT i._row, t._trow, replace(c.uid::VARCHAR, '-', '') AS uid, c.caption_id::VARCHAR AS caption_id, "
+                      "s.url, c.text AS caption FROM _curate_img i JOIN samples s ON s.uid = i.id::UUID "
+                      "JOIN captions c ON c.uid = s.uid JOIN _curate_txt t ON t.id::UUID = c.caption_id "
+                      "ORDER BY i._row").to_arrow_table()
+    finally:
+        cur.close()
+    return (tbl.column("_row").to_numpy().astype(np.int64), tbl.column("_trow").to_numpy().astype(np.int64),
+            tbl.select(["uid", "caption_id", "url", "caption"]))
+
+
+def export_clip_retrieval(store: Store, name: str, out: str | os.PathLike[str], *, text_set: str | None = None,
+                          shard_rows: int | None = None) -> Path:
+    """Write set ``name`` as a clip-retrieval embedding folder ``out``: ``img_emb/`` (or
+    ``text_emb/``) with float16 shards and ``metadata/metadata_<i>.parquet`` with the id
+    (``uid`` as 32 hex digits; text sets also ``caption_id``), ``url`` and ``caption``
+    (image sets: the sample's smallest ``raw`` caption; text sets: the caption's text), so
+    ``clip-retrieval index``, embedding-reader and :func:`import_clip_retrieval` read it.
+
+    Shard numbers are zero-padded as clip-retrieval pads them (``img_emb_00.npy`` ...
+    ``img_emb_10.npy`` for 11 shards), so name order is row order. ``text_set`` (a text
+    set, ``name`` an image set) writes the combined layout clip-retrieval inference writes:
+    ``img_emb_<i>.npy``, ``text_emb_<i>.npy`` and ``metadata_<i>.parquet`` row-aligned, one
+    row per sample both sets cover (with one caption in the text set), in the image set's
+    order. Shards keep the set's boundaries unless ``shard_rows`` is given (for a pair:
+    the image set's largest shard). The folder is written beside ``out`` and renamed into
+    place, so a failure leaves nothing."""
+    vs = open_set(store, name)
+    ts = open_set(store, text_set) if text_set is not None else None
+    if ts is not None and (vs.kind != "image" or ts.kind != "text"):
+        raise ConfigError(f"a combined export pairs an image set with a text set; {name!r} holds {vs.kind} vectors "
+                          f"and {text_set!r} {ts.kind} vectors")
+    if shard_rows is not None and shard_rows < 1:
+        raise ConfigError(f"shard_rows must be at least 1, got {shard_rows}")
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"{out} exists and is not an empty folder; choose a new folder")
+    if ts is not None:
+        img_rows, txt_rows, meta = _pair_rows(store, vs, ts)
+        if not len(img_rows):
+            raise ConfigError(f"sets {name!r} and {text_set!r} share no sample")
+        size = shard_rows or max(r for _, _, r in vs.shards)
+        bounds = [(a, min(a + size, len(img_rows))) for a in range(0, len(img_rows), size)]
+    else:
+        meta = _export_meta(store, vs)
+        offs = vs.offsets
+        bounds = ([(int(offs[k]), int(offs[k + 1])) for k in range(len(vs.shards))] if shard_rows is None else
+                  [(a, min(a + shard_rows, vs.count)) for a in range(0, vs.count, shard_rows)])
+    width = shard_width(len(bounds))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        subs = [EMB_DIR[vs.kind]] + (["text_emb"] if ts is not None else [])
+        for sub in subs + ["metadata"]:
+            (tmp / sub).mkdir(parents=True)
+        for k, (a, b) in enumerate(bounds):
+            num = f"{k:0{width}d}"
+            if ts is not None:
+                np.save(tmp / "img_emb" / f"img_emb_{num}.npy", vs.rows(img_rows[a:b], np.float16))
+                np.save(tmp / "text_emb" / f"text_emb_{num}.npy", ts.rows(txt_rows[a:b], np.float16))
+            elif shard_rows is None:
+                shutil.copyfile(vs.path / vs.shards[k][0], tmp / subs[0] / f"{subs[0]}_{num}.npy")
+            else:
+                np.save(tmp / subs[0] / f"{subs[0]}_{num}.npy", vs.rows(np.arange(a, b), np.float16))
+            pq.write_table(meta.slice(a, b - a), tmp / "metadata" / f"metadata_{num}.parquet")
+        if out.exists():
+            out.rmdir()
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out

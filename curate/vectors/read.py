@@ -49,6 +49,12 @@ def check_name(name: str) -> str:
     return names.check_name("vector set", name)
 
 
+def set_path(store: Store, name: str) -> Path:
+    """The folder of set ``name``: ``vectors/<name>`` (the name checked, the path kept in
+    the store by :func:`curate.names.under`)."""
+    return names.under(store.path / "vectors", check_name(name))
+
+
 @dataclass(frozen=True)
 class VectorSet:
     """A registered embedding set. Rows are numbered 0..count-1 across shards in order."""
@@ -121,6 +127,7 @@ class VectorSet:
 
 def open_set(store: Store, name: str) -> VectorSet:
     """The registered set ``name``; :class:`ConfigError` listing the sets if unknown."""
+    check_name(name)
     ensure_table(store) if not store.read_only else None
     rows = store.con.execute(
         "SELECT name, kind, id_column, dim, count, model, variant, run_id FROM vector_sets WHERE name = ?", [name]
@@ -130,7 +137,7 @@ def open_set(store: Store, name: str) -> VectorSet:
         raise ConfigError(f"no vector set {name!r} in the store; sets: {', '.join(have) or 'none'} "
                           "(add one with `curate vectors import ...`)")
     name, kind, id_column, dim, count, model, variant, run_id = rows[0]
-    path = store.path / "vectors" / name
+    path = set_path(store, name)
     try:
         meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
         shards = tuple((s["emb"], s["metadata"], int(s["rows"])) for s in meta["shards"])

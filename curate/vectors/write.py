@@ -34,8 +34,10 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from .. import names
 from ..errors import ConfigError, InputError, StoreError
 from ..store import Store
 from .read import EMB_DIR, ID_COLUMN, KINDS, check_name, ensure_table, list_sets, open_set
@@ -147,8 +149,9 @@ def write_set(store: Store, name: str, vectors: np.ndarray | Iterable[Block] | N
     cfg = {"name": name, "kind": kind, "model": model, "variant": variant, "normalise": normalise,
            "on_bad": on_bad, "shard_rows": shard_rows, "source": source, **(config or {})}
     root = store.path / "vectors"
+    final = names.under(root, name)
     root.mkdir(exist_ok=True)
-    tmp = root / f".tmp-{name}-{uuid.uuid4().hex[:8]}"
+    tmp = names.under(root, f".tmp-{name}-{uuid.uuid4().hex[:8]}")
     rej = _Rejects()
     with start_run(store, "vectors", stage, cfg) as run:
         try:
@@ -164,8 +167,7 @@ def write_set(store: Store, name: str, vectors: np.ndarray | Iterable[Block] | N
             meta.update({"name": name, "model": model, "variant": variant, "source": source, "run_id": run.id,
                          "layout": "clip-retrieval", "curate_stage": stage})
             (tmp / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
-            final = root / name
-            trash = root / f".old-{name}-{uuid.uuid4().hex[:8]}"
+            trash = names.under(root, f".old-{name}-{uuid.uuid4().hex[:8]}")
             with run.transaction() as w:
                 if exists:
                     w.execute("DELETE FROM vector_sets WHERE name = ?", [name])
@@ -190,6 +192,37 @@ def write_set(store: Store, name: str, vectors: np.ndarray | Iterable[Block] | N
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return WriteResult(name, kind, meta["dim"], count, normalised, rej.counts(), run.id, run.seconds, final)
+
+
+def canonical_uuids(ids: pa.Array) -> pa.Array:
+    """UUID strings in one form, the canonical one (lower case, 8-4-4-4-12 with dashes),
+    whatever form they came in (32 hex digits as DataComp writes them, upper case);
+    values that are not UUIDs are left as they are for :func:`_check_ids` to report."""
+    hexes = pc.replace_substring(pc.utf8_lower(ids), "-", "")
+    ok = pc.match_substring_regex(hexes, "^[0-9a-f]{32}$")
+    parts = [pc.utf8_slice_codeunits(hexes, a, b) for a, b in ((0, 8), (8, 12), (12, 16), (16, 20), (20, 32))]
+    return pc.if_else(ok, pc.binary_join_element_wise(*parts, "-"), ids)
+
+
+def shard_width(n_shards: int) -> int:
+    """Digits of a shard number, as clip-retrieval pads them (``int(log10(count)) + 1``):
+    ``img_emb_00.npy`` ... ``img_emb_10.npy`` for 11 shards, so the names sort in row order."""
+    return len(str(max(n_shards, 1)))
+
+
+def _pad_shard_names(tmp: Path, shards: list[dict[str, Any]]) -> None:
+    """Rename ``<dir>_<i>`` shards (written before their number was known) to padded names."""
+    width = shard_width(len(shards))
+    if width == 1:
+        return
+    for i, sh in enumerate(shards):
+        for key in ("emb", "metadata"):
+            old = sh[key]
+            folder, _, fname = old.rpartition("/")
+            stem, ext = fname.rsplit("_", 1)[0], fname.rsplit(".", 1)[1]
+            new = f"{folder}/{stem}_{i:0{width}d}.{ext}"
+            (tmp / old).rename(tmp / new)
+            sh[key] = new
 
 
 def _write_files(tmp: Path, blocks: Iterable[Block], kind: str, id_col: str, dim: int | None, normalise: str,
@@ -223,11 +256,14 @@ def _write_files(tmp: Path, blocks: Iterable[Block], kind: str, id_col: str, dim
             raise InputError(f"vector set {name}: vectors must be floating point, got {v.dtype}")
         if dim is None:
             dim = int(v.shape[1])
-        if v.shape[1] != dim:
-            raise InputError(f"vector set {name}: wrong dimension: expected {dim}, got {v.shape[1]} "
-                             f"(rows {n_in:,}..{n_in + len(v) - 1:,})")
-        ids_ = _ids_array(block.ids, len(v), f"vector set {name}")
         refs = block.refs
+        if v.shape[1] != dim:
+            where = f"; first: {refs[0]}" if refs is not None and len(refs) else ""
+            raise InputError(f"vector set {name}: wrong dimension: expected {dim}, got {v.shape[1]} "
+                             f"(rows {n_in:,}..{n_in + len(v) - 1:,}{where}); every vector of a set has one dimension")
+        ids_ = _ids_array(block.ids, len(v), f"vector set {name}")
+        if id_col != "concept":
+            ids_ = canonical_uuids(ids_)
         x = v.astype(np.float32)
         finite: npt.NDArray[np.bool_] = np.all(np.isfinite(x), axis=1)
         norms = np.linalg.norm(np.where(finite[:, None], x, 0), axis=1)
@@ -269,6 +305,7 @@ def _write_files(tmp: Path, blocks: Iterable[Block], kind: str, id_col: str, dim
             if buffered >= shard_rows:
                 flush()
     flush()
+    _pad_shard_names(tmp, shards)
     count = sum(s["rows"] for s in shards)
     meta = {"kind": kind, "id_column": id_col, "dim": dim, "count": count, "dtype": "float16",
             "normalised": True, "shards": shards}
@@ -307,6 +344,6 @@ def _check_ids(store: Store, tmp: Path, id_col: str, name: str) -> None:
 
 def drop_set(store: Store, name: str) -> None:
     """Remove a set's registry row and folder (the row first, in a transaction)."""
-    open_set(store, name)
+    path = open_set(store, name).path
     store.con.execute("DELETE FROM vector_sets WHERE name = ?", [name])
-    shutil.rmtree(store.path / "vectors" / name, ignore_errors=True)
+    shutil.rmtree(path, ignore_errors=True)
