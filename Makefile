@@ -12,7 +12,8 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
 # The CLIP extra brings torch; .ci/constraints-clip.txt pins the build that lies on this
 # machine's disk so no resolver downloads another. img2dataset pins pandas<3, so it gets a
-# venv of its own (.venv-img2dataset), used by `curate download` and its test.
+# venv of its own (.venv-img2dataset), used by `curate download` and its test; the tests
+# also read vector exports there with clip-retrieval's embedding-reader (pandas<3 too).
 I2D_VENV ?= .venv-img2dataset
 
 $(STAMP): pyproject.toml .ci/constraints-clip.txt
@@ -20,6 +21,7 @@ $(STAMP): pyproject.toml .ci/constraints-clip.txt
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c .ci/constraints-clip.txt -e '.[dev,clip]'
 	test -x $(I2D_VENV)/bin/python || ($(PYTHON) -m venv $(I2D_VENV) && $(I2D_VENV)/bin/pip install --quiet img2dataset==1.47.0)
+	$(I2D_VENV)/bin/python -c "import embedding_reader" 2>/dev/null || $(I2D_VENV)/bin/pip install --quiet embedding-reader==1.8.1
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 

@@ -480,15 +480,38 @@ def test_more_than_ten_shards_are_padded_so_names_sort_in_row_order(store):
                                                                                              "img_emb_1.npy"]
 
 
+_EMBEDDING_READER = """
+import json, sys
+import numpy as np
+from embedding_reader import EmbeddingReader
+folder, sub, out = sys.argv[1:4]
+reader = EmbeddingReader(f"{folder}/{sub}", file_format="parquet_npy", metadata_folder=f"{folder}/metadata",
+                         meta_columns=["uid"])
+embs, ids = [], []
+for emb, meta in reader(batch_size=5, start=0, end=reader.count, show_progress=False):
+    embs.append(emb)
+    ids += meta["uid"].tolist()
+np.save(out, np.concatenate(embs))
+print(json.dumps(ids))
+"""
+
+
 def _read_with_embedding_reader(folder: Path, sub: str) -> tuple[np.ndarray, list[str]]:
-    er = pytest.importorskip("embedding_reader")
-    reader = er.EmbeddingReader(str(folder / sub), file_format="parquet_npy", metadata_folder=str(folder / "metadata"),
-                                meta_columns=["uid"])
-    embs, ids = [], []
-    for emb, meta in reader(batch_size=5, start=0, end=reader.count, show_progress=False):
-        embs.append(emb)
-        ids += meta["uid"].tolist()
-    return np.concatenate(embs), ids
+    """Read an export with clip-retrieval's embedding-reader. It pins pandas<3, so it lives in
+    the tools venv beside img2dataset (``.venv-img2dataset``, made by ``make setup``)."""
+    import json
+    import os
+    import subprocess
+
+    py = os.environ.get("CURATE_IMG2DATASET_PYTHON") or str(Path(__file__).resolve().parents[1] / ".venv-img2dataset"
+                                                            / "bin" / "python")
+    if not Path(py).exists():
+        pytest.fail(f"{py} is missing: `make setup` makes the tools venv that holds embedding-reader")
+    out = folder.parent / f"{folder.name}-{sub}-er.npy"
+    run = subprocess.run([py, "-c", _EMBEDDING_READER, str(folder), sub, str(out)], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    return np.load(out), json.loads(run.stdout.strip().splitlines()[-1])
 
 
 def test_an_export_of_more_than_ten_shards_reads_in_order_with_embedding_reader(store, tmp_path):
