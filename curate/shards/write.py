@@ -21,6 +21,7 @@ reason in the stats; the shard is then that much shorter, and ``sizes.json`` say
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -81,34 +82,49 @@ class ShardTask:
 
 
 def plan_hash(entries: tuple[Entry, ...], enc: Encoding) -> str:
-    h = hashlib.sha256(repr(enc).encode())
+    """sha256 of everything a shard's bytes are made from (plain tuples' reprs: the
+    dataclasses' own reprs cost twice as much)."""
+    h = hashlib.sha256(repr(dataclasses.astuple(enc)).encode())
     for e in entries:
-        h.update(repr((e.uid, e.copy, e.source, e.weight, e.image, e.caption, e.variant, e.cands)).encode())
+        im = e.image
+        h.update(repr((e.uid, e.copy, e.source, e.weight, im.image_path, im.image_shard, im.image_key, e.caption,
+                       e.variant, tuple((c.variant, c.text, c.prob) for c in e.cands))).encode())
     return h.hexdigest()
 
 
-def _octal(n: int, width: int) -> bytes:
-    return f"{n:0{width - 1}o}".encode() + b"\0"
+def _template() -> bytes:
+    head = bytearray(_BLOCK)
+    head[100:108] = b"0000644\0"      # mode
+    head[108:116] = b"0000000\0"      # uid
+    head[116:124] = b"0000000\0"      # gid
+    head[136:148] = b"00000000000\0"  # mtime
+    head[148:156] = b" " * 8          # the checksum field counts as spaces
+    head[156:157] = b"0"              # a regular file
+    head[257:265] = b"ustar\x0000"    # POSIX ustar, version 00
+    return bytes(head)
+
+
+_TEMPLATE = _template()
+_TEMPLATE_SUM = sum(_TEMPLATE)
 
 
 def tar_header(name: str, size: int) -> bytes:
-    """A ustar header of a regular file ``name`` (at most 100 bytes) with fixed metadata."""
+    """A ustar header of a regular file ``name`` (at most 100 bytes) with fixed metadata:
+    mode 0644, uid/gid 0, mtime 0, no user or group names."""
     raw = name.encode()
     if len(raw) > 100:
         raise ValueError(f"tar member name longer than 100 bytes: {name}")
-    head = bytearray(_BLOCK)
-    head[0:len(raw)] = raw
-    head[100:108] = _octal(0o644, 8)
-    head[108:116] = _octal(0, 8)
-    head[116:124] = _octal(0, 8)
-    head[124:136] = _octal(size, 12)
-    head[136:148] = _octal(0, 12)
-    head[148:156] = b" " * 8
-    head[156:157] = b"0"
-    head[257:263] = b"ustar\0"
-    head[263:265] = b"00"
-    head[148:156] = f"{sum(head):06o}".encode() + b"\0 "
+    sz = b"%011o\0" % size
+    head = bytearray(_TEMPLATE)
+    head[:len(raw)] = raw
+    head[124:136] = sz
+    head[148:156] = b"%06o\0 " % (_TEMPLATE_SUM + sum(raw) + sum(sz))
     return bytes(head)
+
+
+def member(name: str, data: bytes) -> bytes:
+    """A member's header, data and padding to the next 512-byte block."""
+    return b"".join((tar_header(name, len(data)), data, b"\0" * (-len(data) % _BLOCK)))
 
 
 class TarOut:
@@ -119,20 +135,18 @@ class TarOut:
         self.sha = hashlib.sha256()
         self.size = 0
 
-    def _w(self, b: bytes) -> None:
+    def write(self, b: bytes) -> None:
         self.f.write(b)
         self.sha.update(b)
         self.size += len(b)
 
-    def add(self, name: str, data: bytes) -> None:
-        self._w(tar_header(name, len(data)))
-        self._w(data)
-        pad = -len(data) % _BLOCK
-        if pad:
-            self._w(b"\0" * pad)
+    def add(self, *members: tuple[str, bytes]) -> None:
+        """Append members (one write for all of them: a sample's three)."""
+        self.write(b"".join(member(name, data) for name, data in members))
 
     def close(self) -> None:
-        self._w(b"\0" * (2 * _BLOCK))
+        """The end-of-archive marker: two zero blocks."""
+        self.write(b"\0" * (2 * _BLOCK))
 
 
 def _reencode(data: bytes, enc: Encoding) -> bytes | ImageFailure:
@@ -238,9 +252,8 @@ def write_shard(task: ShardTask) -> dict[str, Any]:
                     failed[data.reason] = failed.get(data.reason, 0) + 1
                     continue
                 text, variant = caption_of(e, enc)
-                out.add(f"{e.key}.{ext}", data)
-                out.add(f"{e.key}.txt", text.encode())
-                out.add(f"{e.key}.json", sample_json(e, text, variant, enc))
+                out.add((f"{e.key}.{ext}", data), (f"{e.key}.txt", text.encode()),
+                        (f"{e.key}.json", sample_json(e, text, variant, enc)))
                 variants[variant or ""] = variants.get(variant or "", 0) + 1
                 n += 1
         out.close()
@@ -256,4 +269,4 @@ def write_shard(task: ShardTask) -> dict[str, Any]:
 
 
 __all__ = ["CHUNK", "Encoding", "Entry", "ShardTask", "TarOut", "caption_of", "kept", "plan_hash", "sample_json",
-           "tar_header", "write_shard"]
+           "member", "tar_header", "write_shard"]
