@@ -31,7 +31,7 @@ import math
 import os
 import random
 import threading
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -109,7 +109,7 @@ def _txt_members(shards: Path) -> Counter[str]:
     return Counter(m["txt"].decode() for m in samples.values())
 
 
-def test_open_clip_3_3_0_trains_one_epoch_on_every_sample_and_its_txt(lake, tmp_path):  # noqa: F811
+def test_open_clip_3_3_0_trains_one_epoch_on_every_sample_and_its_txt(lake, tmp_path):
     # verify_images: the lake's corrupt JPEG would be skipped by open_clip's decoder
     # (its epoch would then repeat another sample to reach the size in sizes.json)
     out = tmp_path / "s"
@@ -119,7 +119,7 @@ def test_open_clip_3_3_0_trains_one_epoch_on_every_sample_and_its_txt(lake, tmp_
     assert Counter(texts) == _txt_members(out)
 
 
-def test_webdataset_reads_every_member(lake, tmp_path):  # noqa: F811
+def test_webdataset_reads_every_member(lake, tmp_path):
     out = tmp_path / "s"
     res = write_shards(lake["manifests"]["veclip"], out, ShardOptions(shard_size=30, verify_images=True))
     pattern = res.sidecar["open_clip"]["train_data"]
@@ -271,7 +271,7 @@ def _jpeg(seed: int) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def real_store(tmp_path_factory, capsfusion_file, laclip_dir, i2d_python) -> Path:  # noqa: F811
+def real_store(tmp_path_factory, capsfusion_file, laclip_dir, i2d_python) -> Path:
     """CapsFusion (400 records, 20% without the fused caption) and LaCLIP (the 46
     original captions with their 48 rewrites, and 18 COCO caption groups as an original
     with four MSCOCO-style rewrites), images downloaded by img2dataset as files."""
@@ -352,6 +352,7 @@ def _metas(shards: Path) -> list[dict[str, Any]]:
     return [json.loads(m["json"]) for m in samples.values()]
 
 
+@pytest.mark.slow
 def test_end_to_end_every_multi_caption_policy_trains_one_open_clip_epoch(sharded):
     for name, run in sharded.items():
         res = run["result"]
@@ -373,6 +374,7 @@ def test_end_to_end_every_multi_caption_policy_trains_one_open_clip_epoch(sharde
     assert sharded["longtail_mixture"]["result"].sidecar["captions"]["slots"] == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("extractor", EXTRACTORS)
 def test_the_slot_layout_makes_open_clip_main_draw_the_policy_per_sample(sharded, extractor):
     for name, run in sharded.items():
@@ -387,6 +389,7 @@ def test_the_slot_layout_makes_open_clip_main_draw_the_policy_per_sample(sharded
     assert want == pytest.approx(0.2) and abs(got - 0.2) < 0.03
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("extractor", EXTRACTORS)
 def test_the_manifests_own_json_keys_skew_open_clip_mains_draws(sharded, extractor):
     """Why the layout exists: with the json manifest's one key per variant and the
@@ -408,6 +411,7 @@ def test_the_manifests_own_json_keys_skew_open_clip_mains_draws(sharded, extract
     assert skewed["laclip"] and skewed["longtail_mixture"], skewed
 
 
+@pytest.mark.slow
 def test_per_epoch_txt_captions_follow_the_policy_in_open_clip_3_3_0(sharded, real_store, tmp_path):
     """open_clip 3.3.0 reads .txt only: one shard folder per caption epoch gives every
     sample a fresh draw each epoch; over 6 epochs the drawn shares per candidate follow

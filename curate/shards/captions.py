@@ -42,8 +42,8 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from fractions import Fraction
+from typing import NamedTuple
 
 #: slot keys are ``c0 .. c{K-1}``
 SLOT_PREFIX = "c"
@@ -56,9 +56,9 @@ EXACT_EPS = 1e-9
 _U53 = float(1 << 53)
 
 
-@dataclass(frozen=True)
-class Candidate:
-    """One caption a sample may be trained with."""
+class Candidate(NamedTuple):
+    """One caption a sample may be trained with (a tuple: cheap to build and to send to
+    writer processes)."""
 
     variant: str
     text: str

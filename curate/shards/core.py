@@ -31,6 +31,7 @@ import dataclasses
 import json
 import os
 import re
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -47,7 +48,7 @@ from ..images import ImageFailure, ImageRef
 from .captions import MAX_SLOTS, Candidate, layout_error, open_clip_args, slot_count
 from .plan import REASONS, Locator, copies, shuffled, verify
 from .read import Manifest, Row, iter_rows, open_manifest, prepare, survey
-from .write import Encoding, Entry, ShardTask, plan_hash, write_shard
+from .write import Encoding, Entry, ShardTask, Wire, pack, plan_hash, write_shard
 
 if TYPE_CHECKING:
     from ..store import Store
@@ -212,12 +213,17 @@ class _Inline:
 
 
 def _executor(workers: int) -> Any:
+    """Writer processes. On Linux they are forked: a writer runs only image reads,
+    Pillow, hashing and file writes, never DuckDB, whose threads the planner holds (as
+    :func:`curate.images.decode_loader` forks its decoders); spawning instead costs
+    each writer a fresh interpreter and curate's imports. Elsewhere (macOS, Windows,
+    where fork is unsafe or absent) they are spawned."""
     if workers <= 1:
         return _Inline()
     import multiprocessing
 
-    # spawn: the planning process holds DuckDB threads, which must not be forked
-    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+    method = "fork" if sys.platform == "linux" else "spawn"
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method))
 
 
 def _ref(row: Row, root: str | None) -> ImageRef:
@@ -290,7 +296,7 @@ def write_shards(manifest: str | Path | Manifest, out: str | Path, options: Shar
             yield from flush(window)
         yield from flush(0)
 
-    def samples() -> Iterator[Entry]:
+    def samples() -> Iterator[Wire]:
         for row, ref, fail in checked():
             if fail is not None:
                 excluded[fail.reason] = excluded.get(fail.reason, 0) + 1
@@ -302,7 +308,8 @@ def write_shards(manifest: str | Path | Manifest, out: str | Path, options: Shar
             if n == 0:
                 counts["rows_without_copies"] += 1
             for j in range(n):
-                yield Entry(row.uid, j, row.source, row.weight, ref, row.caption, row.variant, row.cands)
+                yield pack(Entry(row.uid, j, row.source, row.weight, ref.image_path, ref.image_shard, ref.image_key,
+                                 row.caption, row.variant, row.cands))
 
     results: list[dict[str, Any]] = []
     running: set[Future[Any]] = set()
@@ -317,7 +324,7 @@ def write_shards(manifest: str | Path | Manifest, out: str | Path, options: Shar
 
     names: list[str] = []
     try:
-        shard: list[Entry] = []
+        shard: list[Wire] = []
 
         def submit() -> None:
             entries = tuple(shard)

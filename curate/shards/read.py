@@ -24,7 +24,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import duckdb
 
@@ -36,8 +36,7 @@ FIXED_JSON_KEYS = ("uid", "source", "url", "image_path", "image_shard", "image_k
 _HEX32 = re.compile(r"[0-9a-f]{32}")
 
 
-@dataclass(frozen=True)
-class Row:
+class Row(NamedTuple):
     """One manifest row: the sample, where its image is, its captions."""
 
     ord: int

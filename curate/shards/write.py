@@ -28,7 +28,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 from ..images import ImageFailure, ImageRef, decode, read_images
 from .captions import Candidate, draw, slot_keys, slot_layout
@@ -39,15 +39,16 @@ CHUNK = 256
 _BLOCK = 512
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(NamedTuple):
     """One sample of a shard: a copy of a manifest row."""
 
     uid: str
     copy: int
     source: str | None
     weight: float
-    image: ImageRef
+    image_path: str | None
+    image_shard: str | None
+    image_key: str | None
     caption: str              # the manifest's drawn caption (copy 0, epoch 0)
     variant: str | None
     cands: tuple[Candidate, ...]
@@ -55,6 +56,23 @@ class Entry:
     @property
     def key(self) -> str:
         return f"{self.uid}-{self.copy}"
+
+    @property
+    def image(self) -> ImageRef:
+        return ImageRef(self.image_path, self.image_shard, self.image_key)
+
+
+#: an entry as sent to a writer process: plain tuples (pickling named tuples or
+#: dataclasses costs 8-25 times as much per sample)
+Wire = tuple[Any, ...]
+
+
+def pack(e: Entry) -> Wire:
+    return (*e[:-1], tuple(tuple(c) for c in e.cands))
+
+
+def unpack(w: Wire) -> Entry:
+    return Entry._make((*w[:-1], tuple(Candidate._make(c) for c in w[-1])))
 
 
 @dataclass(frozen=True)
@@ -75,20 +93,18 @@ class ShardTask:
     index: int
     name: str              # "00000"
     folder: str
-    entries: tuple[Entry, ...]
+    entries: tuple[Wire, ...]   # packed entries (:func:`pack`)
     encoding: Encoding
     plan: str              # the plan hash: sha256 of the entries and encoding
     fingerprint: str       # the run's (manifest, options) fingerprint
 
 
-def plan_hash(entries: tuple[Entry, ...], enc: Encoding) -> str:
-    """sha256 of everything a shard's bytes are made from (plain tuples' reprs: the
-    dataclasses' own reprs cost twice as much)."""
+def plan_hash(entries: tuple[Wire, ...], enc: Encoding) -> str:
+    """sha256 of everything a shard's bytes are made from: the encoding and the packed
+    entries (their reprs: plain tuples of strings and numbers)."""
     h = hashlib.sha256(repr(dataclasses.astuple(enc)).encode())
-    for e in entries:
-        im = e.image
-        h.update(repr((e.uid, e.copy, e.source, e.weight, im.image_path, im.image_shard, im.image_key, e.caption,
-                       e.variant, tuple((c.variant, c.text, c.prob) for c in e.cands))).encode())
+    for w in entries:
+        h.update(repr(w).encode())
     return h.hexdigest()
 
 
@@ -237,7 +253,7 @@ def write_shard(task: ShardTask) -> dict[str, Any]:
     partial = folder / f".{task.name}.tar.partial"
     with partial.open("wb") as f:
         out = TarOut(f)
-        entries = task.entries
+        entries = [unpack(w) for w in task.entries]
         for start in range(0, len(entries), CHUNK):
             chunk = entries[start:start + CHUNK]
             images = read_images([e.image for e in chunk])
@@ -269,4 +285,4 @@ def write_shard(task: ShardTask) -> dict[str, Any]:
 
 
 __all__ = ["CHUNK", "Encoding", "Entry", "ShardTask", "TarOut", "caption_of", "kept", "plan_hash", "sample_json",
-           "member", "tar_header", "write_shard"]
+           "member", "pack", "tar_header", "unpack", "write_shard"]
