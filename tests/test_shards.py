@@ -463,6 +463,10 @@ def test_cli_refuses_manifests_it_cannot_shard(lake, tmp_path, capsys):
     assert main(["shards", str(lake["manifests"]["veclip-json"]), str(tmp_path / "x"), "--store",
                  str(tmp_path / "nostore")]) == 2
     assert "give the store it came from" in capsys.readouterr().err
+    (tmp_path / "afile").write_text("")
+    assert main(["shards", str(lake["manifests"]["raw"]), str(tmp_path / "afile" / "out")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot write shards into") and len(err.strip().splitlines()) == 1
 
 
 def test_no_readable_image_at_all_exits_3_after_recording_why(lake, tmp_path, capsys):

@@ -36,6 +36,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -43,7 +44,7 @@ import duckdb
 
 from .. import __version__
 from ..config import config_hash, from_dict, to_dict
-from ..errors import ConfigError
+from ..errors import ConfigError, CurateError
 from ..images import ImageFailure, ImageRef
 from .captions import MAX_SLOTS, Candidate, layout_error, open_clip_args, slot_count
 from .plan import REASONS, Locator, copies, shuffled, verify
@@ -251,8 +252,10 @@ def write_shards(manifest: str | Path | Manifest, out: str | Path, options: Shar
     m = manifest if isinstance(manifest, Manifest) else open_manifest(manifest)
     out = Path(out)
     seed = opts.seed if opts.seed is not None else (m.seed or 0)
-    con = store.con if store is not None else duckdb.connect()
-    con, sql = prepare(con, m, store is not None)
+    own = duckdb.connect() if store is None else None
+    base = store.con if store is not None else own
+    assert base is not None
+    con, sql = prepare(base, m, store is not None)
     factor = opts.repeat_factor if opts.repeat else None
     n_rows, most, vecs = survey(con, m, sql, factor, opts.max_repeats)
     slots = opts.caption_slots if opts.caption_slots is not None else slot_count(vecs, MAX_SLOTS)[0]
@@ -260,7 +263,10 @@ def write_shards(manifest: str | Path | Manifest, out: str | Path, options: Shar
               default=0.0)
     exact = err <= 1e-9
     fingerprint = _fingerprint(m, opts, seed, slots)
-    _prepare_out(out, fingerprint, opts.overwrite)
+    try:
+        _prepare_out(out, fingerprint, opts.overwrite)
+    except OSError as e:
+        raise CurateError(f"cannot write shards into {out}: {e.strerror or e}") from None
     width = max(5, len(str(max(0, -(-most // opts.shard_size) - 1))))
     enc = Encoding(seed=seed, caption_epoch=opts.caption_epoch, slots=slots, reencode=opts.reencode,
                    max_size=opts.max_size, jpeg_quality=opts.jpeg_quality, verify_images=opts.verify_images)
@@ -319,7 +325,14 @@ def write_shards(manifest: str | Path | Manifest, out: str | Path, options: Shar
         while len(running) > n:
             done, running = wait(running, return_when=FIRST_COMPLETED)
             for fut in done:
-                results.append(fut.result())
+                try:
+                    results.append(fut.result())
+                except BrokenProcessPool:
+                    raise CurateError("a shard writer process died (out of memory or killed); run the same command "
+                                      "again to resume: finished shards are kept") from None
+                except OSError as e:
+                    raise CurateError(f"cannot write shards into {out}: {e.strerror or e} ({e.filename or ''}); "
+                                      "run the same command again to resume") from None
             bar.set_postfix(shards=len(results), refresh=False)
 
     names: list[str] = []
@@ -336,8 +349,8 @@ def write_shards(manifest: str | Path | Manifest, out: str | Path, options: Shar
             shard.clear()
             collect(window)
 
-        for e in shuffled(samples(), opts.shuffle_buffer, seed):
-            shard.append(e)
+        for wire in shuffled(samples(), opts.shuffle_buffer, seed):
+            shard.append(wire)
             if len(shard) == opts.shard_size:
                 submit()
         if shard:
@@ -346,6 +359,9 @@ def write_shards(manifest: str | Path | Manifest, out: str | Path, options: Shar
     finally:
         bar.close()
         executor.shutdown(wait=True, cancel_futures=True)
+        con.close()
+        if own is not None:
+            own.close()
     _tidy(out, set(names))
 
     results.sort(key=lambda r: str(r["shard"]))
@@ -385,9 +401,12 @@ def write_shards(manifest: str | Path | Manifest, out: str | Path, options: Shar
         },
         "versions": {"curate": __version__, "duckdb": duckdb.__version__},
     }
-    _write_json(out / SIZES, sizes)
-    _write_json(out / SIDECAR, sidecar)
-    (out / MARKER).unlink(missing_ok=True)
+    try:
+        _write_json(out / SIZES, sizes)
+        _write_json(out / SIDECAR, sidecar)
+        (out / MARKER).unlink(missing_ok=True)
+    except OSError as e:
+        raise CurateError(f"cannot write {out / SIDECAR}: {e.strerror or e}") from None
     return ShardResult(out, sidecar, time.perf_counter() - t0)
 
 
