@@ -31,13 +31,19 @@
     set_name = "img"
     threshold = 0.95
 
-    [[mix]]                    # zero or more mixing policies, last
+    [[mix]]                    # zero or more mixing policies, after the passes
     policy = "policies/capsfusion_guard.toml"   # relative to this file
     seed = 0                   # optional overrides of the policy's seed and output name
     name = "my-manifest"
 
-Steps run in that order: ingests, stages, dedup passes, passes, mixes (each kind in file
-order). ``[[dedup]]`` is shorthand for ``[[pass]] name = "dedup.captions.v1"`` with the
+    [[shards]]                 # zero or more webdataset shard folders, last (curate.shards)
+    mix = "my-manifest"        # the manifest of a [[mix]] step (its name), or
+    # manifest = "m.parquet"   # a manifest file, relative to this file
+    out = "shards/my-manifest" # the shard folder, relative to this file
+    shard_size = 10000         # ...the fields of curate.shards.ShardOptions
+
+Steps run in that order: ingests, stages, dedup passes, passes, mixes, shards (each kind
+in file order). ``[[dedup]]`` is shorthand for ``[[pass]] name = "dedup.captions.v1"`` with the
 step's keys as its config. Everything that can be checked without the store (formats,
 options, stage and pass configs, policy files) is checked before any of them runs, by
 the one config engine (:mod:`curate.config`); a pass's path fields
@@ -48,7 +54,7 @@ from __future__ import annotations
 
 import os
 import types
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -64,8 +70,9 @@ if TYPE_CHECKING:
     from .store import Store
 
 
-TOP_KEYS = {"pipeline", "ingest", "stage", "dedup", "pass", "mix"}
+TOP_KEYS = {"pipeline", "ingest", "stage", "dedup", "pass", "mix", "shards"}
 MIX_KEYS = {"policy", "seed", "name"}
+SHARDS_KEYS = {"mix", "manifest", "out"}
 PIPELINE_KEYS = {"name", "description"}
 INGEST_KEYS = {"format", "path", "source"}
 STAGE_KEYS = {"name", "config", "batch_size", "workers", "limit", "executor", "ray_address", "gpus_per_worker"}
@@ -127,6 +134,23 @@ class MixStep:
 
 
 @dataclass
+class ShardsStep:
+    """A ``[[shards]]`` step: the manifest (a file, or the manifest of the [[mix]] step
+    named ``mix``), the output folder and the checked options."""
+
+    mix: str | None
+    manifest: Path | None
+    out: Path
+    options: Any  # curate.shards.ShardOptions
+
+    def resolved(self) -> dict[str, Any]:
+        from .config import to_dict
+
+        where = {"mix": self.mix} if self.mix is not None else {"manifest": str(self.manifest)}
+        return {**where, "out": str(self.out), **to_dict(self.options)}
+
+
+@dataclass
 class Pipeline:
     name: str
     description: str
@@ -136,10 +160,11 @@ class Pipeline:
     dedups: list[DedupStep] = field(default_factory=list)
     passes: list[PassStep] = field(default_factory=list)
     mixes: list[MixStep] = field(default_factory=list)
+    shards: list[ShardsStep] = field(default_factory=list)
 
     def resolved(self) -> dict[str, Any]:
-        """The pipeline as run: plain JSON. ``pass`` is present when the pipeline has
-        ``[[pass]]`` steps (a pipeline without them resolves as it always has)."""
+        """The pipeline as run: plain JSON. ``pass`` and ``shards`` are present when the
+        pipeline has such steps (a pipeline without them resolves as it always has)."""
         out: dict[str, Any] = {"pipeline": {"name": self.name, "description": self.description},
                                "ingest": [s.resolved() for s in self.ingests],
                                "stage": [s.resolved() for s in self.stages],
@@ -147,6 +172,8 @@ class Pipeline:
         if self.passes:
             out["pass"] = [s.resolved() for s in self.passes]
         out["mix"] = [s.resolved() for s in self.mixes]
+        if self.shards:
+            out["shards"] = [s.resolved() for s in self.shards]
         return out
 
 
@@ -174,6 +201,8 @@ def parse_pipeline(data: dict[str, Any], base: Path = Path("."), path: Path | No
         pipe.passes.append(_pass_step(f"{where} pass[{i}]", step, base))
     for i, step in enumerate(check(f"{where} mix", data.get("mix", []), STEPS)):
         pipe.mixes.append(_mix_step(f"{where} mix[{i}]", step, base))
+    for i, step in enumerate(check(f"{where} shards", data.get("shards", []), STEPS)):
+        pipe.shards.append(_shards_step(f"{where} shards[{i}]", step, base, pipe.mixes))
     return pipe
 
 
@@ -291,9 +320,45 @@ def _preflight_mixes(store: Store, pipe: Pipeline, pass_steps: list[DedupStep | 
                                   f"{producer_of(table)}; add that step before the mix")
 
 
+def _manifest_name(policy: Any) -> str:
+    return str(policy.output.name or policy.name)
+
+
+def _shards_step(w: str, step: dict[str, Any], base: Path, mixes: list[MixStep]) -> ShardsStep:
+    """Options are the fields of :class:`curate.shards.ShardOptions`, checked by building
+    it; the manifest is a [[mix]] step of this pipeline or an existing file; the output
+    folder may not hold anything curate shards did not write."""
+    from .shards import ShardOptions
+    from .shards.core import check_out
+
+    check_keys(w, step, SHARDS_KEYS | {f.name for f in fields(ShardOptions)})
+    mix, manifest = step.get("mix"), step.get("manifest")
+    if (mix is None) == (manifest is None):
+        raise ConfigError(f"{w}: give one of 'mix' (the name of a [[mix]] step) or 'manifest' (a manifest file)")
+    path = None
+    if mix is not None:
+        mix = check(f"{w}.mix", mix, str)
+        names = [_manifest_name(m.policy) for m in mixes]
+        if mix not in names:
+            raise ConfigError(f"{w}.mix: no [[mix]] step writes a manifest named {mix!r}; "
+                              f"the mix steps write {', '.join(names) or 'nothing'}")
+    else:
+        raw = Path(check(f"{w}.manifest", manifest, str))
+        path = raw if raw.is_absolute() else Path(os.path.abspath(base / raw))
+        if not path.is_file():
+            raise ConfigError(f"{w}.manifest: {path} does not exist")
+    if "out" not in step:
+        raise ConfigError(f"{w}: missing key 'out' (the shard folder, relative to the pipeline)")
+    raw_out = Path(check(f"{w}.out", step["out"], str))
+    out = raw_out if raw_out.is_absolute() else Path(os.path.abspath(base / raw_out))
+    check_out(out)
+    options = from_dict(ShardOptions, {k: v for k, v in step.items() if k not in SHARDS_KEYS}, w)
+    return ShardsStep(mix, path, out, options)
+
+
 def run_pipeline(store: Store, pipe: Pipeline, echo: Any = None, progress: bool | None = None) -> list[Any]:
-    """Run every ingest step, then every stage, dedup pass, pass and mix, in order;
-    ``echo`` gets one line per step."""
+    """Run every ingest step, then every stage, dedup pass, pass, mix and shards step, in
+    order; ``echo`` gets one line per step."""
     from dataclasses import replace
 
     from .ingest import ingest
@@ -306,6 +371,7 @@ def run_pipeline(store: Store, pipe: Pipeline, echo: Any = None, progress: bool 
         pstep.pass_.preflight()
     _preflight_mixes(store, pipe, pass_steps)  # and a mix whose tables nothing will make
     results: list[Any] = []
+    written: dict[str, Path] = {}  # manifest name -> path, for [[shards]] mix = "name"
     for istep in pipe.ingests:
         ires = ingest(store, istep.format, istep.path, istep.source, **dict(istep.options))
         results.append(ires)
@@ -328,7 +394,17 @@ def run_pipeline(store: Store, pipe: Pipeline, echo: Any = None, progress: bool 
         mixed = run_policy(store, mstep.policy)
         side = write_manifest(store, mstep.policy, res=mixed)
         results.append(side)
+        written[_manifest_name(mstep.policy)] = Path(side["path"])
         if echo:
             per = ", ".join(f"{v} {n:,}" for v, n in sorted(mixed.counts["by_variant"].items()))
             echo(f"mix {mstep.policy.name}: {side['rows']:,} samples ({per}) -> {side['path']}")
+    for hstep in pipe.shards:
+        from .shards import write_shards
+
+        manifest = written[hstep.mix] if hstep.mix is not None else hstep.manifest
+        assert manifest is not None  # _shards_step requires one of the two
+        hres = write_shards(manifest, hstep.out, hstep.options, store=store, progress=progress)
+        results.append(hres)
+        if echo:
+            echo(hres.summary())
     return results

@@ -154,7 +154,7 @@ BAD_PIPELINES = {
         r"stage\[0\]: missing key 'name' \(a stage registry name\)"),
     "unknown top-level key": (
         CC3M_STEP + STAGE + '[pipline]\nname = "x"\n',
-        r"top level: unknown key\(s\) pipline; valid: dedup, ingest, mix, pass, pipeline, stage"),
+        r"top level: unknown key\(s\) pipline; valid: dedup, ingest, mix, pass, pipeline, shards, stage"),
     "unknown [pipeline] key": (
         '[pipeline]\nnmae = "x"\n' + CC3M_STEP,
         r"\[pipeline\]: unknown key\(s\) nmae; valid: description, name"),

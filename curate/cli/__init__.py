@@ -14,7 +14,7 @@ import sys
 import click
 
 from .. import __version__
-from . import clip, concepts, core, dedup, knowledge, mix, report, similarity, vectors
+from . import clip, concepts, core, dedup, knowledge, mix, report, shards, similarity, vectors
 from .common import invoke
 
 #: every top-level command (`curate --help` lists them by name)
@@ -23,6 +23,7 @@ COMMANDS: tuple[click.Command, ...] = (
     knowledge.knowledge, concepts.concepts, dedup.dedup,
     clip.download, clip.embed, vectors.vectors, similarity.similarity,
     mix.mix, mix.manifest_audit, report.report,
+    shards.shards,
 )
 
 
