@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import collections
 import os
+import pickle
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -20,7 +24,7 @@ from curate.runner import RunOptions
 from curate.stages.clip import embed
 from tests.test_cli import curate as cli
 from tests.test_cli import one_error_line
-from tests.test_clip import make_coco, scores, tiny, tiny_stage  # noqa: F401 - `tiny` is a fixture
+from tests.test_clip import REPO, make_coco, scores, tiny, tiny_stage  # noqa: F401 - `tiny` is a fixture
 from tests.test_download import i2d_python, server  # noqa: F401 - fixtures
 
 
@@ -140,6 +144,107 @@ def test_cli_embed_bad_inputs_fail_in_one_line_before_any_work(tmp_path, tiny, c
         assert "clip_scores" not in s.tables()
         assert s.con.execute("SELECT count(*) FROM runs WHERE kind = 'stage'").fetchall()[0][0] == 0
     assert not (store / "vectors").exists() or not list((store / "vectors").rglob("*.*"))
+
+
+class Payload:
+    """Unpickling this runs a shell command: what a malicious "weights file" holds."""
+
+    def __init__(self, sentinel: Path):
+        self.sentinel = sentinel
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.sentinel}",))
+
+
+def test_cli_embed_refuses_weights_it_cannot_load_safely_in_one_line(tmp_path, tiny, capsys):
+    """Before: a pickle payload, a truncated or corrupt file, an empty file or a file of
+    other weights ended in an UnpicklingError/RuntimeError/EOFError traceback."""
+    import torch
+
+    coco, _ = make_coco(tmp_path / "imgs", n_good=2)
+    store = tmp_path / "s"
+    assert cli(capsys, "ingest", "coco", coco, "--source", "coco", "--store", store)[0] == 0
+    sentinel = tmp_path / "PAYLOAD-RAN"
+    good = Path(tiny["pretrained"]).read_bytes()
+    files = {
+        "payload.pkl": pickle.dumps(Payload(sentinel)),  # a bare pickle stream
+        "truncated.bin": good[: len(good) // 2],
+        "corrupt.bin": bytes(range(256)) * 40,
+        "empty.bin": b"",
+        "junk.safetensors": b"\xff" * 64,
+    }
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    torch.save({"state_dict": Payload(sentinel)}, tmp_path / "payload.bin")  # torch's own zip format
+    torch.save(torch.zeros(3), tmp_path / "tensor.bin")
+    want = {
+        "payload.pkl": "safe loading (torch.load with weights_only=True) refused it",
+        "payload.bin": "refused it (Trying to load unsupported GLOBAL posix.system",
+        "truncated.bin": "(truncated or corrupt?): PytorchStreamReader failed reading zip archive",
+        "corrupt.bin": "safe loading (torch.load with weights_only=True) refused it",
+        "empty.bin": "it is empty or ends too early",
+        "junk.safetensors": "(truncated or corrupt?): Error while deserializing header",
+        "tensor.bin": "it holds a Tensor, not a model's state dict",
+    }
+    for name, phrase in want.items():
+        path = tmp_path / name
+        rc, out, err = cli(capsys, *embed_argv(store, tiny, "--pretrained", path))
+        line = one_error_line(err)
+        assert rc == 3 and line.startswith(f"error: {path} is not a loadable weights file") and phrase in line, \
+            (name, line)
+    assert not sentinel.exists()  # nothing in a weights file ever runs
+    for path, what in ((tmp_path / "missing.bin", "does not exist"), (tmp_path / "imgs", "is not a file")):
+        rc, _, err = cli(capsys, *embed_argv(store, tiny, "--pretrained", path))
+        assert rc == 2 and f"checkpoint '{path}' {what}" in one_error_line(err)
+    with Store.open(store, read_only=True) as s:  # all refused before any work
+        assert "clip_scores" not in s.tables()
+        assert s.con.execute("SELECT count(*) FROM runs WHERE kind = 'stage'").fetchall() == [(0,)]
+
+    # a real state dict of other weights: it loads safely, but does not fit the model (found
+    # when the model is built, so the run is recorded as failed with the same line)
+    torch.save({"not.a.clip.weight": torch.zeros(3)}, tmp_path / "other.bin")
+    rc, _, err = cli(capsys, *embed_argv(store, tiny, "--pretrained", tmp_path / "other.bin"))
+    line = one_error_line(err)
+    assert rc == 3 and "other.bin holds weights that do not fit model tiny-clip-test: " in line, line
+    assert re.search(r"\d+ missing keys \(e\.g\. [a-z_.]+, ", line) and "1 unexpected keys (e.g. not.a.clip.weight)" in line
+    with Store.open(store, read_only=True) as s:
+        assert s.con.execute("SELECT status, message LIKE 'InputError: %do not fit model%' FROM runs "
+                             "WHERE kind = 'stage'").fetchall() == [("failed", True)]
+
+
+def test_the_documented_delete_embeds_failed_images_again(tmp_path, tiny, capsys):
+    """docs/clip.md (Limits) said to run a DELETE through `curate sql`, which opens the
+    store read-only and refuses it; the command it gives now works: after the missing
+    image arrives, the rows that failed are embedded again."""
+    from tests.test_clip import _image_bytes
+
+    coco, _ = make_coco(tmp_path / "imgs", n_good=2)
+    store = tmp_path / "my-store"
+    assert cli(capsys, "ingest", "coco", coco, "--source", "coco", "--store", store)[0] == 0
+    assert cli(capsys, *embed_argv(store, tiny))[0] == 0
+    rc, _, err = cli(capsys, "sql", "DELETE FROM clip_scores WHERE status <> 'ok'", "--store", store)
+    assert rc == 6 and "read-only" in one_error_line(err)
+
+    doc = (REPO / "docs" / "clip.md").read_text(encoding="utf-8")
+    commands = re.findall(r"^python -c .*DELETE FROM clip_scores.*$", doc, flags=re.M)
+    assert len(commands) == 1, commands
+    (tmp_path / "imgs" / "missing.jpg").write_bytes(_image_bytes(7))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run(["bash", "-c", commands[0].replace("python", f"'{sys.executable}'", 1)], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rc, out, err = cli(capsys, *embed_argv(store, tiny))
+    assert rc == 0, err
+    assert "clip.score.v1: 8 rows in, 8 rows out (8 were pending)" in out  # the missing image and 3 bad files
+    with Store.open(store, read_only=True) as s:
+        st = dict(s.con.execute("SELECT status, count(*) FROM clip_scores GROUP BY 1").fetchall())
+        assert st == {"ok": 6, "undecodable": 6}
+        missing_uid = s.con.execute("SELECT uid::VARCHAR FROM samples WHERE image_path LIKE '%missing.jpg'"
+                                    ).fetchall()[0][0]
+        import curate.vectors as V
+
+        img = V.open_set(s, "clip.tiny-seed1234.image")
+        assert img.count == 3 and missing_uid in img.ids().to_pylist()
 
 
 # -- curate download ------------------------------------------------------------------------

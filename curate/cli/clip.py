@@ -50,7 +50,8 @@ def download(store_path: Path, source: str, urls: Path | None, output: Path, img
 @store_option
 @click.option("--model", default="ViT-B-32", show_default=True, help="open_clip model name.")
 @click.option("--pretrained", default="laion2b_s34b_b79k", show_default=True,
-              help="open_clip pretrained tag, or a local checkpoint file (offline machines).")
+              help="open_clip pretrained tag, or a local checkpoint file (offline machines; known by the sha256 of "
+                   "its bytes, not its path).")
 @click.option("--model-config", type=click.Path(dir_okay=False, exists=True),
               help="An open_clip model JSON config to register first (its file stem is the model name).")
 @click.option("--model-id", help="The model label in clip_scores and vector sets (default MODEL/TAG).")
@@ -89,6 +90,8 @@ def embed(store_path: Path, model: str, pretrained: str, model_config: str | Non
             click.echo(out["run"].summary())
             click.echo(f"{out['images']:,} images ({out['images_per_s']:,.1f} images/s), "
                        f"{out['texts']:,} texts ({out['texts_per_s']:,.1f} texts/s)")
+            click.echo(f"weights sha256 {out['weights_sha256'] or '(none: the tag has no locally cached file)'}, "
+                       f"device {out['device']}")
             sets = out["sets"]
         for s in sets:
             click.echo(s.summary())

@@ -155,6 +155,23 @@ def sql(query_text: str | None, store_path: Path, named: str | None, params: tup
             table = rel.to_arrow_table()
         except duckdb.Error as e:
             raise QueryError(" ".join(str(e).split())[:500]) from None
+        # SQL lets a result repeat a column name (SELECT 1 AS a, 2 AS a); polars and the writers need
+        # unique ones. A repeat becomes name_1, name_2, ... (the first number no column of the result
+        # already has); names compare case-insensitively, as DuckDB's do.
+        names: list[str] = []
+        taken = {n.lower() for n in table.column_names}
+        for n in table.column_names:
+            if n.lower() in {m.lower() for m in names}:
+                k = 1
+                while f"{n}_{k}".lower() in taken:
+                    k += 1
+                taken.add(f"{n}_{k}".lower())
+                n = f"{n}_{k}"
+            names.append(n)
+        if names != table.column_names:
+            renamed = [f"{old} -> {new}" for old, new in zip(table.column_names, names) if old != new]
+            table = table.rename_columns(names)
+            click.echo(f"note: repeated column names renamed: {', '.join(renamed)}", err=True)
         if out is not None:
             _write(s, table, fmt if fmt != "table" else _fmt_from_suffix(out), out)
             click.echo(f"wrote {table.num_rows:,} rows to {out}", err=True)
