@@ -9,7 +9,8 @@
 * Weights: csv/tsv carry a ``weight`` column (open_clip's CsvDataset still loads the
   file); ``.npy`` repeats uids by seeded stochastic rounding, which keeps the weight
   ratios of a real MetaCLIP or temperature policy, or refuses in one line.
-* The sidecar records the pool the policy read (count and sha256 of the sorted uids).
+* The audit of a file written earlier checks it against its sidecar (sha256, rows) and
+  the pool against the store, in every format, and says what differs.
 
 The store is ``tests/test_mix.py``'s: the first 500 CapsFusion records and the LaCLIP
 pairs with caption statistics, spaCy knowledge scores and CIFAR-10 concept matches.
@@ -21,6 +22,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -320,7 +322,135 @@ def test_npy_copies_keep_the_weight_ratios(mix_store, tmp_path, kind, factor):
     assert side["rows"] == sum(copies.values()) == side["datacomp"]["copies"]["copies"]
 
 
-# -- 5. the pool the sidecar records -------------------------------------------------------
+# -- 5. the audit of a file written earlier -------------------------------------------------
+def write_for_audit(mix_store: Path, tmp_path: Path, capsys, fmt: str) -> tuple[Path, str]:
+    """A 300-sample manifest in ``fmt`` in the store, and the audit its run printed."""
+    toml = policy_file(tmp_path, f"audited-{fmt}", f'format = "{fmt}"',
+                       body='[[select]]\nattribute = "words"\nvariant = "raw"\nop = ">="\nvalue = 2\n')
+    code, out, err = run_cli("mix", str(toml), "--store", str(mix_store), "--audit", capsys=capsys)
+    assert code == 0, err
+    return mix_store / "manifests" / f"audited-{fmt}.{EXT[fmt]}", out[out.index("Size: pool vs manifest"):]
+
+
+def copy_with(path: Path, dst: Path, fmt: str, how: str) -> Path:
+    """A copy of the manifest, ``truncated`` to its first 100 rows or with one value
+    ``edited``, beside a copy of its sidecar."""
+    dst.mkdir(exist_ok=True)
+    out = dst / path.name
+    shutil.copy(path.with_name(path.name + ".sidecar.json"), dst / (path.name + ".sidecar.json"))
+    if fmt == "npy":
+        arr = np.load(path)
+        if how == "truncated":
+            arr = arr[:100]
+        else:
+            arr = arr.copy()
+            arr[0]["f1"] ^= 1
+            arr.sort()
+        with out.open("wb") as f:
+            np.save(f, arr)
+    elif fmt == "parquet":
+        t = pq.read_table(path)
+        if how == "truncated":
+            t = t.slice(0, 100)
+        else:
+            w = t.column("weight").to_pylist()
+            t = t.set_column(t.schema.get_field_index("weight"), "weight", [[0.5] + w[1:]])
+        pq.write_table(t, out)
+    elif how == "truncated" and fmt in ("csv", "tsv"):
+        sep = "\t" if fmt == "tsv" else ","
+        duckdb.connect().execute(f"COPY (SELECT * FROM read_csv('{path}', delim = '{sep}', header = true) LIMIT 100) "
+                   f"TO '{out}' (FORMAT csv, HEADER true, DELIMITER '{sep}')")
+    elif how == "truncated":
+        out.write_text("".join(path.read_text(encoding="utf-8").splitlines(keepends=True)[:100]), encoding="utf-8")
+    else:  # one letter of the first caption changes case
+        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+        i = 1 if fmt in ("csv", "tsv") else 0
+        j = next(k for k, ch in enumerate(lines[i]) if ch.isalpha() and k > 40)
+        lines[i] = lines[i][:j] + lines[i][j].swapcase() + lines[i][j + 1:]
+        out.write_text("".join(lines), encoding="utf-8")
+    return out
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_an_intact_manifest_audits_like_the_run_that_wrote_it(mix_store, tmp_path, capsys, fmt):
+    """Before: csv, tsv, json and npy manifests were refused by the audit."""
+    path, during = write_for_audit(mix_store, tmp_path, capsys, fmt)
+    code, out, err = run_cli("manifest-audit", str(path), "--store", str(mix_store), capsys=capsys)
+    assert code == 0 and err == ""
+    assert out.strip() == during.strip()
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_truncated_copy_is_refused_naming_what_differs(mix_store, tmp_path, capsys, fmt):
+    """Before: a copy holding 100 of the rows was audited as if it were the manifest."""
+    path, _ = write_for_audit(mix_store, tmp_path, capsys, fmt)
+    copy = copy_with(path, tmp_path / "copy", fmt, "truncated")
+    code, out, err = run_cli("manifest-audit", str(copy), "--store", str(mix_store), capsys=capsys)
+    lines = err.splitlines()
+    assert code == 3 and out == ""
+    assert lines[0].startswith("mismatch: sha256 of the file is ")
+    assert lines[1] == "mismatch: the file has 100 rows, the sidecar records 300"
+    assert lines[2] == (f"error: manifest {copy}: 2 difference(s) from its sidecar or the store (listed above); "
+                        "--allow-mismatch audits it anyway") and len(lines) == 3
+    code, out, err = run_cli("manifest-audit", str(copy), "--store", str(mix_store), "--allow-mismatch", capsys=capsys)
+    assert code == 0 and err.splitlines()[1] == lines[1].replace("mismatch:", "warning:")
+    assert re.search(r"│ manifest ┆ 100 +┆", out)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_an_edited_copy_is_refused_by_its_sha256(mix_store, tmp_path, capsys, fmt):
+    path, _ = write_for_audit(mix_store, tmp_path, capsys, fmt)
+    copy = copy_with(path, tmp_path / "copy", fmt, "edited")
+    code, out, err = run_cli("manifest-audit", str(copy), "--store", str(mix_store), capsys=capsys)
+    lines = err.splitlines()
+    assert code == 3 and len(lines) == 2
+    assert lines[0].startswith("mismatch: sha256 of the file is ") and "(the file was changed" in lines[0]
+
+
+def test_a_manifest_audited_against_a_grown_pool_is_refused(tmp_path, capsys):
+    """Before: an old manifest was audited against the pool as it is now, without a word.
+    The pool grows by 60 CapsFusion records and caption_stats runs again."""
+    from curate.ingest import ingest
+    from curate.registry import build_stage
+    from curate.runner import RunOptions, run_stage
+
+    records = json.loads((EXAMPLES / "capsfusion" / "example_data.json").read_text(encoding="utf-8"))
+    (tmp_path / "a.json").write_text(json.dumps(records[:200]), encoding="utf-8")
+    (tmp_path / "b.json").write_text(json.dumps(records[200:260]), encoding="utf-8")
+    path = tmp_path / "store"
+    with Store.init(path) as s:
+        ingest(s, "capsfusion", tmp_path / "a.json", "capsfusion")
+        run_stage(s, build_stage("text.caption_stats.v1"), RunOptions())
+    toml = policy_file(tmp_path, "grown", body='[[select]]\nattribute = "words"\nvariant = "raw"\nop = ">="\nvalue = 2\n')
+    assert run_cli("mix", str(toml), "--store", str(path), capsys=capsys)[0] == 0
+    manifest = path / "manifests" / "grown.parquet"
+    assert run_cli("manifest-audit", str(manifest), "--store", str(path), capsys=capsys)[0] == 0
+    with Store.open(path) as s:
+        ingest(s, "capsfusion", tmp_path / "b.json", "capsfusion")
+        run_stage(s, build_stage("text.caption_stats.v1"), RunOptions())
+    code, out, err = run_cli("manifest-audit", str(manifest), "--store", str(path), capsys=capsys)
+    assert code == 3 and out == ""
+    assert err.splitlines()[:-1] == [
+        "mismatch: pool: 260 samples in the store now, 200 when the manifest was written",
+        "mismatch: pool: 260 raw captions in the store now, 200 when the manifest was written",
+        "mismatch: stage run of caption_stats (text.caption_stats.v1): run 2 when the manifest was written, run 4 now",
+    ]
+
+
+def test_a_sidecar_without_a_pool_fingerprint_is_named(mix_store, tmp_path, capsys):
+    path, _ = write_for_audit(mix_store, tmp_path, capsys, "parquet")
+    copy = copy_with(path, tmp_path / "old", "parquet", "truncated")
+    shutil.copy(path, copy)
+    side = copy.with_name(copy.name + ".sidecar.json")
+    meta = json.loads(side.read_text(encoding="utf-8"))
+    del meta["pool"]
+    side.write_text(json.dumps(meta), encoding="utf-8")
+    code, _, err = run_cli("manifest-audit", str(copy), "--store", str(mix_store), capsys=capsys)
+    assert code == 3
+    assert err.splitlines()[0] == ("mismatch: the sidecar records no pool fingerprint (written by an older curate), "
+                                   "so the pool cannot be checked; write the manifest again")
+
+
 def test_the_pool_fingerprint_is_the_sha256_of_the_sorted_uids(mix_store, tmp_path):
     import hashlib
 
