@@ -215,6 +215,27 @@ def test_the_next_run_removes_the_temporaries_of_dead_runs_only(mix_store, tmp_p
         running.unlink(missing_ok=True)
 
 
+def test_an_out_on_another_file_system_is_copied_whole(mix_store, tmp_path, capsys):
+    """The rename from STORE/tmp cannot cross file systems; the file is copied beside the
+    target first and renamed there (the store is on disk, /dev/shm is a tmpfs)."""
+    shm = Path("/dev/shm")
+    if not (shm.is_dir() and os.access(shm, os.W_OK)) or shm.stat().st_dev == mix_store.stat().st_dev:
+        pytest.skip("needs a writable /dev/shm on another file system than the store")
+    out_dir = shm / f"curate-test-{os.getpid()}"
+    try:
+        toml = policy_file(tmp_path, "across")
+        code, _, err = run_cli("mix", str(toml), "--store", str(mix_store), "--out", str(out_dir / "m.parquet"),
+                               capsys=capsys)
+        assert code == 0, err
+        assert run_cli("mix", str(toml), "--store", str(mix_store), "--out", str(tmp_path / "m.parquet"),
+                       capsys=capsys)[0] == 0
+        assert sorted(p.name for p in out_dir.iterdir()) == ["m.parquet", "m.parquet.sidecar.json"]
+        assert (out_dir / "m.parquet").read_bytes() == (tmp_path / "m.parquet").read_bytes()
+        assert not [p for p in (mix_store / "tmp").iterdir() if p.name.startswith("mix-")]
+    finally:
+        shutil.rmtree(out_dir, ignore_errors=True)
+
+
 # -- 3. one id form ------------------------------------------------------------------------
 def ids_of(path: Path, fmt: str) -> tuple[list[str], list[str]]:
     """(uids, caption ids) as each format's reader sees them."""
