@@ -137,7 +137,7 @@ def test_a_manifest_file_audits_like_the_run_that_wrote_it(mix_store, capsys):
 def test_same_store_policy_and_seed_give_byte_identical_manifests(mix_store, tmp_path, fmt):
     pol = load_policy(POLICIES / "longtail_mixture.toml")
     pol = policy_from_dict({**pol.to_dict(), "output": {"format": fmt, **({"candidates": True} if fmt in (
-        "parquet", "jsonl") else {})}})
+        "parquet", "jsonl") else {}), **({"repeat_factor": 2.0} if fmt == "npy" else {})}})
     with Store.open(mix_store, read_only=True) as s:
         a = write_manifest(s, pol, path=tmp_path / f"a.{fmt}")
         b = write_manifest(s, pol, path=tmp_path / f"b.{fmt}")
@@ -240,15 +240,23 @@ def test_datacomp_subset_file_is_sorted_u8_pairs_of_the_uids(mix_store):
     assert len(arr) == -(-n_raw * 3 // 10)  # ceil(0.3 n): the stand-in scores have no ties
 
 
-def test_npy_integer_repeats_follow_weights(mix_store, tmp_path):
+def test_npy_copies_are_the_documented_stochastic_rounding_of_the_weights(mix_store, tmp_path):
+    """docs/mixing.md: a uid of weight w gets floor(w * f + u) copies, u uniform in [0, 1)
+    from hash(uid, seed, 'copies'), computed here from the weights in Python."""
+    from collections import Counter
+
     pol = policy_from_dict({**load_policy(POLICIES / "metaclip_balanced.toml").to_dict(),
                             "output": {"format": "npy", "repeat_factor": 4.0}})
     with Store.open(mix_store, read_only=True) as s:
         side = write_manifest(s, pol, path=tmp_path / "m.npy")
-        ws = s.execute("SELECT weight FROM _mix_final").fetchall()
+        ws = s.execute("SELECT replace(uid::VARCHAR, '-', ''), weight, hash(uid, 0, 'copies') FROM _mix_final").fetchall()
+    want = {u: math.floor(w * 4.0 + (h >> 11) / 2**53) for u, w, h in ws}
     arr = np.load(side["path"])
-    assert len(arr) == sum(max(1, min(100, math.floor(w * 4.0 + 0.5))) for (w,) in ws)
-    assert side["datacomp"]["repeats"] == len(arr) - len(ws) > 0
+    got = Counter(f"{hi:016x}{lo:016x}" for hi, lo in arr.tolist())
+    assert got == {u: n for u, n in want.items() if n > 0}
+    assert len({w for _, w, _ in ws}) > 1 and max(got.values()) > min(got.values())
+    assert side["rows"] == side["datacomp"]["copies"]["copies"] == len(arr) == sum(want.values())
+    assert side["datacomp"]["copies"]["expected_copies"] == pytest.approx(sum(w * 4.0 for _, w, _ in ws))
 
 
 def test_nguyen_rule(mix_store):
@@ -541,7 +549,8 @@ def test_toml_is_a_serialisation_of_the_objects(tmp_path):
     from curate.mix import save_policy
 
     odd = policy_from_dict({
-        "policy": {"name": "odd \"quoted\" naïve\tname", "sources": ["laion-400m", "cc 3m", "ü.x"], "seed": 12},
+        "policy": {"name": "odd.name-1_x", "description": "odd \"quoted\" naïve\tdescription",
+                   "sources": ["laion-400m", "cc 3m", "ü.x"], "seed": 12},
         "select": [{"attribute": "concept", "variant": "raw", "vocabulary": "cifar10", "op": "not_in",
                     "value": ["cat", "it's \\ odd"]},
                    {"attribute": "clip_score", "variant": "raw", "op": ">=", "fraction": 1e-05, "model": "ViT-B/32"}],

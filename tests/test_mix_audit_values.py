@@ -281,7 +281,7 @@ def expect_concepts(pool: list[Row], man: list[Row], raw: Raw) -> list[dict]:
     nonzero = [n for n in pc.values() if n > 0]
     q = quantile_disc(nonzero, 0.25)
     # the Python order statistic is DuckDB's quantile_disc on the same list
-    assert q == duckdb.execute("SELECT quantile_disc(x, 0.25) FROM unnest(?::BIGINT[]) t(x)", [nonzero]).fetchone()[0]
+    assert q == duckdb.execute("SELECT quantile_disc(x, 0.25) FROM unnest(?::BIGINT[]) t(x)", [nonzero]).fetchall()[0][0]
     tail = [c for c in raw.vocab if 0 < pc[c] <= q] if q is not None else []
     return [{"concepts": len(raw.vocab),
              "pool_zero_share": rounded(mean([int(pc[c] == 0) for c in raw.vocab]), 4),

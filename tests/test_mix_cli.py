@@ -42,6 +42,8 @@ from tests.test_mix import mix_store, run_cli  # noqa: F401
 #: the columns docs/mixing.md promises for parquet and jsonl, in order
 ROW_KEYS = ["uid", "source", "url", "image_shard", "image_key", "image_path", "caption_id", "caption", "variant",
             "weight"]
+#: csv/tsv: open_clip's two columns first, then the ids, the variant and the weight
+CSV_KEYS = ["filepath", "title", "uid", "caption_id", "variant", "weight"]
 
 
 # -- helpers ------------------------------------------------------------------------------
@@ -190,7 +192,7 @@ format = "jsonl"
     listed = ", ".join(f"'{v}'" for v in variants)
     with Store.open(mix_store, read_only=True) as s:
         cands = s.execute(f"""
-            SELECT replace(c.uid::VARCHAR, '-', ''), c.variant, c.caption_id::VARCHAR,
+            SELECT replace(c.uid::VARCHAR, '-', ''), c.variant, replace(c.caption_id::VARCHAR, '-', ''),
                    coalesce(r.retained, 0), coalesce(h.hallucinated, 0)
             FROM captions c LEFT JOIN ({named('mix.caption_retention')}) r ON r.caption_id = c.caption_id
             LEFT JOIN ({named('mix.caption_hallucinations')}) h ON h.caption_id = c.caption_id
@@ -392,10 +394,11 @@ def check_format(path: Path, fmt: str, side: dict, want: list[tuple[str, str]], 
     if fmt in ("csv", "tsv"):
         sep = "\t" if fmt == "tsv" else ","
         header = path.read_text(encoding="utf-8").split("\n", 1)[0]
-        assert header == f"filepath{sep}title"
-        assert list(pd.read_csv(path, sep=sep).columns) == ["filepath", "title"]  # open_clip's CsvDataset
-        assert next(csv.reader(io.StringIO(path.read_text(encoding="utf-8")), delimiter=sep)) == ["filepath", "title"]
-        assert [r["title"] for r in rows] == [t for _, t in want]
+        assert header == sep.join(CSV_KEYS)
+        assert list(pd.read_csv(path, sep=sep).columns) == CSV_KEYS  # what open_clip's CsvDataset reads
+        assert next(csv.reader(io.StringIO(path.read_text(encoding="utf-8")), delimiter=sep)) == CSV_KEYS
+        assert [(r["uid"], r["title"]) for r in rows] == want
+        assert all(r["variant"] == "raw" and float(r["weight"]) == 1.0 and len(r["caption_id"]) == 32 for r in rows)
         assert all(r["filepath"] == "" for r in rows)  # no image_path, no url in these samples
         args = side["open_clip"]["args"]
         assert args == ["--dataset-type", "csv", "--csv-img-key", "filepath", "--csv-caption-key", "title",

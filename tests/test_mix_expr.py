@@ -158,10 +158,40 @@ def test_a_shipped_policy_file_reads_as_expressions_and_back():
                   output=pol.output, seed=pol.seed, sources=pol.sources, description=pol.description) == pol
 
 
-def test_frame_refuses_several_values_per_sample(xstore):
-    pol = Policy("p", select=col("words") >= 2)  # any caption: three per sample
-    with pytest.raises(ConfigError, match="several captions of the variant"):
-        attribute_frame(xstore, pol)
+def test_frame_has_one_row_per_caption_when_a_column_reads_several(xstore):
+    """``words`` without a variant reads every caption (three per CapsFusion sample): the
+    frame has one row per caption with its id, the caption's own value, the sample
+    columns repeated, and its filter selects what the SQL selects."""
+    pol = Policy("p", choose=OneVariant("raw"), select=(col("words") >= 12) & keep_fraction(col("clip_score", "raw"), 0.5))
+    frame = attribute_frame(xstore, pol)
+    want = dict(xstore.execute("SELECT c.caption_id::VARCHAR, s.words FROM captions c "
+                               "JOIN caption_stats s USING (caption_id)").fetchall())
+    assert frame.columns == ["uid", "source", "caption_id", "words", "clip_score[raw]"]
+    assert frame.height == len(want) == 1200 and frame["caption_id"].n_unique() == 1200
+    assert dict(zip(frame["caption_id"], frame["words"])) == want
+    assert (frame.group_by("uid").agg(pl.col("clip_score[raw]").n_unique(), pl.len())
+            .filter((pl.col("clip_score[raw]") > 1) | (pl.col("len") != 3)).height) == 0
+    got = sql_selected(xstore, pol)
+    assert 0 < len(got) < 400
+    assert got == polars_selected(xstore, pol)
+
+
+def test_frame_has_one_row_per_caption_of_a_variant_with_several(store):
+    """COCO's images have five to seven human captions: caption_id[human] names the
+    caption of each row, and the selection equals the SQL's."""
+    from curate.ingest import ingest
+
+    with store as s:
+        ingest(s, "coco", EXAMPLES / "coco" / "captions_val2017_first1000.json", "coco")
+        run_stage(s, build_stage("text.caption_stats.v1"), RunOptions())
+        pol = Policy("p", choose=OneVariant("human"), select=col("words", "human") >= 14)
+        frame = attribute_frame(s, pol)
+        n = s.execute("SELECT count(*) FROM captions WHERE variant = 'human'").fetchall()[0][0]
+        assert frame.columns == ["uid", "source", "caption_id[human]", "words[human]"]
+        assert frame.height == n > 1000 and frame["uid"].n_unique() == 1000
+        got = sql_selected(s, pol)
+        assert 0 < len(got) < 1000
+        assert got == polars_selected(s, pol)
 
 
 NUMERIC = [("words", "raw"), ("chars", "synthetic"), ("clip_score", "raw"), ("clip_score", "fused"),

@@ -87,12 +87,25 @@ def mix(policy_file: Path, store_path: Path, dry_run: bool, show_audit: bool, se
 @store_option
 @click.option("--vocabulary", default=None,
               help="Concept coverage for this vocabulary (default: the policy's, else the store's only one).")
+@click.option("--allow-mismatch", "--force", "allow_mismatch", is_flag=True,
+              help="Audit even when the file differs from its sidecar or the pool from the store.")
 @max_rows_option()
-def manifest_audit(manifest: Path, store_path: Path, vocabulary: str | None, max_rows: int) -> None:
-    """Audit a manifest written earlier (parquet or JSONL + its sidecar) against its pool."""
-    from ..mix.audit import audit_manifest
+def manifest_audit(manifest: Path, store_path: Path, vocabulary: str | None, allow_mismatch: bool, max_rows: int) -> None:
+    """Audit a manifest written earlier (any format, with its sidecar) against its pool.
+
+    The file's sha256 and row count are checked against the sidecar and the pool's
+    fingerprint and stage runs against the store; each difference is one line, and any
+    difference exits 3 unless --allow-mismatch."""
+    from ..errors import InputError
+    from ..mix.audit import audit_manifest, check_manifest
 
     with Store.open(store_path, read_only=True) as s:
-        for title, df in audit_manifest(s, manifest, vocabulary):
+        check = check_manifest(s, manifest)
+        for line in check.problems:
+            click.echo(f"{'warning' if allow_mismatch else 'mismatch'}: {line}", err=True)
+        if check.problems and not allow_mismatch:
+            raise InputError(f"manifest {manifest}: {len(check.problems)} difference(s) from its sidecar or the store "
+                             "(listed above); --allow-mismatch audits it anyway")
+        for title, df in audit_manifest(s, manifest, vocabulary, allow_mismatch=True, checked=check):
             click.echo(f"\n{title}")
             show_table(df, max_rows)

@@ -60,14 +60,15 @@ def _value(attr_name: str, pred: Predicate | None, model: str | None) -> tuple[s
 
 
 def values_sql(policy: Policy, pred: Predicate, model: str | None) -> str:
-    """One value per (sample | caption of the variant) over the pool."""
+    """One value per (sample | caption of the variant) over the pool: ``uid, value``,
+    and ``caption_id`` for caption attributes."""
     attr = ATTRIBUTES[pred.attribute]
     val, rel = _value(pred.attribute, pred, model)
     if attr.level == "sample":
         return (f"SELECT p.uid, {val} AS value FROM samples p LEFT JOIN {rel} r USING (uid) "
                 f"WHERE {source_cond(policy, 'p')}")
     variant = f"AND c.variant = {lit(pred.variant)}" if pred.variant else ""
-    return (f"SELECT c.uid, {val} AS value FROM captions c LEFT JOIN {rel} r USING (caption_id) "
+    return (f"SELECT c.uid, c.caption_id, {val} AS value FROM captions c LEFT JOIN {rel} r USING (caption_id) "
             f"WHERE {source_cond(policy, 'c')} {variant}")
 
 

@@ -64,6 +64,7 @@ from typing import Any, Literal
 from ..config import check, dump_toml, from_dict, load_toml, to_dict
 from ..config import drop_none as _drop_none
 from ..errors import ConfigError
+from ..names import check_name
 from .expr import OPS, Predicate, conjunction, predicates_from_expr
 from .strategies import (
     STRATEGIES,
@@ -127,10 +128,14 @@ class Budget:
 class Output:
     """Where and how the manifest is written (under the store's ``manifests/``).
 
-    ``candidates``: parquet/jsonl add a ``captions`` list of every candidate caption
-    with its probability. ``repeat_factor`` (npy only): a uid is written
-    ``max(1, min(max_repeats, floor(weight * repeat_factor + 0.5)))`` times (DataComp's
-    resharder emits a sample once per occurrence); unset, each uid once.
+    ``name`` (else the policy's name) is the file stem, a checked file name
+    (:func:`curate.names.check_name`). ``candidates``: parquet/jsonl add a ``captions``
+    list of every candidate caption with its probability. ``repeat_factor`` (npy only):
+    a uid of weight w is written ``floor(w * repeat_factor + u)`` times, ``u`` a seeded
+    uniform draw (:func:`curate.mix.manifest.copies_sql`; DataComp's resharder emits a
+    sample once per occurrence); unset, each uid once, which unequal weights refuse.
+    ``max_repeats`` bounds ``max(w) * repeat_factor`` (a larger product is refused, not
+    capped).
     """
 
     format: Literal["parquet", "csv", "tsv", "json", "jsonl", "npy"] = "parquet"
@@ -140,8 +145,8 @@ class Output:
     max_repeats: int = 100
 
     def __post_init__(self) -> None:
-        if self.name is not None and (not self.name or "/" in self.name or self.name.startswith(".")):
-            raise ConfigError(f"output.name must be a plain file stem, got {self.name!r}")
+        if self.name is not None:
+            check_name("output", self.name)
         if self.repeat_factor is not None and self.format != "npy":
             raise ConfigError("output.repeat_factor applies to the npy format only (integer repeats)")
         if self.repeat_factor is not None and not self.repeat_factor > 0:
@@ -164,8 +169,7 @@ class Policy:
     description: str = ""
 
     def __post_init__(self) -> None:
-        if not self.name:
-            raise ConfigError("a policy needs a name")
+        check_name("policy", self.name)  # the manifest's file stem unless output.name is set
         if not (isinstance(self.select, tuple) and all(isinstance(p, Predicate) for p in self.select)):
             # polars expressions (curate.mix.expr) become the same typed predicates as TOML
             object.__setattr__(self, "select", predicates_from_expr(self.select))

@@ -43,16 +43,25 @@ ORDER BY members DESC, group_id
 LIMIT 100;
 
 -- name: merged_captions
--- Caption-aware merge: per variant, the captions of non-kept duplicates (latest run of
--- kind $kind) that would join their kept sample, and how many the kept sample already
--- has verbatim. From the duplicate_captions view; captions itself is never changed.
--- defaults: kind=image_semantic
-WITH latest AS (SELECT max(run_id) AS run_id FROM dedup_groups WHERE kind = $kind)
+-- Caption-aware merge preview: per variant, the captions of non-kept duplicates (latest
+-- run of kind $kind) that would join their kept sample; already_on_kept: those whose text
+-- the kept sample has in the variant or in its merged variant (variant || $suffix, from an
+-- earlier merge); new_for_kept: exactly what `curate similarity merge-captions --suffix
+-- $suffix` adds (a text several duplicates of one kept sample share joins it once). From
+-- the duplicate_captions view; captions itself is never changed.
+-- defaults: kind=image_semantic, suffix=_dup
+WITH latest AS (SELECT max(run_id) AS run_id FROM dedup_groups WHERE kind = $kind),
+d AS (
+    SELECT d.*, d.already_on_kept OR EXISTS (
+               SELECT 1 FROM captions o WHERE o.uid = d.kept_uid AND o.variant = d.variant || $suffix AND o.text = d.text
+           ) AS on_kept
+    FROM duplicate_captions d JOIN latest USING (run_id)
+    WHERE d.kind = $kind
+)
 SELECT variant, count(*) AS captions, count(DISTINCT duplicate_uid) AS duplicate_samples,
-       count(DISTINCT kept_uid) AS kept_samples, count(*) FILTER (WHERE already_on_kept) AS already_on_kept,
-       count(*) FILTER (WHERE NOT already_on_kept) AS new_for_kept
-FROM duplicate_captions JOIN latest USING (run_id)
-WHERE kind = $kind
+       count(DISTINCT kept_uid) AS kept_samples, count(*) FILTER (WHERE on_kept) AS already_on_kept,
+       count(DISTINCT [kept_uid::VARCHAR, text]) FILTER (WHERE NOT on_kept) AS new_for_kept
+FROM d
 GROUP BY variant
 ORDER BY captions DESC, variant;
 
