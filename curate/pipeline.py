@@ -298,7 +298,10 @@ def _mix_step(w: str, step: dict[str, Any], base: Path) -> MixStep:
         policy = dataclasses.replace(policy, seed=check(f"{w}.seed", step["seed"], int))
     if "name" in step:
         name = check(f"{w}.name", step["name"], str)
-        policy = dataclasses.replace(policy, output=dataclasses.replace(policy.output, name=name))
+        try:
+            policy = dataclasses.replace(policy, output=dataclasses.replace(policy.output, name=name))
+        except ConfigError as e:
+            raise ConfigError(f"{w}.name: {e}") from None
     return MixStep(full, policy)
 
 

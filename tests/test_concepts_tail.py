@@ -71,7 +71,7 @@ def test_tail_manifest_uids_are_32_hex_as_curate_mix_writes_them(cc3m_store, man
 def test_leakage_check_reads_every_format_curate_mix_writes(cc3m_store, manifests, tmp_path, fmt, capsys):
     rows = tail_rows(cc3m_store, tmp_path)
     rc, out, err = run_tail(cc3m_store, tmp_path, manifests["all", fmt], capsys)
-    key = "filepath" if fmt in ("csv", "tsv") else "uid"
+    key = "uid"  # curate mix writes a uid column in every format now, CSV/TSV included
     assert rc == 0, err
     assert f"{rows.height} of {rows.height} tail samples are in the training manifest (matched by {key}, 15,833" in out
     # a partial draw: the count equals a plain-Python membership test on the manifest's own rows

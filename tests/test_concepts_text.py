@@ -308,7 +308,7 @@ def test_counts_of_a_manifest_and_of_another_store(cc3m_store, tmp_path):
         side = write_manifest(s, pol, path=tmp_path / "half.parquet")
         got = dict(counts_source(s, parse_spec(f"manifest:mini:{tmp_path / 'half.parquet'}")).iter_rows())
         chosen = set(pl.read_parquet(tmp_path / "half.parquet")["caption_id"].to_list())
-        hits = s.execute("SELECT caption_id::VARCHAR, uid, concept FROM concept_hits WHERE vocabulary = 'mini'").fetchall()
+        hits = s.execute("SELECT replace(caption_id::VARCHAR, '-', ''), uid, concept FROM concept_hits WHERE vocabulary = 'mini'").fetchall()
         same = dict(counts_source(s, parse_spec(f"store:mini@{other}")).iter_rows())
         here = count(s, "mini")
     assert side["rows"] == 5000
