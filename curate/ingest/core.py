@@ -300,18 +300,13 @@ def _ingest_in_transaction(store: Store, plan: Prepared, params: dict[str, Any],
     con.execute("CREATE OR REPLACE TEMP TABLE _in_dupuids AS SELECT uid FROM _in_keys GROUP BY uid HAVING count(uid) > 1")
     # Rows whose uid the store already has. It is the same sample (already present) when it
     # is of this source and has this row's url (a row without a url cannot contradict it);
-    # otherwise the uid belongs to another sample: a conflict, not a silent merge.
-    q("""
+    # otherwise the uid belongs to another sample: a conflict, not a silent merge. (No
+    # aggregation and no sample columns here: on a re-ingest every row is in this table,
+    # and the conflicts' details are read back for the few flagged rows only.)
+    q(f"""
         CREATE OR REPLACE TEMP TABLE _in_seen AS
-        SELECT row_ord, uid, bool_or(c) AS conflict, arg_max({'source': source, 'url': url}, c) AS other
-        FROM (
-            SELECT k.row_ord, k.uid, s.source, s.url,
-                   CASE WHEN s.source <> $source
-                        THEN NOT ($links AND k._uh IS NOT NULL AND s.url IS NOT NULL AND hash(s.url) = k._uh)
-                        ELSE k._uh IS NOT NULL AND (s.url IS NULL OR hash(s.url) <> k._uh) END AS c
-            FROM _in_keys AS k JOIN samples AS s USING (uid)
-        )
-        GROUP BY row_ord, uid
+        SELECT k.row_ord, k.uid, {_conflict("k._uh IS NOT NULL", "s.url IS NOT NULL AND hash(s.url) = k._uh")} AS conflict
+        FROM _in_keys AS k JOIN samples AS s USING (uid)
     """)
     flagged = ["uid IS NULL", "uid IN (SELECT uid FROM _in_dupuids)",
                "row_ord IN (SELECT row_ord FROM _in_seen WHERE conflict)"]
@@ -384,11 +379,15 @@ def _ingest_in_transaction(store: Store, plan: Prepared, params: dict[str, Any],
 
     # 3. A kept row whose uid is another source's sample, or this source's sample of
     #    another url: rejected with both sides named (the first holder stays as it was).
-    con.execute("""
+    q(f"""
         CREATE OR REPLACE TEMP TABLE _in_conf AS
-        SELECT d.row_ref, d.row_ord, d.uid, d.url, e.other.source AS other_source, e.other.url AS other_url
-        FROM _in_det AS d JOIN _in_seen AS e USING (row_ord, uid)
-        WHERE e.conflict AND d.row_ord NOT IN (SELECT row_ord FROM _in_drop)
+        SELECT DISTINCT ON (d.row_ord) d.row_ref, d.row_ord, d.uid, d.url, s.source AS other_source,
+               s.url AS other_url
+        FROM _in_det AS d JOIN samples AS s USING (uid)
+        WHERE {_conflict("d.url IS NOT NULL", "s.url = d.url")}
+          AND d.row_ord IN (SELECT row_ord FROM _in_seen WHERE conflict)
+          AND d.row_ord NOT IN (SELECT row_ord FROM _in_drop)
+        ORDER BY d.row_ord, s.source, s.url
     """)
     con.execute("""
         INSERT INTO _in_rej
@@ -423,18 +422,20 @@ def _ingest_in_transaction(store: Store, plan: Prepared, params: dict[str, Any],
         q(f"INSERT INTO _in_rej SELECT row_ref, reason, detail, left(record, {RECORD_CHARS}) FROM _in_rrej")
         reader_whole = count("(SELECT DISTINCT row_ref FROM _in_rrej WHERE whole)")
 
-    # 4. Append what is new.
+    # 4. Append what is new: the kept rows whose uid the store did not have (_in_seen holds
+    #    those it had; an anti-join on it spares a second join of the input with samples).
     cols = ", ".join(SAMPLE_COLUMNS)
     before = count("samples")
     q(f"""
         INSERT INTO samples (uid, source, url, image_shard, image_key, image_path, sha256, width, height, extra, run_id)
         SELECT uid, $source, url, image_shard, image_key, image_path, sha256, width, height, extra, $run_id
-        FROM (SELECT {cols} FROM _in_rows AS r ANTI JOIN _in_drop USING (row_ord)) n
-        ANTI JOIN samples s USING (uid)
+        FROM (SELECT {cols}, row_ord FROM _in_rows AS r ANTI JOIN _in_drop USING (row_ord)) n
+        ANTI JOIN _in_seen e USING (row_ord, uid)
     """)
     samples_added = count("samples") - before
     kept = count("(SELECT row_ord FROM _in_keys ANTI JOIN _in_drop USING (row_ord))")
-    already_present = count("(SELECT e.row_ord FROM _in_seen AS e ANTI JOIN _in_drop USING (row_ord) WHERE NOT e.conflict)")
+    already_present = count("(SELECT row_ord FROM _in_keys SEMI JOIN _in_seen USING (row_ord, uid) "
+                            "ANTI JOIN _in_drop USING (row_ord))")
 
     by_variant: dict[str, int] = {}
     before_c = count("captions")
@@ -511,6 +512,14 @@ def _ingest_in_transaction(store: Store, plan: Prepared, params: dict[str, Any],
         captions_added=captions_added, rejected=rejected, already_present=already_present,
         seconds=seconds, by_variant=by_variant, reject_reasons=reasons, extra=extra, rows_rejected=rows_rejected,
     )
+
+
+def _conflict(has_url: str, same_url: str) -> str:
+    """SQL: the store's sample ``s`` with this row's uid is *another* sample: of another
+    source (unless ``$links`` and the urls agree), or of this source with another url.
+    ``has_url``/``same_url`` test the row's url (or its hash) against ``s.url``."""
+    return (f"CASE WHEN s.source <> $source THEN NOT ($links AND {has_url} AND coalesce({same_url}, false)) "
+            f"ELSE {has_url} AND NOT coalesce({same_url}, false) END")
 
 
 def _mark_whole_records(q: Callable[..., duckdb.DuckDBPyConnection]) -> None:
