@@ -633,3 +633,17 @@ def test_an_unclosed_quote_through_the_cli(tmp_path):
                                   'quoted field (""); nothing was written')
     with Store.open(tmp_path / "s", read_only=True) as s:
         assert (s.count("samples"), s.count("runs")) == (0, 0)
+
+
+def test_rows_are_numbered_by_record_when_lines_cannot_be_matched(store, tmp_path, monkeypatch):
+    """Should curate's own count of a file's records not match DuckDB's, the file's rows are
+    ``file:record N`` (never a guessed line); its rejects keep DuckDB's line number."""
+    import curate.ingest.tables as tables
+
+    monkeypatch.setattr(tables, "_record_starts", lambda *a: None)  # the count that does not match
+    f = tmp_path / "r.csv"
+    f.write_text('url,caption\nhttp://r/1,one\n\nhttp://r/1,again\nu2,too,many\n', encoding="utf-8")
+    ingest(store, "table", f, "r")
+    assert sorted(store.con.execute("SELECT row_ref, reason, detail FROM rejects").fetchall()) == [
+        ("r.csv:line 5", "too many columns", "Expected Number of Columns: 2 Found: 3"),
+        ("r.csv:record 2", "duplicate id", "same uid as r.csv:record 1")]
