@@ -4,8 +4,12 @@
 DuckDB ``UUID``. They are computed in SQL by :data:`UID_SQL` / :data:`CAPTION_ID_SQL`
 and, for tests and Python-side readers, by the twins below; the two must agree.
 
-* A source's own id wins: a 32-hex-digit id (DataComp's ``uid``) is the uid itself;
-  any other id string is hashed with the source name.
+* A source's own id wins. An id written as a uid is the uid itself, in any of the
+  textual forms a uid is printed in (:data:`UID_TEXT`, any case): 32 hex digits
+  (DataComp's ``uid``, what ``curate mix`` writes), the dashed UUID the store prints,
+  either of those in ``{...}`` braces, or after ``urn:uuid:``. So re-ingesting the
+  store's own uids gives the same samples, whichever form they were exported in. Any
+  other id string is hashed with the source name.
 * Otherwise ``uid = md5_number(source || 0x1F || url)``, or of the record's canonical
   text when there is no url. ``md5_number`` is DuckDB's: the MD5 digest read as a
   little-endian 128-bit integer.
@@ -20,7 +24,20 @@ import re
 import uuid
 
 SEP = "\x1f"
-_HEX32 = re.compile(r"^[0-9a-fA-F]{32}$")
+_CORE = r"(?:[0-9a-f]{32}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})"
+#: The textual forms of a uid, matched against the *lower-cased* id (Python ``re`` and
+#: DuckDB's RE2 read it alike): 32 hex digits or the dashed 8-4-4-4-12 form, bare, in
+#: braces, or after ``urn:uuid:``. Nothing else (no other dash positions, no spaces).
+UID_TEXT = rf"{_CORE}|\{{{_CORE}\}}|urn:uuid:{_CORE}"
+_UID_TEXT = re.compile(UID_TEXT)
+
+
+def parse_uid(text: str) -> uuid.UUID | None:
+    """``text`` as a uid when it is one of the :data:`UID_TEXT` forms, else None."""
+    low = text.lower()
+    if _UID_TEXT.fullmatch(low) is None:
+        return None
+    return uuid.UUID(low.removeprefix("urn:uuid:").strip("{}"))
 
 
 def md5_uuid(text: str) -> uuid.UUID:
@@ -30,8 +47,9 @@ def md5_uuid(text: str) -> uuid.UUID:
 
 def sample_uid(source: str, url: str | None = None, source_id: str | None = None, record: str | None = None) -> uuid.UUID:
     if source_id is not None:
-        if _HEX32.match(source_id):
-            return uuid.UUID(hex=source_id)
+        as_uid = parse_uid(source_id)
+        if as_uid is not None:
+            return as_uid
         return md5_uuid(f"{source}{SEP}id{SEP}{source_id}")
     if url is not None:
         return md5_uuid(f"{source}{SEP}{url}")
@@ -56,8 +74,11 @@ def uid_from_record_sql(record_expr: str) -> str:
 
 
 def uid_from_id_sql(id_expr: str) -> str:
+    """SQL twin of ``sample_uid(source, source_id=...)``: the :data:`UID_TEXT` forms are
+    the uid (DuckDB's UUID cast reads the bare, dashed and braced forms), others are hashed."""
+    low = f"lower({id_expr})"
     return (
-        f"CASE WHEN regexp_full_match({id_expr}, '[0-9a-fA-F]{{32}}') THEN {id_expr}::UUID "
+        f"CASE WHEN regexp_full_match({low}, '{UID_TEXT}') THEN replace({low}, 'urn:uuid:', '')::UUID "
         f"ELSE md5_number($source || chr(31) || 'id' || chr(31) || {id_expr})::UUID END"
     )
 

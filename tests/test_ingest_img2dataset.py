@@ -16,6 +16,7 @@ import tarfile
 import uuid
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -274,6 +275,29 @@ def test_download_links_datacomp_uids_whatever_the_source_name(store):
     # extra from the URL table is kept as it came
     extra = store.con.execute("SELECT DISTINCT json_keys(extra) FROM samples WHERE source = 'datacomp'").fetchall()
     assert extra == [(["similarity"],)]
+    # the linked rows are the URL table's samples (same uid, same url), not uid conflicts
+    assert res.already_present == 6 and res.reject_reasons == {"empty caption": 1}
+    assert res.rows_in == res.samples_added + res.already_present + res.rows_rejected == 7
+
+
+def test_a_download_whose_uid_has_another_url_is_a_conflict_and_not_linked(store, tmp_path):
+    """The URL table gives red.jpg's DataComp uid to another url: the download of red.jpg
+    under another source is then a ``uid conflict`` naming both, and the other url's
+    sample gets no image (before, it was linked to red.jpg's)."""
+    t = pq.read_table(I2D / "input" / "urls_uid.parquet").to_pylist()
+    red = next(r for r in t if r["url"].endswith("/red.jpg"))
+    red["url"] = "http://elsewhere.example/not-red.jpg"
+    pq.write_table(pa.Table.from_pylist(t), tmp_path / "urls.parquet")
+    ingest_table(store, tmp_path / "urls.parquet", "datacomp",
+                 mapping=TableMapping(url_col="url", caption_col="caption", uid_col="uid"))
+    res = ingest_img2dataset(store, WDS, "datacomp-download")
+    assert res.extra["linked"] == 5 and res.already_present == 5
+    assert res.reject_reasons == {"empty caption": 1, "uid conflict": 1}
+    assert (res.rows_in, res.samples_added, res.rows_rejected) == (7, 1, 1)
+    detail = store.con.execute("SELECT detail FROM rejects WHERE reason = 'uid conflict'").fetchone()[0]
+    assert "source 'datacomp' with url http://elsewhere.example/not-red.jpg" in detail and detail.endswith("/red.jpg")
+    assert store.con.execute("SELECT image_shard FROM samples WHERE url = ?", [red["url"]]).fetchall() == [(None,)]
+    assert store.con.execute("SELECT count(*) FROM samples WHERE url LIKE '%/red.jpg'").fetchone()[0] == 0
 
 
 # -- bad input: one-line InputError, store unchanged ----------------------------------------

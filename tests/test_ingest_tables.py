@@ -41,7 +41,8 @@ def test_laion_parquet(store, laion):
     assert res.reject_reasons == {"duplicate id": 1}
     (row_ref, detail), = store.con.execute("SELECT row_ref, detail FROM rejects").fetchall()
     dup = [i for i, u in enumerate(urls) if urls.count(u) > 1]
-    assert row_ref.endswith(f":{dup[1]}") and detail.endswith(f":{dup[0]}")
+    # parquet rows are referenced by their 1-based row in the file
+    assert row_ref.endswith(f":row {dup[1] + 1}") and detail.endswith(f":row {dup[0] + 1}")
     # the pandas index column carries no data and is not kept
     assert store.con.execute("SELECT count(*) FROM samples WHERE extra IS NOT NULL").fetchall()[0][0] == 0
     # every kept caption is the input text of its url (first occurrence)
@@ -167,8 +168,8 @@ def test_null_empty_and_huge_captions_are_rejected_with_reasons(store, tmp_path)
     res = ingest(store, "table", _parquet(tmp_path, rows), "s")
     assert res.samples_added == 1
     reasons = dict(store.con.execute("SELECT row_ref[-1:], reason FROM rejects WHERE reason <> 'no valid caption'").fetchall())
-    assert reasons == {"1": "null caption", "2": "empty caption", "3": "empty caption", "4": "caption too long",
-                       "5": "no url or id"}
+    assert reasons == {"2": "null caption", "3": "empty caption", "4": "empty caption", "5": "caption too long",
+                       "6": "no url or id"}
     no_valid = store.con.execute("SELECT count(*) FROM rejects WHERE reason = 'no valid caption'").fetchall()[0][0]
     assert no_valid == 4
     detail = store.con.execute("SELECT detail, length(record) FROM rejects WHERE reason = 'caption too long'").fetchall()[0]
@@ -183,7 +184,7 @@ def test_one_id_two_texts(store, tmp_path):
     res = ingest(store, "table", _parquet(tmp_path, rows), "s", uid_col="uid")
     assert res.samples_added == 2
     assert dict(store.con.execute("SELECT row_ref[-1:], reason FROM rejects").fetchall()) == {
-        "1": "duplicate id", "3": "duplicate row"}
+        "2": "duplicate id", "4": "duplicate row"}
     assert sorted(r[0] for r in store.con.execute("SELECT text FROM captions").fetchall()) == ["first text", "same"]
 
 
@@ -332,8 +333,9 @@ def test_a_large_csv_keeps_file_order_for_duplicates_rejects_and_reingest(tmp_pa
                              [rows[4][0]]).fetchall()
     assert kept == [(rows[4][1],)]
     # an empty CSV field reads as NULL: the caption is null and the row has no valid caption
-    assert rej == [("big.csv:row 444444", "duplicate id"), ("big.csv:row 555555", "no valid caption"),
-                   ("big.csv:row 555555", "null caption")]
+    # the header is line 1, so data row N is on line N + 1
+    assert rej == [("big.csv:line 444445", "duplicate id"), ("big.csv:line 555556", "no valid caption"),
+                   ("big.csv:line 555556", "null caption")]
     before = {t: store.con.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0] for t in ("samples", "captions", "rejects")}
     ingest(store, "table", f, "big")
     after = {t: store.con.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0] for t in ("samples", "captions", "rejects")}
@@ -350,13 +352,13 @@ def test_a_tsv_line_of_3_mb_is_a_reject_and_one_over_32_mb_a_one_line_error(stor
     res = ingest(store, "table", f, "long", preset="cc3m")
     assert res.samples_added == 2
     assert sorted(store.con.execute("SELECT row_ref, reason FROM rejects").fetchall()) == [
-        ("long.tsv:row 2", "caption too long"), ("long.tsv:row 2", "no valid caption")]
+        ("long.tsv:line 2", "caption too long"), ("long.tsv:line 2", "no valid caption")]
     huge = tmp_path / "huge.tsv"
     huge.write_text("ok caption\thttp://b/1\n" + "y" * (33 * 2**20) + "\thttp://b/2\n", encoding="utf-8")
     before = table_snapshot(store)
     with pytest.raises(InputError) as e:
         ingest(store, "table", huge, "huge", preset="cc3m")
-    assert str(e.value).startswith("a line of the input is longer than 32 MB, the most curate reads")
+    assert str(e.value).startswith("huge.tsv line 2 is longer than 32 MB, the most curate reads")
     assert "\n" not in str(e.value) and len(str(e.value)) < 200
     assert table_snapshot(store) == before
 
@@ -507,3 +509,141 @@ def test_out_of_memory_while_reading_is_a_one_line_error(tmp_path, capsfusion_fi
     assert "raise CURATE_MEMORY_LIMIT" in err and "\n" not in err and "Traceback" not in err
     with Store.open(tmp_path / "s", read_only=True) as s:
         assert (s.count("samples"), s.count("runs")) == (0, 0)
+
+
+# -- uid conflicts (issue 17) ---------------------------------------------------------
+
+CLI = [sys.executable, "-m", "curate.cli"]
+DC_UID = "0123456789abcdef0123456789abcdef"
+
+
+def _dc(tmp_path, name, uid, url, text):
+    f = tmp_path / name
+    f.write_text(f"uid,url,text\n{uid},{url},{text}\n", encoding="utf-8")
+    return f
+
+
+def test_a_uid_of_another_source_is_a_conflict_not_a_merge(store, tmp_path):
+    """Two sources share a DataComp uid, the second in upper case. Before, the second
+    source's caption went onto the first source's sample and its url was dropped ("1
+    samples already in the store"). Now the row is a reject naming the other source and
+    url, and the first sample keeps only its own caption."""
+    ingest(store, "table", _dc(tmp_path, "a.csv", DC_UID, "http://a/1.jpg", "first caption"), "A", preset="datacomp")
+    before = table_snapshot(store)
+    res = ingest(store, "table", _dc(tmp_path, "b.csv", DC_UID.upper(), "http://b/1.jpg", "second caption"), "B",
+                 preset="datacomp")
+    assert store.con.execute("SELECT c.text, c.source FROM captions c").fetchall() == [("first caption", "A")]
+    assert (res.rows_in, res.samples_added, res.already_present, res.rows_rejected) == (1, 0, 0, 1)
+    assert table_snapshot(store)["samples"] == before["samples"]
+    (ref, reason, detail, record), = store.con.execute(
+        "SELECT row_ref, reason, detail, record FROM rejects WHERE source = 'B'").fetchall()
+    assert (ref, reason, record) == ("b.csv:line 2", "uid conflict", "http://b/1.jpg")
+    assert detail == ("uid 01234567-89ab-cdef-0123-456789abcdef already belongs to a sample of source 'A' with url "
+                      "http://a/1.jpg; this row has url http://b/1.jpg")
+
+
+def test_a_uid_of_another_url_in_the_same_source_is_a_conflict(store, tmp_path):
+    ingest(store, "table", _dc(tmp_path, "a.csv", DC_UID, "http://a/1.jpg", "first"), "dc", preset="datacomp")
+    same = ingest(store, "table", _dc(tmp_path, "a2.csv", DC_UID, "http://a/1.jpg", "a new caption"), "dc",
+                  preset="datacomp")
+    assert (same.samples_added, same.already_present, same.rows_rejected, same.captions_added) == (0, 1, 0, 1)
+    other = ingest(store, "table", _dc(tmp_path, "a3.csv", DC_UID, "http://a/2.jpg", "third"), "dc", preset="datacomp")
+    assert (other.samples_added, other.already_present, other.rows_rejected) == (0, 0, 1)
+    assert other.reject_reasons == {"uid conflict": 1}
+    assert store.con.execute("SELECT url FROM samples").fetchall() == [("http://a/1.jpg",)]
+    assert sorted(r[0] for r in store.con.execute("SELECT text FROM captions").fetchall()) == ["a new caption", "first"]
+
+
+def test_the_uid_conflict_through_the_cli(tmp_path):
+    store = tmp_path / "s"
+    a = _dc(tmp_path, "a.csv", DC_UID, "http://a/1.jpg", "first caption")
+    b = _dc(tmp_path, "b.csv", DC_UID.upper(), "http://b/1.jpg", "second caption")
+
+    def run(*args):
+        return subprocess.run(CLI + [str(x) for x in args], capture_output=True, text=True, timeout=300)
+
+    assert run("ingest", "table", a, "--preset", "datacomp", "--source", "A", "--store", store).returncode == 0
+    out = run("ingest", "table", b, "--preset", "datacomp", "--source", "B", "--store", store)
+    # every record rejected: a failure a script sees (exit 3), the summary and one error line
+    assert out.returncode == 3
+    assert "read 1 rows: 0 added, 0 already present, 1 rejected" in out.stdout
+    assert "1 rejects recorded (uid conflict: 1)" in out.stdout
+    err = out.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: nothing was added from") and "Traceback" not in out.stderr
+    again = run("ingest", "table", a, "--preset", "datacomp", "--source", "A", "--store", store)
+    assert again.returncode == 0 and "read 1 rows: 0 added, 1 already present, 0 rejected" in again.stdout
+    with Store.open(store, read_only=True) as s:
+        assert s.con.execute("SELECT source, url FROM samples").fetchall() == [("A", "http://a/1.jpg")]
+        assert s.con.execute("SELECT source, text FROM captions").fetchall() == [("A", "first caption")]
+
+
+# -- CSV/TSV row references and unreadable CSV (issues 16 and 17) ---------------------
+
+def test_csv_references_are_the_lines_rows_start_on(store, tmp_path):
+    """Blank lines, a quoted caption over two lines and a malformed line: every row and
+    reject is ``file:line N``, the 1-based line of the file it starts on."""
+    f = tmp_path / "b.csv"
+    f.write_text('url,caption\nhttp://x/1,one\n\nhttp://x/3,"multi\nline"\nu2,too,many\nhttp://x/5,\n'
+                 "http://x/5,dup\n", encoding="utf-8")
+    res = ingest(store, "table", f, "b")
+    assert (res.rows_in, res.samples_added, res.rows_rejected) == (5, 2, 3)
+    assert sorted(store.con.execute("SELECT row_ref, reason, detail FROM rejects").fetchall()) == [
+        ("b.csv:line 6", "too many columns", "Expected Number of Columns: 2 Found: 3"),
+        ("b.csv:line 7", "no valid caption", None),
+        ("b.csv:line 7", "null caption", "variant raw"),
+        ("b.csv:line 8", "duplicate id", "same uid as b.csv:line 7"),
+    ]
+    assert store.con.execute("SELECT text FROM captions WHERE text LIKE 'multi%'").fetchall() == [("multi\nline",)]
+
+
+def test_tsv_references_count_blank_lines(store, tmp_path):
+    f = tmp_path / "t.tsv"
+    f.write_text("one\thttp://t/1\n\n\nx\thttp://t/1\nbad line\n\tthree\thttp://t/3\n", encoding="utf-8")
+    ingest(store, "table", f, "t", preset="cc3m")
+    assert sorted(store.con.execute("SELECT row_ref, reason FROM rejects").fetchall()) == [
+        ("t.tsv:line 4", "duplicate id"), ("t.tsv:line 5", "missing columns"), ("t.tsv:line 6", "too many columns")]
+
+
+@pytest.mark.parametrize("lines_before", [0, 3_000])
+def test_an_unclosed_quote_names_its_line(store, tmp_path, lines_before):
+    """A quote that never closes: DuckDB either fails to detect the dialect (a small file)
+    or records one reject and reads nothing more of the file (a larger one). Both are one
+    error naming the line the quote opens on, not "a line longer than 32 MB" or a silent loss."""
+    f = tmp_path / "q.csv"
+    good = "".join(f"http://q/{i},caption {i}\n" for i in range(lines_before))
+    f.write_text("url,caption\n" + good + 'http://q/x,"unterminated start\nhttp://q/y,after it\n'
+                 + "".join(f"http://q/z{i},more\n" for i in range(2_000)), encoding="utf-8")
+    before = table_snapshot(store)
+    with pytest.raises(InputError) as e:
+        ingest(store, "table", f, "q")
+    assert str(e.value).startswith(f"q.csv line {lines_before + 2}: a quoted field opens on this line and is never "
+                                   "closed"), str(e.value)
+    assert "\n" not in str(e.value) and "32 MB" not in str(e.value)
+    assert table_snapshot(store) == before
+
+
+def test_an_unclosed_quote_through_the_cli(tmp_path):
+    f = tmp_path / "q.csv"
+    f.write_text('url,caption\nhttp://x/1,"unterminated\nhttp://x/2,two\n', encoding="utf-8")
+    out = subprocess.run(CLI + ["ingest", "table", str(f), "--store", str(tmp_path / "s")], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 3 and out.stdout == ""
+    assert out.stderr.strip() == ('error: q.csv line 2: a quoted field opens on this line and is never closed (the '
+                                  'rest of the file would be one value); close it, and double any quote inside a '
+                                  'quoted field (""); nothing was written')
+    with Store.open(tmp_path / "s", read_only=True) as s:
+        assert (s.count("samples"), s.count("runs")) == (0, 0)
+
+
+def test_rows_are_numbered_by_record_when_lines_cannot_be_matched(store, tmp_path, monkeypatch):
+    """Should curate's own count of a file's records not match DuckDB's, the file's rows are
+    ``file:record N`` (never a guessed line); its rejects keep DuckDB's line number."""
+    import curate.ingest.tables as tables
+
+    monkeypatch.setattr(tables, "_record_starts", lambda *a: None)  # the count that does not match
+    f = tmp_path / "r.csv"
+    f.write_text('url,caption\nhttp://r/1,one\n\nhttp://r/1,again\nu2,too,many\n', encoding="utf-8")
+    ingest(store, "table", f, "r")
+    assert sorted(store.con.execute("SELECT row_ref, reason, detail FROM rejects").fetchall()) == [
+        ("r.csv:line 5", "too many columns", "Expected Number of Columns: 2 Found: 3"),
+        ("r.csv:record 2", "duplicate id", "same uid as r.csv:record 1")]

@@ -232,3 +232,66 @@ def test_memory_limit_and_threads_from_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("CURATE_THREADS", "two")
     with pytest.raises(StoreError, match="CURATE_THREADS must be a whole number from 1 to 4096"):
         Store.open(tmp_path / "s")
+
+
+# -- a full disk (issue 17) --------------------------------------------------------------
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 20 MB tmpfs mounted on a fresh folder (needs root); skipped, with the reason, where
+    mounting is refused."""
+    import subprocess
+
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    out = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if out.returncode != 0:
+        pytest.skip(f"cannot mount a 20 MB tmpfs to fill: {(out.stderr or out.stdout).strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
+def _digest(store_dir) -> dict[str, object]:
+    with Store.open(store_dir, read_only=True) as s:
+        return {"samples": s.con.execute("SELECT source, count(*) FROM samples GROUP BY 1 ORDER BY 1").fetchall(),
+                "captions": s.count("captions"), "rejects": s.count("rejects"),
+                "runs": s.con.execute("SELECT run_id, stage, status FROM runs ORDER BY 1").fetchall()}
+
+
+def test_an_ingest_on_a_full_disk_names_the_cause_and_changes_nothing(small_disk, cc3m_file):
+    """CC3M ingested under new source names until the 20 MB disk is full. The ingest that
+    does not fit, and the next one, each fail with exit 4 and one line naming "No space
+    left on device" (before: "cannot rollback - no transaction is active", which hid it),
+    and the store holds exactly what it held before."""
+    import subprocess
+    import sys
+
+    store = small_disk / "s"
+    Store.init(store).close()
+
+    def ingest_cli(source: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "curate.cli", "ingest", "table", str(cc3m_file), "--preset",
+                               "cc3m", "--source", source, "--store", str(store)],
+                              capture_output=True, text=True, timeout=300)
+
+    failed = []
+    for i in range(12):
+        before = _digest(store)
+        out = ingest_cli(f"cc{i}")
+        if out.returncode == 0:
+            assert "read 15,833 rows: 15,833 added" in out.stdout
+            continue
+        failed.append(out)
+        assert _digest(store) == before, f"ingest cc{i} changed the store"
+        if len(failed) == 2:
+            break
+    assert len(failed) == 2, "the disk never filled"
+    assert before["samples"], "nothing fit on the disk at all"
+    for out in failed:
+        assert out.returncode == 4, out.stderr
+        lines = out.stderr.strip().splitlines()
+        assert len(lines) == 1, out.stderr
+        assert lines[0].startswith("error: ingest table failed, nothing was written: no space left on the device")
+        assert "No space left on device" in lines[0] and "rollback" not in lines[0] and "Traceback" not in out.stderr

@@ -244,7 +244,8 @@ def stages() -> None:
 @click.command()
 @store_option
 def check(store_path: Path) -> None:
-    """Run the store invariants in sql/checks/; exits 1 if any is violated."""
+    """Run the store invariants in sql/checks/; exits 1 if any is violated. A violated one
+    prints how many rows break it and, on the next line, its first row as an example."""
     from ..sqlfiles import named_queries
 
     bad = 0
@@ -254,6 +255,12 @@ def check(store_path: Path) -> None:
                 continue
             n = s.execute(f"SELECT count(*) FROM ({q.sql})").fetchall()[0][0]
             click.echo(f"{'ok  ' if n == 0 else 'FAIL'} {q.qualname}" + (f" ({n:,} rows)" if n else ""))
+            if n:
+                cur = s.execute(f"SELECT * FROM ({q.sql}) LIMIT 1")
+                names = [d[0] for d in cur.description or []]
+                first = cur.fetchall()[0]
+                shown = ", ".join(f"{k}={str(v)[:200]}" for k, v in zip(names, first))
+                click.echo(f"     e.g. {shown}")
             bad += n > 0
     if bad:
         raise CurateError(f"{bad} invariant(s) violated")

@@ -24,7 +24,11 @@ Only the parquet files are read for metadata (never the tars). What lands where:
   error message; each shard's ``_stats.json`` to ``download_shards``.
 * a success whose uid is already a sample without an image (the URL table was ingested
   first under the same source, or carries DataComp uids) is *linked*: the sample gets
-  the image reference, and sha256/width/height where it had none.
+  the image reference, and sha256/width/height where it had none. With DataComp uids the
+  URL table may have been ingested under another source name: a sample of another
+  source with the same uid *and the same url* is that sample (already present, linked).
+  A uid of another url, or of another source's sample without that url, is a ``uid
+  conflict`` reject like in every format, and is not linked.
 
 The uid follows :mod:`curate.ids`: a saved ``uid`` column (DataComp) is the uid,
 otherwise the hash of source and url. img2dataset's ``key`` is not an identity (a new
@@ -46,6 +50,7 @@ import pyarrow as pa
 
 from ..errors import InputError
 from ..ids import uid_from_id_sql, uid_sql
+from ..names import check_name
 from ..store import Store, quote_ident
 from .core import MAX_CAPTION_CHARS, IngestResult, Prepared, Variant, _p, run_ingest
 from .tables import TableMapping, _check_columns, _check_parquet, _describe, _extras, _row_select
@@ -70,6 +75,12 @@ class Shard:
     data: Path       # the tar, the parquet itself, or the NNNNN/ folder
     stats: str       # NNNNN_stats.json, checked to be a JSON object
     ext: str | None  # image file extension (files layout)
+
+
+def validate_options(variant: str = "raw", **_: Any) -> None:
+    """Rules checked before any work (also by pipelines): the variant names captions and
+    becomes a file name, so it must be a name."""
+    check_name("caption variant", variant)
 
 
 def find_shards(folder: str | Path, skip_incomplete: bool = False) -> list[Shard]:
@@ -249,7 +260,7 @@ def prepare_img2dataset(store: Store, folder: str | Path, source: str, caption_c
     return Prepared(
         fmt="img2dataset", source=source, config=config, rows_sql=rows_sql, variants=variants, params=params,
         require_caption=require_caption and bool(variants), register={"_i2d_shards": table}, after=after,
-        max_caption_chars=max_caption_chars or MAX_CAPTION_CHARS,
+        max_caption_chars=max_caption_chars or MAX_CAPTION_CHARS, same_url_links_sources=True,
     )
 
 
@@ -280,13 +291,14 @@ def _record_downloads(con: duckdb.DuckDBPyConnection, rows_sql: str, downloads_s
     """).fetchall()[0][0]
     # A sample that exists without an image (its URL table came first) gets this download's
     # image; the first success by input order wins when a uid repeats. Values the sample
-    # already has (sha256, size from the URL table) are kept.
+    # already has (sha256, size from the URL table) are kept. Rows run_ingest rejected
+    # (_in_drop: a uid conflict, a repeated uid) link nothing.
     linked = run(f"""
         UPDATE samples AS s SET image_shard = r.image_shard, image_key = r.image_key, image_path = r.image_path,
                sha256 = coalesce(s.sha256, r.sha256), width = coalesce(s.width, r.width),
                height = coalesce(s.height, r.height)
         FROM (SELECT DISTINCT ON (uid) uid, image_shard, image_key, image_path, sha256, width, height
-              FROM ({rows_sql}) ORDER BY uid, row_ord) AS r
+              FROM ({rows_sql}) AS x ANTI JOIN _in_drop USING (row_ord) ORDER BY uid, row_ord) AS r
         WHERE s.uid = r.uid AND s.image_shard IS NULL AND s.image_path IS NULL
     """).fetchall()[0][0]
     return {"linked": linked, "downloads": ok + failed, "failed downloads": failed, "shards": shards}

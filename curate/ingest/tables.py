@@ -12,13 +12,23 @@ it. Presets name the mapping of well-known sources:
 
 Parquet streams through DuckDB; CSV/TSV are parsed by DuckDB with quoting off for TSV
 (CC3M captions contain quote characters) and lines that cannot be read (invalid UTF-8,
-wrong number of fields) become rejects; JSONL is split into lines in Python so each
-malformed line is rejected with its exact line number.
+wrong number of fields) become rejects, one per line; JSONL is split into lines in Python
+so each malformed line is rejected with its exact line number.
+
+Row references: ``file:line N`` for CSV, TSV and JSONL, the 1-based line of the file the
+record starts on (the header is line 1), and ``file:row N`` for parquet, the 1-based row
+of the file. A CSV/TSV row's line is the header plus its row number when the file has
+exactly one line per record; otherwise (quoted newlines, blank lines, rejected lines)
+the lines are counted in Python. Should that count not match DuckDB's records (quoting
+DuckDB and Python's ``csv`` read differently), the file's rows are ``file:record N``
+(1-based, header not counted) instead, never a wrong line.
 """
 
 from __future__ import annotations
 
+import csv
 import json
+from array import array
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -27,6 +37,7 @@ import duckdb
 import pyarrow as pa
 
 from ..errors import ConfigError, InputError
+from ..names import check_name
 from ..store import Store, quote_ident
 from .core import MAX_CAPTION_CHARS, Prepared, Variant, run_ingest
 from .jsonrecords import iter_text_lines
@@ -72,6 +83,8 @@ def resolve_mapping(preset: str | None = None, **overrides: Any) -> TableMapping
         kw["extra_cols"] = tuple(kw["extra_cols"].split(",")) if isinstance(kw["extra_cols"], str) else tuple(kw["extra_cols"])
     if kw.get("input_format") and kw["input_format"] not in TABLE_FORMATS:
         raise ConfigError(f"unknown input format {kw['input_format']!r}; choose one of {', '.join(TABLE_FORMATS)}")
+    if "variant" in kw:  # it names captions and becomes a file name (manifests, reports)
+        check_name("caption variant", kw["variant"])
     # a column named explicitly is required even when the preset marks it optional
     optional = tuple(o for o in base.optional if o not in kw)
     return replace(base, **kw, optional=optional)
@@ -241,7 +254,7 @@ def prepare_table(store: Store, files: list[Path], fmt: str, source: str, mappin
         con.execute("DROP TABLE IF EXISTS _curate_csv_rejects")
         con.execute("DROP TABLE IF EXISTS _curate_csv_scans")
         probe = f"SELECT * EXCLUDE (filename) FROM read_csv($files, {opts}) LIMIT 0"
-        available = _describe(con, probe, {"files": file_list})
+        available = _describe(con, probe, {"files": file_list}, files, fmt)
         resolved = _check_columns(available, mapping, files)
         extras = _extras(available, resolved, mapping)
         # parse once into a temp table (spills to the store's tmp/ when large)
@@ -260,23 +273,46 @@ def prepare_table(store: Store, files: list[Path], fmt: str, source: str, mappin
                 {"files": file_list},
             )
         except duckdb.Error as e:
-            raise _read_error(e) from None
-        con.execute(f"CREATE OR REPLACE TEMP TABLE _curate_csv_first AS SELECT _file, min(rowid) AS _first "
-                    f"FROM {name} GROUP BY _file")
-        row_ref = "parse_filename(t.filename) || ':row ' || (t.rowid - f._first + 1)"
-        row_ord = "(t._file << 40) + (t.rowid - f._first + 1)"
-        rows_sql = (_row_select(resolved, extras, row_ref, row_ord)
-                    + f" FROM {name} AS t JOIN _curate_csv_first AS f ON f._file = t._file")
+            raise _read_error(e, files, fmt) from None
         has_rej = con.execute(
             "SELECT count(*) FROM information_schema.tables WHERE table_name = '_curate_csv_rejects'"
         ).fetchall()[0][0]
+        # DuckDB's rejects, one per line (a line with too many fields gets one per extra
+        # field): the last error of the line, which names the whole field count
+        con.execute("CREATE OR REPLACE TEMP TABLE _curate_csv_rej (file_path VARCHAR, _file BIGINT, line BIGINT, "
+                    "error_type VARCHAR, error_message VARCHAR, csv_line VARCHAR)")
         if has_rej:
-            con.execute("CREATE OR REPLACE TEMP TABLE _curate_csv_rej AS SELECT r.*, s.file_path FROM _curate_csv_rejects r "
-                        "JOIN _curate_csv_scans s USING (scan_id, file_id)")
+            con.execute("""
+                INSERT INTO _curate_csv_rej
+                SELECT s.file_path, list_position($files, s.file_path)::BIGINT, r.line,
+                       arg_max(r.error_type::VARCHAR, r.column_idx), arg_max(r.error_message, r.column_idx),
+                       arg_max(r.csv_line, r.column_idx)
+                FROM _curate_csv_rejects r JOIN _curate_csv_scans s USING (scan_id, file_id)
+                GROUP BY ALL
+            """, {"files": file_list})
+            # After a quote that never closes DuckDB records one reject and reads no more of
+            # that file: the rest would be lost in silence, so it is an error, with the line.
+            lost = con.execute("SELECT file_path FROM _curate_csv_rej WHERE error_message ILIKE '%unterminated quote%' "
+                               "LIMIT 1").fetchall()
+            if lost:
+                f = Path(lost[0][0])
+                raise InputError((_csv_problem(f, fmt) or f"{f.name}: a quoted field is never closed")
+                                 + "; nothing was written")
+        first, line_map = _csv_lines(con, name, files, fmt, mapping.header)
+        k = "(t.rowid - f._first + 1)"
+        line = f"coalesce(m.line, {k} + f._hdr)" if line_map else f"{k} + f._hdr"
+        row_ref = (f"parse_filename(t.filename) || CASE WHEN f._by_record THEN ':record ' || {k} "
+                   f"ELSE ':line ' || {line} END")
+        row_ord = f"(t._file << 40) + {k}"
+        rows_sql = (_row_select(resolved, extras, row_ref, row_ord)
+                    + f" FROM {name} AS t JOIN {first} AS f ON f._file = t._file"
+                    + (f" LEFT JOIN {line_map} AS m ON m._file = t._file AND m.k = {k}" if line_map else ""))
+        if has_rej:
             reader_rejects = (
-                "SELECT parse_filename(file_path) || ':line ' || line AS row_ref, "
-                "CASE error_type WHEN 'INVALID ENCODING' THEN 'not UTF-8' ELSE lower(error_type::VARCHAR) END AS reason, "
-                "error_message AS detail, csv_line AS record FROM _curate_csv_rej"
+                "SELECT parse_filename(r.file_path) || ':line ' || coalesce(m.line, r.line) AS row_ref, "
+                "CASE r.error_type WHEN 'INVALID ENCODING' THEN 'not UTF-8' ELSE lower(r.error_type) END AS reason, "
+                "r.error_message AS detail, r.csv_line AS record, true AS whole "
+                "FROM _curate_csv_rej AS r LEFT JOIN _curate_csv_rejmap AS m ON m._file = r._file AND m.dline = r.line"
             )
     elif fmt == "jsonl":
         # Lines stream into a temp table (Python holds one chunk; DuckDB spills to the
@@ -332,7 +368,7 @@ def prepare_table(store: Store, files: list[Path], fmt: str, source: str, mappin
                                "(list_position($files, file)::BIGINT << 40) + line")
         rows_sql = rows_sql.replace("NULL::JSON AS extra", "_extra AS extra") + " FROM _curate_jsonl_rows"
         reader_rejects = (
-            "SELECT parse_filename(file) || ':line ' || line AS row_ref, reason, detail, text AS record "
+            "SELECT parse_filename(file) || ':line ' || line AS row_ref, reason, detail, text AS record, true AS whole "
             "FROM _curate_jsonl_bad"
         )
     else:
@@ -346,29 +382,173 @@ def prepare_table(store: Store, files: list[Path], fmt: str, source: str, mappin
     )
 
 
-def _describe(con: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any]) -> dict[str, str]:
+def _describe(con: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any], files: list[Path] | None = None,
+              fmt: str | None = None) -> dict[str, str]:
     try:
         rows = con.execute(f"DESCRIBE {sql}", params).fetchall()
     except duckdb.Error as e:
-        raise _read_error(e) from None
+        raise _read_error(e, files, fmt) from None
     return {r[0]: r[1] for r in rows}
 
 
-def _read_error(e: Exception) -> InputError:
-    """One line for a reader error. DuckDB's CSV errors quote the whole offending line and
-    its reader options; a line over ``max_line_size`` gets its own message (DuckDB's line
-    number for it is not the file's, so none is given)."""
-    msg = str(e)
-    if "max_line_size" in msg:
-        return InputError(f"a line of the input is longer than {MAX_CSV_LINE // 2**20} MB, the most curate reads "
-                          "from one CSV/TSV line; split or fix that line")
+def _read_error(e: Exception, files: list[Path] | None = None, fmt: str | None = None) -> InputError:
+    """One line for a reader error. For CSV/TSV the file itself is examined first (an
+    unclosed quote, a line over ``max_line_size``; DuckDB's message for both lists every
+    fix it can think of, "max_line_size" among them, whatever the cause), so the
+    message names the real cause and its line. Otherwise DuckDB's first line, without
+    its list of possible fixes."""
+    if fmt in ("csv", "tsv"):
+        for f in files or []:
+            problem = _csv_problem(f, fmt)
+            if problem:
+                return InputError(problem + "; nothing was written")
+    msg = str(e).split("Possible fixes:")[0].split("\n\n")[0]
     return InputError(f"cannot read the input: {' '.join(msg.split())[:300]}")
 
 
-#: A parquet row's reference, its order key (file index in the high bits) and the filter that
-#: reads back given rows by their number inside their file (a superset across files; rows
-#: are then matched on row_ord), over ``read_parquet(..., filename, file_row_number)``.
-PARQUET_ROW_REF = "parse_filename(filename) || ':' || file_row_number"
+def _csv_problem(path: Path, fmt: str) -> str | None:
+    """What makes a CSV/TSV file unreadable, with its 1-based line, or None: a quote that
+    opens a field and never closes (CSV), or a line longer than :data:`MAX_CSV_LINE`."""
+    if fmt == "csv":
+        old = csv.field_size_limit(MAX_CSV_LINE)
+        try:
+            with open(path, newline="", encoding="utf-8", errors="surrogateescape") as fh:
+                reader = csv.reader(fh, strict=True)
+                start = 1
+                while True:
+                    start = reader.line_num + 1
+                    try:
+                        next(reader)
+                    except StopIteration:
+                        break
+                    except csv.Error as e:
+                        if "unexpected end of data" in str(e):
+                            return (f"{path.name} line {start}: a quoted field opens on this line and is never closed "
+                                    "(the rest of the file would be one value); close it, and double any quote "
+                                    'inside a quoted field ("")')
+                        if "field larger than field limit" in str(e):
+                            return (f"{path.name} line {start}: a field longer than {MAX_CSV_LINE // 2**20} MB starts "
+                                    "on this line (a quote that is never closed?)")
+                        # a stray quote inside a field: DuckDB rejects that line, read on
+        finally:
+            csv.field_size_limit(old)
+    with open(path, "rb") as fb:
+        n = 0
+        while True:
+            chunk = fb.readline(MAX_CSV_LINE + 2)
+            if not chunk:
+                return None
+            n += 1
+            if len(chunk.rstrip(b"\r\n")) > MAX_CSV_LINE:
+                return (f"{path.name} line {n} is longer than {MAX_CSV_LINE // 2**20} MB, the most curate reads from "
+                        "one CSV/TSV line; split or fix that line")
+            while not chunk.endswith(b"\n"):  # the rest of a long line
+                chunk = fb.readline(MAX_CSV_LINE)
+                if not chunk:
+                    return None
+
+
+def _csv_lines(con: duckdb.DuckDBPyConnection, table: str, files: list[Path], fmt: str,
+               header: bool) -> tuple[str, str | None]:
+    """The 1-based line each CSV/TSV row starts on. Creates ``_curate_csv_first`` (per
+    file: first rowid, header lines, whether rows are numbered by record instead), and,
+    for files that are not one line per record, ``_curate_csv_lines (_file, k, line)``
+    for their rows and ``_curate_csv_rejmap (_file, dline, line)`` for their rejects
+    (DuckDB numbers a rejected line by records and blank lines, not by lines).
+    Returns the first table's name and the second's, or None when no file needs it."""
+    hdr = 1 if header else 0
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _curate_csv_first AS SELECT _file, min(rowid) AS _first, "
+                f"count(*) AS _n, {hdr} AS _hdr, false AS _by_record FROM {table} GROUP BY _file")
+    con.execute("CREATE OR REPLACE TEMP TABLE _curate_csv_rejmap (_file BIGINT, dline BIGINT, line BIGINT)")
+    rows = dict(con.execute("SELECT _file, _n FROM _curate_csv_first").fetchall())
+    rejected: dict[int, list[int]] = {}
+    for i, line in con.execute("SELECT _file, line FROM _curate_csv_rej ORDER BY 1, 2").fetchall():
+        rejected.setdefault(i, []).append(line)
+    import numpy as np
+
+    parts: list[pa.Table] = []
+    rejparts: list[pa.Table] = []
+    by_record = []
+    for i, f in enumerate(files, start=1):
+        n, rej = rows.get(i, 0), rejected.get(i, [])
+        if not rej and _physical_lines(f) == hdr + n:
+            continue  # one line per record: the line is the header plus the row number
+        found = _record_starts(f, fmt, header, set(rej))
+        if found is None or len(found[0]) != n or len(found[1]) != len(set(rej)):
+            by_record.append(i)
+            continue
+        starts, rejmap = found
+        parts.append(pa.table({"_file": np.full(n, i, np.int64), "k": np.arange(1, n + 1, dtype=np.int64),
+                               "line": np.frombuffer(starts, np.int64) if n else np.zeros(0, np.int64)}))
+        rejparts.append(pa.table({"_file": pa.array([i] * len(rejmap), pa.int64()),
+                                  "dline": pa.array(list(rejmap), pa.int64()),
+                                  "line": pa.array(list(rejmap.values()), pa.int64())}))
+    if by_record:
+        con.execute("UPDATE _curate_csv_first SET _by_record = true WHERE list_contains(?, _file)", [by_record])
+    if not parts:
+        return "_curate_csv_first", None
+    for target, tables in (("_curate_csv_lines", parts), ("_curate_csv_rejmap", rejparts)):
+        con.register("_curate_csv_map_in", pa.concat_tables(tables))
+        try:
+            con.execute(f"CREATE OR REPLACE TEMP TABLE {target} AS SELECT * FROM _curate_csv_map_in")
+        finally:
+            con.unregister("_curate_csv_map_in")
+    return "_curate_csv_first", "_curate_csv_lines"
+
+
+def _physical_lines(path: Path) -> int:
+    """Lines of a file: its newline bytes, plus one for a last line without one."""
+    n, last = 0, b"\n"
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 24):
+            n += chunk.count(b"\n")
+            last = chunk[-1:]
+    return n + (last != b"\n")
+
+
+def _record_starts(path: Path, fmt: str, header: bool, rejected: set[int]) -> tuple[array[int], dict[int, int]] | None:
+    """Read a CSV/TSV file's records as DuckDB does (blank lines skipped, TSV unquoted) and
+    return the start line of each data row, in order, and for each rejected record
+    (numbered as DuckDB numbers it: records and blank lines so far) its start line.
+    None when the file does not read as records here."""
+    starts: array[int] = array("q")
+    rejmap: dict[int, int] = {}
+    seen = 0  # records and blank lines so far, DuckDB's numbering of a rejected line
+    need_header = header
+    old = csv.field_size_limit(MAX_CSV_LINE)
+    try:
+        with open(path, newline="", encoding="utf-8", errors="surrogateescape") as fh:
+            if fmt == "tsv":
+                reader = csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)
+            else:
+                reader = csv.reader(fh)
+            while True:
+                start = reader.line_num + 1
+                try:
+                    record = next(reader)
+                except StopIteration:
+                    break
+                seen += 1
+                if not record:
+                    continue
+                if need_header:
+                    need_header = False
+                elif seen in rejected:
+                    rejmap[seen] = start
+                else:
+                    starts.append(start)
+    except (csv.Error, OSError):
+        return None
+    finally:
+        csv.field_size_limit(old)
+    return starts, rejmap
+
+
+#: A parquet row's reference (its 1-based row in the file), its order key (file index in
+#: the high bits) and the filter that reads back given rows by their number inside their
+#: file (a superset across files; rows are then matched on row_ord), over
+#: ``read_parquet(..., filename, file_row_number)``.
+PARQUET_ROW_REF = "parse_filename(filename) || ':row ' || (file_row_number + 1)"
 PARQUET_ROW_ORD = "(list_position($files, filename)::BIGINT << 40) + file_row_number"
 PARQUET_ROWS_WHERE_ORD = "file_row_number IN (SELECT row_ord & ((1::BIGINT << 40) - 1) FROM ({ords}))"
 
