@@ -104,7 +104,7 @@ def test_store_defaults_to_the_CURATE_STORE_variable(tmp_path, monkeypatch, caps
     assert (tmp_path / "from-env" / CATALOG).is_file()
     assert not (tmp_path / "curate-store").exists()
     rc, out, _ = curate(capsys, "ingest", "table", laion_file, "--preset", "laion")
-    assert rc == 0 and f"{LAION_URLS:,} samples" in out
+    assert rc == 0 and f"{LAION_URLS:,} added" in out
     rc, out, _ = curate(capsys, "info")
     assert rc == 0 and f"store {tmp_path / 'from-env'}" in out
     # --store still wins over the variable
@@ -126,19 +126,19 @@ def test_ingest_table_prints_the_counts(tmp_path, capsys, laion_file):
     rc, out, err = curate(capsys, "ingest", "table", laion_file, "--preset", "laion", "--source", "laion",
                           "--store", store)
     assert rc == 0, err
-    assert out.startswith("ingest table into source 'laion': 10,000 records read; "
-                          "9,999 samples and 9,999 captions added; (raw: 9,999); 1 rejects (duplicate id: 1)")
+    assert out.startswith("ingest table into source 'laion': read 10,000 rows: 9,999 added, 0 already present, "
+                          "1 rejected; 9,999 captions added (raw: 9,999); 1 rejects recorded (duplicate id: 1)")
     assert counts(store)["samples"] == LAION_URLS
     rc, out, _ = curate(capsys, "ingest", "table", laion_file, "--preset", "laion", "--source", "laion",
                         "--store", store)
-    assert rc == 0 and "0 samples and 0 captions added" in out and "9,999 samples already in the store" in out
+    assert rc == 0 and "read 10,000 rows: 0 added, 9,999 already present, 1 rejected; 0 captions added" in out
 
 
 def test_ingest_cc3m_preset(tmp_path, capsys, cc3m_file):
     rc, out, err = curate(capsys, "ingest", "table", cc3m_file, "--preset", "cc3m", "--store", tmp_path / "s")
     assert rc == 0, err
     # the source defaults to the file name
-    assert "into source 'Validation_GCC-1.1.0-Validation': 15,833 records read; 15,833 samples" in out
+    assert "into source 'Validation_GCC-1.1.0-Validation': read 15,833 rows: 15,833 added" in out
     assert counts(tmp_path / "s")["captions"] == 15_833
 
 
@@ -151,7 +151,7 @@ def test_ingest_option_reaches_the_format(tmp_path, capsys, laion_file, laion_ro
     rc, out, err = curate(capsys, "ingest", "table", laion_file, "--preset", "laion", "-o", "max_caption_chars=30",
                           "--store", store)
     assert rc == 0, err
-    assert f"{short:,} samples and {short:,} captions added" in out
+    assert f"{short:,} added, 0 already present, {long + 1:,} rejected; {short:,} captions added" in out
     assert f"caption too long: {long:,}" in out
     with Store.open(store, read_only=True) as s:
         assert s.execute("SELECT max(length(text)) FROM captions").fetchall()[0][0] <= 30
@@ -162,10 +162,10 @@ def test_ingest_option_of_another_format(tmp_path, capsys, laclip_dir):
     store = tmp_path / "s"
     rc, out, err = curate(capsys, "ingest", "laclip", pairs, "--source", "lc", "--store", store)
     # every record rejected, nothing added: a failure a script sees (issue 16), rejects kept
-    assert rc == 3 and "0 samples" in out and "original not in store: 48" in out
+    assert rc == 3 and "0 added" in out and "original not in store: 48" in out
     assert one_error_line(err).startswith(f"error: nothing was added from {pairs}: every one of its")
     rc, out, _ = curate(capsys, "ingest", "laclip", pairs, "--source", "lc", "-o", "create=true", "--store", store)
-    assert rc == 0 and "46 samples and 94 captions added; (raw: 46, rewrite: 48)" in out
+    assert rc == 0 and "46 added, 0 already present, 0 rejected; 94 captions added (raw: 46, rewrite: 48)" in out
 
 
 @pytest.mark.parametrize("argv, code, message", [
@@ -450,7 +450,7 @@ def test_run_ingests_and_scores_then_a_second_run_adds_nothing(tmp_path, capsys,
     rc, out, err = curate(capsys, "run", pipeline, "--store", store, "--no-progress")
     assert rc == 0, err
     ingest_line, stage_line = out.strip().splitlines()
-    assert "9,999 samples and 9,999 captions added" in ingest_line
+    assert "9,999 added, 0 already present, 1 rejected; 9,999 captions added" in ingest_line
     assert stage_line.startswith("text.caption_stats.v1: 9,999 rows in, 9,999 rows out (9,999 were pending)")
     with Store.open(store, read_only=True) as s:
         words = dict(s.execute("SELECT c.text, st.words FROM captions c JOIN caption_stats st "
@@ -461,7 +461,7 @@ def test_run_ingests_and_scores_then_a_second_run_adds_nothing(tmp_path, capsys,
     rc, out, err = curate(capsys, "run", pipeline, "--store", store, "--no-progress")
     assert rc == 0, err
     ingest_line, stage_line = out.strip().splitlines()
-    assert "0 samples and 0 captions added" in ingest_line and "9,999 samples already in the store" in ingest_line
+    assert "0 added, 9,999 already present, 1 rejected; 0 captions added" in ingest_line
     assert stage_line.startswith("text.caption_stats.v1: 0 rows in, 0 rows out (0 were pending)")
     second = counts(store)
     for table in ("samples", "captions", "caption_stats"):
@@ -579,7 +579,7 @@ def test_an_ingest_whose_every_record_is_rejected_fails_and_keeps_the_rejects(ca
     store = tmp_path / "store"
     rc, out, err = curate(capsys, "ingest", "table", bad, "--source", "bad", "--store", store)
     assert rc == 3, (out, err)
-    assert "0 samples and 0 captions added" in out
+    assert "read 2 rows: 0 added, 0 already present, 2 rejected; 0 captions added" in out
     assert one_error_line(err) == (f"error: nothing was added from {bad}: every one of its 2 records was rejected "
                                    "(4 rejects); see `curate sql --query store.rejects`")
     with Store.open(store, read_only=True) as s:
@@ -591,4 +591,4 @@ def test_an_ingest_whose_every_record_is_rejected_fails_and_keeps_the_rejects(ca
     mixed = tmp_path / "mixed.csv"
     mixed.write_text("url,caption\nhttp://b.example/1.jpg,\nhttp://b.example/2.jpg,a red car\n", encoding="utf-8")
     rc, out, err = curate(capsys, "ingest", "table", mixed, "--source", "mixed", "--store", store)
-    assert rc == 0 and "1 samples and 1 captions added" in out, (out, err)
+    assert rc == 0 and "read 2 rows: 1 added, 0 already present, 1 rejected; 1 captions added" in out, (out, err)

@@ -346,7 +346,7 @@ def test_cli_download_store_samples_and_a_url_file_then_resume(tmp_path, server,
                        *py, *DL_OPTS)
     assert rc == 0, err
     assert f"downloaded 4 urls into {files}" in out and "success: 2" in out
-    assert "ingest img2dataset into source 'files'" in out and "2 samples and 2 captions added" in out
+    assert "ingest img2dataset into source 'files'" in out and "2 added, 0 already present, 0 rejected; 2 captions added" in out
     assert all(routes.hits[f"/{n}"] == 1 for n in names_b), routes.hits
     with Store.open(store, read_only=True) as s:
         rows = _outcomes(s, "files")
@@ -368,7 +368,7 @@ def test_cli_download_store_samples_and_a_url_file_then_resume(tmp_path, server,
     rc, out, err = cli(capsys, "download", "--store", store, "--source", "files", "--urls", url_file, "--out", files,
                        *py, *DL_OPTS)
     assert rc == 0, err
-    assert "0 samples and 0 captions added" in out and "0 downloads" in out
+    assert "0 added" in out and "0 captions added" in out and "0 downloads" in out
     assert not routes.hits, routes.hits
     with Store.open(store, read_only=True) as s:
         assert _tables(s) == before
@@ -389,7 +389,7 @@ def test_cli_download_a_csv_url_file_without_uid(tmp_path, server, i2d_python, c
     rc, out, err = cli(capsys, "download", "--store", store, "--source", "csvfile", "--urls", csv,
                        "--out", tmp_path / "imgs", "--img2dataset-python", i2d_python, *DL_OPTS)
     assert rc == 0, err
-    assert "success: 1" in out and "1 samples and 1 captions added" in out
+    assert "success: 1" in out and "1 added, 0 already present, 0 rejected; 1 captions added" in out
     with Store.open(store, read_only=True) as s:
         rows = _outcomes(s, "csvfile")
         assert rows["a.jpg"] == ("success", None) and rows["missing.jpg"][0] == "failed_to_download"

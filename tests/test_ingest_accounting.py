@@ -167,8 +167,6 @@ def test_the_cli_summary_states_the_accounting(tmp_path, laion_file):
         assert s.con.execute("SELECT rows_in, rows_rejected FROM runs").fetchall() == [(3, 1)]
 
 
-@pytest.mark.xfail(strict=True, reason="the coco reader does not say which of its rejects are whole images "
-                   "(no records_in, no `whole` column): a malformed image is not counted as read")
 def test_coco_counts_a_malformed_image_as_read_and_rejected(store, tmp_path, coco_file):
     path, _ = _coco(tmp_path, coco_file)
     doc = json.loads(path.read_text(encoding="utf-8"))

@@ -249,8 +249,8 @@ def test_release_parquet_bad_input(store, tmp_path):
     r = ingest_capsfusion(store, f, source="cfb")
     assert (r.rows_in, r.samples_added, r.captions_added) == (6, 2, 5)
     assert _reasons(store) == sorted([
-        ("1", "null caption"), ("2", "empty caption"), ("2", "empty caption"), ("2", "null caption"),
-        ("2", "no valid caption"), ("3", "no url or id"), ("4", "duplicate row"), ("5", "duplicate id"),
+        ("row 2", "null caption"), ("row 3", "empty caption"), ("row 3", "empty caption"), ("row 3", "null caption"),
+        ("row 3", "no valid caption"), ("row 4", "no url or id"), ("row 5", "duplicate row"), ("row 6", "duplicate id"),
     ])
     before = table_snapshot(store)
     pq.write_table(pa.table({"image_url": ["x"], "laion_2b": ["a"], "laion_coco": ["b"]}), tmp_path / "nofuse.parquet")

@@ -39,7 +39,7 @@ def oracle(files: list[Path], source: str, max_chars: int = 20_000) -> dict[str,
             url = url.strip(" ") if url is not None else None  # DuckDB's trim(): spaces only
             url = url or None
             uid = slow_id(f"{source}{SEP}{url}") if url is not None else None
-            rows.append((f"{f.name}:{i}", uid, url, text))
+            rows.append((f"{f.name}:row {i + 1}", uid, url, text))
     first: dict[uuid.UUID, tuple] = {}
     samples, captions, rejects = set(), set(), set()
     for ref, uid, url, text in rows:

@@ -102,7 +102,7 @@ def prepare_coco(store: Store, path: str | Path, source: str, image_root: str | 
             if ann_id in seen_ids:
                 raise BadRecord("duplicate id", f"annotation id {ann_id!r} repeats {seen_ids[ann_id]}")
         except BadRecord as e:
-            out.reject(ref, e.reason, e.detail, dump_record(ann))
+            out.reject(ref, e.reason, e.detail, dump_record(ann), whole=False)  # a caption, not a record
             continue
         seen_ids[ann_id] = ref
         by_image.setdefault(image_id, []).append((ref, ann))

@@ -416,9 +416,10 @@ def _ingest_in_transaction(store: Store, plan: Prepared, params: dict[str, Any],
     if plan.reader_rejects_sql:
         q(f"CREATE OR REPLACE TEMP TABLE _in_rrej AS SELECT * FROM ({plan.reader_rejects_sql})")
         if "whole" not in [r[0] for r in con.execute("DESCRIBE _in_rrej").fetchall()]:
-            con.execute("ALTER TABLE _in_rrej ADD COLUMN whole BOOLEAN DEFAULT false")
-            if plan.records_in is not None:
-                _mark_whole_records(q)
+            con.execute("ALTER TABLE _in_rrej ADD COLUMN whole BOOLEAN")
+        if plan.records_in is not None:
+            _mark_whole_records(q)  # the rejects the reader did not classify itself
+        q("UPDATE _in_rrej SET whole = false WHERE whole IS NULL")
         q(f"INSERT INTO _in_rej SELECT row_ref, reason, detail, left(record, {RECORD_CHARS}) FROM _in_rrej")
         reader_whole = count("(SELECT DISTINCT row_ref FROM _in_rrej WHERE whole)")
 
@@ -523,7 +524,7 @@ def _conflict(has_url: str, same_url: str) -> str:
 
 
 def _mark_whole_records(q: Callable[..., duckdb.DuckDBPyConnection]) -> None:
-    """Set ``_in_rrej.whole`` for reader rejects whose row_ref is neither a row's row_ref
+    """Set ``_in_rrej.whole`` (where the reader left it NULL) for reader rejects whose row_ref is neither a row's row_ref
     nor one followed by a space and more (a part of that row: ``f.jsonl:line 3 vertices[0]``).
     Each reject's candidate prefixes (the whole ref, and the ref cut before each space)
     are matched to the rows' refs by an equi-join."""
@@ -539,7 +540,8 @@ def _mark_whole_records(q: Callable[..., duckdb.DuckDBPyConnection]) -> None:
         )
         SELECT DISTINCT c.row_ref FROM cand AS c SEMI JOIN (SELECT row_ref AS prefix FROM _in_rows) AS r USING (prefix)
     """)
-    q("UPDATE _in_rrej SET whole = row_ref NOT IN (SELECT row_ref FROM _in_rparts) OR row_ref IS NULL")
+    q("UPDATE _in_rrej SET whole = row_ref NOT IN (SELECT row_ref FROM _in_rparts) OR row_ref IS NULL "
+      "WHERE whole IS NULL")
 
 
 def _lit(s: str) -> str:

@@ -210,8 +210,11 @@ LONG_SCHEMA = pa.schema([
     ("uid", pa.string()), ("row_ref", pa.string()), ("variant", pa.string()), ("text", pa.string()),
     ("generator", pa.string()), ("provenance", pa.string()),
 ])
+#: ``whole``: the reject is a whole input record (counted as a row read and rejected), not
+#: a part of one (a COCO annotation, a GBC vertex); NULL lets run_ingest decide by row_ref.
 REJECT_SCHEMA = pa.schema([
     ("row_ref", pa.string()), ("reason", pa.string()), ("detail", pa.string()), ("record", pa.string()),
+    ("whole", pa.bool_()),
 ])
 
 
@@ -257,8 +260,11 @@ class Collected:
         self._texts: dict[tuple[str, str], str] = {}  # (variant, text md5) -> row_ref, of the current sample
         self._ord = 0
 
-    def reject(self, row_ref: str, reason: str, detail: str | None = None, record: str | None = None) -> None:
-        self.rejects.add(row_ref, reason, detail, None if record is None else record[:1000])
+    def reject(self, row_ref: str, reason: str, detail: str | None = None, record: str | None = None,
+               whole: bool | None = None) -> None:
+        """Record a reject; ``whole`` says whether it is a whole input record (None: decided
+        by run_ingest from its row_ref)."""
+        self.rejects.add(row_ref, reason, detail, None if record is None else record[:1000], whole)
 
     def row(self, row_ref: str, uid: str, fingerprint: str, url: str | None = None, image_path: str | None = None,
             width: int | None = None, height: int | None = None, extra: dict[str, Any] | None = None) -> bool:
@@ -281,12 +287,12 @@ class Collected:
         """Add a caption; a non-string (other than null, which run_ingest rejects) is ``wrong type``."""
         if text is not None and not isinstance(text, str):
             self.reject(row_ref, "wrong type", f"{what} is {json_type(text)}, expected a string (variant {variant})",
-                        dump_record(text))
+                        dump_record(text), whole=False)  # a caption of a sample, not a record
             return
         if text is not None:
             key = (variant, hashlib.md5(text.encode("utf-8")).hexdigest())
             if key in self._texts:
-                self.reject(row_ref, "duplicate caption", f"same {variant} text as {self._texts[key]}", text)
+                self.reject(row_ref, "duplicate caption", f"same {variant} text as {self._texts[key]}", text, whole=False)
                 return
             self._texts[key] = row_ref
         prov = json.dumps(provenance, ensure_ascii=False) if provenance else None
@@ -306,7 +312,7 @@ class Collected:
             long_captions_sql=(
                 f"SELECT uid::UUID AS uid, row_ref, variant, text, generator, provenance::JSON AS provenance FROM {p}_long"
             ),
-            reader_rejects_sql=f"SELECT row_ref, reason, detail, record FROM {p}_rejects",
+            reader_rejects_sql=f"SELECT row_ref, reason, detail, record, whole FROM {p}_rejects",
             register={f"{p}_rows": self.rows.table(), f"{p}_long": self.long.table(),
                       f"{p}_rejects": self.rejects.table()},
         )
