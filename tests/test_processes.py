@@ -79,16 +79,19 @@ def kill_and_check(proc: subprocess.Popen, kids: list[psutil.Process], seconds: 
     assert time.monotonic() - t0 < 2
 
 
-@pytest.fixture
-def small_store(tmp_path, cc3m_file):
-    """600 real CC3M captions."""
-    tsv = tmp_path / "cc3m-600.tsv"
+def make_small_store(path: Path, cc3m_file: Path) -> Path:
+    """A store of the first 600 real CC3M captions."""
+    tsv = path.parent / f"{path.name}-cc3m-600.tsv"
     with open(cc3m_file, encoding="utf-8") as f:
         tsv.write_text("".join(next(f) for _ in range(600)), encoding="utf-8")
-    path = tmp_path / "s"
     with Store.init(path) as s:
         ingest(s, "table", tsv, "cc3m", preset="cc3m")
     return path
+
+
+@pytest.fixture
+def small_store(tmp_path, cc3m_file):
+    return make_small_store(tmp_path / "s", cc3m_file)
 
 
 def test_sigkill_of_knowledge_score_with_two_workers_leaves_no_process(small_store):
