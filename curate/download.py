@@ -109,10 +109,10 @@ class DownloadResult:
     def summary(self) -> str:
         retry = ""
         if self.retried is not None:
-            retry = f"retried {sum(self.retried.values()):,} urls whose last attempt failed ({_counts(self.retried)})"
+            retry = f"retried {sum(self.retried.values()):,} urls whose last attempt failed ({_counts(self.retried)}"
             if self.not_retried:
-                retry += f", not {_counts(self.not_retried)}"
-            retry += "; "
+                retry += f"; not retried: {_counts(self.not_retried)}"
+            retry += "); "
         if not self.statuses and isinstance(self.ingest, str):
             return f"{retry}{self.ingest} (output {self.output})"
         total = sum(self.statuses.values())
