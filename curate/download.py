@@ -107,14 +107,14 @@ class DownloadResult:
     not_retried: dict[str, int] = field(default_factory=dict)
 
     def summary(self) -> str:
-        retry = ""
+        retry = left = ""
         if self.retried is not None:
-            retry = f"retried {sum(self.retried.values()):,} urls whose last attempt failed ({_counts(self.retried)}"
-            if self.not_retried:
-                retry += f"; not retried: {_counts(self.not_retried)}"
-            retry += "); "
+            left = f"not retried: {_counts(self.not_retried)}" if self.not_retried else ""
+            if self.retried:
+                retry = (f"retried {sum(self.retried.values()):,} urls whose last attempt failed "
+                         f"({_counts(self.retried)}{'; ' + left if left else ''}); ")
         if not self.statuses and isinstance(self.ingest, str):
-            return f"{retry}{self.ingest} (output {self.output})"
+            return f"{retry}{self.ingest}{'; ' + left if left and not retry else ''} (output {self.output})"
         total = sum(self.statuses.values())
         return (f"{retry}downloaded {total:,} urls into {self.output} ({_counts(self.statuses)}) with img2dataset "
                 f"{self.img2dataset_version} in {self.seconds:.1f}s; "

@@ -229,7 +229,8 @@ def test_retry_failed_fetches_again_only_what_said_try_later_and_404s_when_asked
 
         none = download(store, out, source="web", img2dataset_python=i2d_python, options=opts, retry_failed=True)
         assert none.statuses == {} and none.summary().startswith(
-            "retried 0 urls whose last attempt failed (; not retried: 404: 1, resize: 1); nothing to retry")
+            "nothing to retry: no sample of source 'web' has a last attempt that failed with timeout, 5xx, 429; "
+            "not retried: 404: 1, resize: 1 (output ")
 
     # asked for by status, through the CLI; not a terminal, so no bar: one summary line
     cli = ["download", "--store", str(tmp_path / "s"), "--source", "web", "--out", str(out),

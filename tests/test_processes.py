@@ -44,18 +44,26 @@ def alive(ps: list[psutil.Process]) -> list[psutil.Process]:
     return out
 
 
+def cmdline(p: psutil.Process) -> str:
+    try:
+        return " ".join(p.cmdline())
+    except psutil.Error:  # gone, or a zombie, meanwhile
+        return ""
+
+
 def left_after(ps: list[psutil.Process], seconds: float) -> list[str]:
     """The processes of ``ps`` still alive after ``seconds`` (described), or []."""
     deadline = time.monotonic() + seconds
     while alive(ps) and time.monotonic() < deadline:
         time.sleep(0.1)
-    desc = []
-    for p in alive(ps):
-        try:
-            desc.append(f"{p.pid} {' '.join(p.cmdline())[:100]}")
-        except psutil.Error:
-            pass
-    return desc
+    return [f"{p.pid} {cmdline(p)[:100]}" for p in alive(ps)]
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
 
 
 def wait_for_line(proc: subprocess.Popen, text: str, seconds: float) -> None:
@@ -99,12 +107,14 @@ def test_sigkill_of_knowledge_score_with_two_workers_leaves_no_process(small_sto
                   "--batch-size", "20", "--no-progress", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     wait_for_line(proc, "committed batch", 120)  # both spaCy workers loaded and scoring
     kids = psutil.Process(proc.pid).children(recursive=True)
-    workers = [k for k in kids if "spawn_main" in " ".join(k.cmdline())]
-    assert len(workers) == 2, [k.cmdline() for k in kids]
+    workers = [k for k in kids if "spawn_main" in cmdline(k)]
+    assert len(workers) == 2, [cmdline(k) for k in kids]
     kill_and_check(proc, kids)
 
 
-def test_sigkill_of_a_download_leaves_no_img2dataset_process(tmp_path, server, i2d_python):
+def start_download(tmp_path: Path, server: str, i2d_python: str, **kw) -> tuple[subprocess.Popen, list[psutil.Process]]:
+    """`curate download` of 40 slow URLs, returned once img2dataset and its own
+    children (a pool of 2 and a logger) are downloading; its descendants then."""
     names = [f"slow{i}.jpg" for i in range(40)]
     for i, n in enumerate(names):
         ROUTES[f"/{n}"] = (200, "image/jpeg", _jpeg(i), 1.5)
@@ -115,19 +125,22 @@ def test_sigkill_of_a_download_leaves_no_img2dataset_process(tmp_path, server, i
         ingest(s, "table", table, "web")
     proc = curate("download", "--store", str(store), "--source", "web", "--out", str(tmp_path / "img"),
                   "--img2dataset-python", i2d_python, "--processes", "2", "--threads", "2", "--shard-size", "5",
-                  "--timeout", "5", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    # img2dataset and its own children (a pool of 2 and a logger) are running
+                  "--timeout", "5", stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
     deadline = time.monotonic() + 120
     while True:
         kids = psutil.Process(proc.pid).children(recursive=True)
-        if sum("spawn_main" in " ".join(k.cmdline()) for k in alive(kids)) >= 3:
+        if sum("spawn_main" in cmdline(k) for k in kids) >= 3:
             break
         assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
         assert time.monotonic() < deadline, "img2dataset never started its processes"
         time.sleep(0.2)
     time.sleep(1)  # downloading
-    kids = psutil.Process(proc.pid).children(recursive=True)
-    own_group = any(os.getpgid(k.pid) != os.getpgid(proc.pid) for k in alive(kids))
+    return proc, psutil.Process(proc.pid).children(recursive=True)
+
+
+def test_sigkill_of_a_download_leaves_no_img2dataset_process(tmp_path, server, i2d_python):
+    proc, kids = start_download(tmp_path, server, i2d_python)
+    own_group = any(_pgid(k.pid) not in (None, os.getpgid(proc.pid)) for k in kids)
     kill_and_check(proc, kids)
     assert own_group  # img2dataset runs in a process group of its own
 

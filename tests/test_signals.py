@@ -14,7 +14,16 @@ from curate import Store
 from curate.knowledge.ner import check_pipeline
 from curate.registry import build_stage
 from curate.runner import RunOptions, run_stage
-from tests.test_processes import MODEL, curate, left_after, make_small_store, small_store  # noqa: F401 - a fixture
+from tests.test_download import i2d_python, server  # noqa: F401 - fixtures
+from tests.test_processes import (  # noqa: F401 - small_store is a fixture
+    MODEL,
+    cmdline,
+    curate,
+    left_after,
+    make_small_store,
+    small_store,
+    start_download,
+)
 
 
 def stop_after(proc: subprocess.Popen, batches: int, sig: int,
@@ -30,7 +39,7 @@ def stop_after(proc: subprocess.Popen, batches: int, sig: int,
             break
     assert seen == batches, f"the command ended after {seen} batches: rc {proc.wait()}"
     kids = psutil.Process(proc.pid).children(recursive=True)
-    cmds = [" ".join(k.cmdline()) for k in kids]
+    cmds = [cmdline(k) for k in kids]
     (os.killpg if group else os.kill)(proc.pid, sig)
     rest = proc.stderr.read()
     proc.wait(60)
@@ -102,3 +111,12 @@ def test_ctrl_c_of_a_two_worker_knowledge_score_is_one_line_130_no_process_left_
     assert len(got) == len({r[0] for r in got}) == 600
     assert got == table(clean, knowledge)
     assert [r[1] for r in runs(small_store)] == ["interrupted", "ok"]
+
+
+def test_sigterm_of_a_download_stops_img2dataset_and_its_group_in_one_line(tmp_path, server, i2d_python):
+    proc, kids = start_download(tmp_path, server, i2d_python)
+    os.kill(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143
+    assert err == "interrupted (SIGTERM): what was committed is kept; run the same command again to resume\n"
+    assert left_after(kids, 5) == []
