@@ -6,7 +6,6 @@ prints, and how a failure or a signal becomes one line and an exit code
 from __future__ import annotations
 
 import os
-import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
