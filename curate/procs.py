@@ -52,6 +52,8 @@ log = logging.getLogger("curate.procs")
 
 #: ``prctl`` option: the signal a process gets when its parent dies (linux/prctl.h)
 PR_SET_PDEATHSIG = 1
+#: POSIX's SIGKILL (the name is missing where there is no such signal)
+SIGKILL = int(getattr(signal, "SIGKILL", 9))
 
 
 class Interrupted(KeyboardInterrupt):
@@ -70,7 +72,7 @@ class Interrupted(KeyboardInterrupt):
         return 128 + self.signum
 
 
-def set_parent_death_signal(sig: int = signal.SIGKILL) -> bool:
+def set_parent_death_signal(sig: int = SIGKILL) -> bool:
     """Ask the kernel to send ``sig`` to this process when its parent dies (Linux
     ``prctl(PR_SET_PDEATHSIG)``). Returns False where that does not exist.
 
@@ -88,7 +90,7 @@ def set_parent_death_signal(sig: int = signal.SIGKILL) -> bool:
 def die_with_parent(parent_pid: int) -> None:
     """In a child: die when ``parent_pid`` dies (see :func:`set_parent_death_signal`).
     A parent that is already gone (it died before this ran) ends this process now."""
-    set_parent_death_signal(signal.SIGKILL)
+    set_parent_death_signal(SIGKILL)
     if os.getppid() != parent_pid:
         os._exit(1)
 
@@ -124,7 +126,10 @@ def kill_group(proc: subprocess.Popen[Any], timeout: float = 10.0) -> None:
     ``start_new_session=True``) and reap ``proc``."""
     if proc.returncode is None:  # not reaped yet: its pid still names its group
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
+            if hasattr(os, "killpg"):
+                os.killpg(proc.pid, SIGKILL)
+            else:  # no process groups here
+                proc.kill()
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout)
 
@@ -231,10 +236,10 @@ def below(table, roots):
     seen, todo = set(), list(roots)
     while todo:
         for k in kids.get(todo.pop(), ()):
-            if k not in seen:
+            if k not in seen and k != me:  # not this watchdog, nor its ps
                 seen.add(k)
                 todo.append(k)
-    return seen - {me}
+    return seen
 
 table = scan()
 baseline = below(table, [parent])

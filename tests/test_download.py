@@ -1,6 +1,7 @@
 """`curate download`: img2dataset (in its own venv) against a local HTTP server on
 127.0.0.1 serving generated images, a 404, a corrupt image, a non-image content type
-and a slow response; every outcome recorded; resumable; the result ingested and linked.
+and a slow response; every outcome recorded; resumable; the result ingested and linked;
+``--retry-failed`` fetches again what answered 503 or timed out, a 404 only when asked.
 
 img2dataset pins pandas<3 and webdataset<0.3, so it never enters curate's venv: the
 test uses ``$CURATE_IMG2DATASET_PYTHON``, else ``.venv-img2dataset/bin/python`` in the

@@ -1,4 +1,5 @@
-"""The stage contract and runner: results, resume, config hashes, process pool, SIGKILL."""
+"""The stage contract and runner: results, resume, config hashes, process pool, SIGKILL,
+Ray, and a full disk (a tmpfs the test mounts)."""
 
 from __future__ import annotations
 
