@@ -27,17 +27,21 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures as cf
+import contextlib
 import logging
 import multiprocessing as mp
-from collections.abc import Iterator
+import os
+from collections.abc import Generator, Iterator
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any
 
+import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm.auto import tqdm
 
+from . import procs
 from .errors import ConfigError, CurateError
 from .runs import start_run
 from .stages.base import Stage
@@ -46,6 +50,8 @@ from .store import Store, check_identifier, quote_ident
 log = logging.getLogger("curate.runner")
 
 META_COLUMNS = ("stage", "config_hash", "run_id")
+#: what an executor yields: (input batch, the stage's result for it), in input order
+_Results = Generator[tuple[pa.RecordBatch, pa.Table | pa.RecordBatch], None, None]
 EXECUTORS = ("local", "ray")
 
 
@@ -161,7 +167,7 @@ def run_stage(store: Store, stage: Stage, options: RunOptions | None = None) -> 
     ensure_output_table(store, stage)
     h = stage.config_hash()
     with start_run(store, "stage", stage.registry_name(), stage.config(), options=options.resolved(), hash=h,
-                   interrupted="interrupted by the user; run again to resume") as run:
+                   interrupted="interrupted; run again to resume") as run:
         run_id = run.id
         sql = pending_sql(stage)
         pending = con.execute(f"SELECT count(*) FROM ({sql})", {"config_hash": h}).fetchall()[0][0]
@@ -171,6 +177,7 @@ def run_stage(store: Store, stage: Stage, options: RunOptions | None = None) -> 
         bar = tqdm(total=total, unit="rows", desc=stage.registry_name(), disable=_no_bar(options), dynamic_ncols=True)
         reader_cur = con.cursor()
         writer = con.cursor()
+        execute: _Results | None = None
         try:
             reader = reader_cur.sql(sql, params={"config_hash": h}).to_arrow_reader(options.batch_size)
             batches = _limited(reader, options.limit)
@@ -191,18 +198,27 @@ def run_stage(store: Store, stage: Stage, options: RunOptions | None = None) -> 
                     run.progress(writer)  # the counters commit with the batch
                     writer.commit()
                 except BaseException:
-                    writer.rollback()
+                    # nothing to roll back after a commit that failed (DuckDB ended the
+                    # transaction) or that an interrupt arrived just after
+                    with contextlib.suppress(duckdb.Error):
+                        writer.rollback()
+                    run.counts.clear()  # the runs row keeps the counters its last committed batch wrote
                     raise
                 finally:
                     writer.unregister("_curate_batch")
                 log.debug("run %d: committed batch of %d rows (%d so far)", run_id, batch.num_rows, rows_in)
                 bar.update(batch.num_rows)
         except BrokenProcessPool as e:
+            intr = procs.as_interrupt(e)
+            if intr is not None:  # the workers went with a signal this process got too
+                raise intr from None
             run.fail("failed", f"a worker process died ({e})")
             raise CurateError(f"{stage.registry_name()}: a worker process died (out of memory or killed?); "
                               f"{rows_in:,} rows were committed, run again to resume, or with workers=1 "
                               "to see the error") from None
         finally:
+            if execute is not None:
+                execute.close()  # stops workers now (an error or an interrupt), not when collected
             bar.close()
             reader_cur.close()
             writer.close()
@@ -248,8 +264,9 @@ def _check_result(stage: Stage, batch: pa.RecordBatch, result: pa.Table | pa.Rec
 _WORKER_STAGE: Stage | None = None
 
 
-def _init_worker(stage: Stage) -> None:
+def _init_worker(stage: Stage, parent_pid: int) -> None:
     global _WORKER_STAGE
+    procs.worker_init(parent_pid)  # before setup(): a model load takes seconds
     stage.setup()
     _WORKER_STAGE = stage
 
@@ -260,23 +277,42 @@ def _apply(batch: pa.RecordBatch) -> pa.Table | pa.RecordBatch:
 
 
 def _execute(stage: Stage, batches: Iterator[pa.RecordBatch],
-             workers: int) -> Iterator[tuple[pa.RecordBatch, pa.Table | pa.RecordBatch]]:
+             workers: int) -> _Results:
     if workers == 1:
         stage.setup()
         for b in batches:
             yield b, stage(b)
         return
     ctx = mp.get_context("spawn")
-    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
-                                initargs=(stage,)) as pool:
-        inflight: list[tuple[pa.RecordBatch, cf.Future[pa.Table | pa.RecordBatch]]] = []
-        for b in batches:
-            inflight.append((b, pool.submit(_apply, b)))
-            if len(inflight) >= 2 * workers:
-                done_b, fut = inflight.pop(0)
+    with procs.guard("process pool"):
+        pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
+                                      initargs=(stage, os.getpid()))
+        try:
+            inflight: list[tuple[pa.RecordBatch, cf.Future[pa.Table | pa.RecordBatch]]] = []
+            for b in batches:
+                inflight.append((b, pool.submit(_apply, b)))
+                if len(inflight) >= 2 * workers:
+                    done_b, fut = inflight.pop(0)
+                    yield done_b, fut.result()
+            for done_b, fut in inflight:
                 yield done_b, fut.result()
-        for done_b, fut in inflight:
-            yield done_b, fut.result()
+        except BaseException:
+            # An error, Ctrl-C, SIGTERM or the consumer closing this generator: stop the
+            # workers now instead of waiting for the batches in flight (their results
+            # would be thrown away: nothing is committed past this point).
+            _stop_pool(pool)
+            raise
+        pool.shutdown(wait=True)
+
+
+def _stop_pool(pool: cf.ProcessPoolExecutor) -> None:
+    # ProcessPoolExecutor has no public way to stop workers that are busy; its
+    # ``_processes`` (pid -> Process) has been there since Python 3.2. The guard
+    # around the pool kills anything this misses.
+    for p in list((getattr(pool, "_processes", None) or {}).values()):
+        with contextlib.suppress(Exception):
+            p.kill()
+    pool.shutdown(wait=False, cancel_futures=True)
 
 
 class _RayWorker:
@@ -291,39 +327,47 @@ class _RayWorker:
 
 
 def _execute_ray(stage: Stage, batches: Iterator[pa.RecordBatch],
-                 options: RunOptions) -> Iterator[tuple[pa.RecordBatch, pa.Table | pa.RecordBatch]]:
+                 options: RunOptions) -> _Results:
     from ._optional import require
 
     ray = require("ray", purpose='executor = "ray"')
-    started = False
-    if not ray.is_initialized():
-        kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
+    with contextlib.ExitStack() as stack:
+        started = False
+        if not ray.is_initialized():
+            # Ray started here dies with this process: its head processes fate-share
+            # with it (Ray's own prctl), and the guard kills the rest (agents and actor
+            # workers, which otherwise outlive a killed driver by a minute or more).
+            stack.enter_context(procs.guard("Ray"))
+            kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
+                                  "logging_level": logging.WARNING}
+            try:
+                with procs.keep_signal_handlers():  # ray.init's SIGTERM handler calls sys.exit
+                    if options.ray_address:
+                        ray.init(address=options.ray_address, **kw)
+                    else:
+                        ray.init(num_cpus=options.workers, num_gpus=None if options.gpus_per_worker else 0, **kw)
+            except Exception as e:  # noqa: BLE001 - ray.init raises ConnectionError, RuntimeError, ValueError, TypeError, OSError and bare Exception (ray/_private/node.py, services.py)
+                where = f"the Ray cluster at {options.ray_address!r}" if options.ray_address else "a local Ray"
+                raise CurateError(f"{stage.registry_name()}: could not start or reach {where}: "
+                                  f"{_first(str(e))}") from None
+            started = True
+        actor = ray.remote(num_cpus=1, num_gpus=options.gpus_per_worker)(_RayWorker)
+        actors = [actor.remote(stage) for _ in range(options.workers)]
         try:
-            if options.ray_address:
-                ray.init(address=options.ray_address, **kw)
-            else:
-                ray.init(num_cpus=options.workers, num_gpus=None if options.gpus_per_worker else 0, **kw)
-        except Exception as e:  # noqa: BLE001 - ray.init raises ConnectionError, RuntimeError, ValueError, TypeError, OSError and bare Exception (ray/_private/node.py, services.py)
-            where = f"the Ray cluster at {options.ray_address!r}" if options.ray_address else "a local Ray"
-            raise CurateError(f"{stage.registry_name()}: could not start or reach {where}: {_first(str(e))}") from None
-        started = True
-    actor = ray.remote(num_cpus=1, num_gpus=options.gpus_per_worker)(_RayWorker)
-    actors = [actor.remote(stage) for _ in range(options.workers)]
-    try:
-        inflight: collections.deque[tuple[pa.RecordBatch, Any]] = collections.deque()  # (batch, ObjectRef)
-        for i, b in enumerate(batches):
-            inflight.append((b, actors[i % len(actors)].apply.remote(b)))
-            if len(inflight) >= 2 * len(actors):
+            inflight: collections.deque[tuple[pa.RecordBatch, Any]] = collections.deque()  # (batch, ObjectRef)
+            for i, b in enumerate(batches):
+                inflight.append((b, actors[i % len(actors)].apply.remote(b)))
+                if len(inflight) >= 2 * len(actors):
+                    done_b, ref = inflight.popleft()
+                    yield done_b, _ray_get(ray, stage, ref)
+            while inflight:
                 done_b, ref = inflight.popleft()
                 yield done_b, _ray_get(ray, stage, ref)
-        while inflight:
-            done_b, ref = inflight.popleft()
-            yield done_b, _ray_get(ray, stage, ref)
-    finally:
-        for a in actors:
-            ray.kill(a)
-        if started:
-            ray.shutdown()
+        finally:
+            for a in actors:
+                ray.kill(a)
+            if started:
+                ray.shutdown()
 
 
 def _ray_get(ray: Any, stage: Stage, ref: Any) -> pa.Table | pa.RecordBatch:

@@ -9,9 +9,11 @@ resolved ``config`` as JSON, ``config_hash``, counts, ``seconds``, ``status``, .
   :meth:`Run.ok` / :meth:`Run.commit_ok` *in the same transaction as its result* (so a
   result without an ``ok`` run, or an ``ok`` run without its result, cannot exist). An
   exception sets it ``failed`` (``<Error>: <message>``, at most 1,000 characters) or,
-  for Ctrl-C, ``interrupted``. An operation whose whole work is one transaction (an
-  ingest) passes that transaction's cursor: its ``running`` row is inside it, and a
-  failure rolls the row back with the rest.
+  for Ctrl-C and SIGTERM (:class:`curate.procs.Interrupted`), ``interrupted``; a write
+  that found the disk full is raised as one :class:`StoreError` naming the cause. An
+  operation whose whole work is one transaction (an ingest) passes that transaction's
+  cursor: its ``running`` row is inside it, and a failure rolls the row back with the
+  rest.
 * **Recorded** (:func:`record_run`): an operation whose work is a single short
   transaction (a vocabulary or published-counts import) inserts its row as ``ok``
   inside that transaction.
@@ -28,8 +30,11 @@ an ingest stores its flat input description. ``config_hash`` defaults to
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import errno
 import json
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -37,7 +42,8 @@ from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .config import config_hash
-from .errors import CurateError
+from .errors import CurateError, StoreError
+from .procs import Interrupted, as_interrupt
 
 #: the longest ``message`` a failed or interrupted run records
 if TYPE_CHECKING:
@@ -193,25 +199,60 @@ class Run:
 
 @contextmanager
 def start_run(store: Store, kind: str, stage: str, config: Any, *,
-              interrupted: str = "interrupted by the user; nothing was written", **kw: Any) -> Iterator[Run]:
+              interrupted: str = "interrupted; nothing was written", **kw: Any) -> Iterator[Run]:
     """A :class:`Run` (``kw``: its keyword arguments) for the body of the ``with``: an
-    exception marks it ``failed`` (``interrupted`` with the message ``interrupted`` for
-    Ctrl-C) and is re-raised; a body that ends without :meth:`Run.ok` fails the run. A
-    row that is no longer ``running`` in the store (the body marked it failed with its
-    own message, or its result was committed before the exception) is left as it is."""
+    exception marks it ``failed`` and is re-raised; Ctrl-C marks it ``interrupted`` with
+    the message ``interrupted`` (plus the signal's name when the CLI caught SIGINT or
+    SIGTERM); a full disk (:func:`disk_full`) is raised as one :class:`StoreError`. A
+    body that ends without :meth:`Run.ok` fails the run. A row that is no longer
+    ``running`` in the store (the body marked it failed with its own message, or its
+    result was committed before the exception) is left as it is."""
     run = Run(store, kind, stage, config, **kw)
     try:
         yield run
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         if _running(run):
-            run.fail("interrupted", interrupted)
+            how = f" ({e.args[0]})" if isinstance(e, Interrupted) else ""  # which signal
+            run.fail("interrupted", f"{interrupted}{how}")
         raise
     except BaseException as e:
+        intr = as_interrupt(e)  # e.g. DuckDB's "Query interrupted" for a signal during a query
+        if intr is not None:
+            if _running(run):
+                run.fail("interrupted", f"{interrupted} ({intr.args[0]})")
+            raise intr from None
+        full = disk_full(e)
+        if full is not None:
+            with contextlib.suppress(Exception):  # the full disk may refuse this update too
+                if _running(run):
+                    run.fail("failed", f"the disk is full: {full}")
+            raise StoreError(f"{stage}: the store's disk is full ({full}); the work committed before it is kept "
+                             "and the store is usable: free space under "
+                             f"{store.path} and run again to resume") from None
         if _running(run):
             run.fail("failed", f"{type(e).__name__}: {e}")
         raise
     if _running(run):
         run.fail("failed", "the operation finished without writing its result")
+
+
+#: what the OS (and DuckDB, quoting it) says when a write finds the disk full
+NO_SPACE = "No space left on device"
+
+
+def disk_full(e: BaseException) -> str | None:
+    """The cause, in a few words, when ``e`` is a write that found the disk full (an
+    ``OSError`` ENOSPC, or a DuckDB error quoting it); else None."""
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+        return f"{NO_SPACE}: {e.filename}" if e.filename else NO_SPACE
+    text = str(e)
+    if NO_SPACE not in text:
+        return None
+    # DuckDB: 'TransactionException: Failed to commit: Could not write file "/x/catalog.duckdb.wal":
+    # No space left on device' (or an IOException of the same shape); keep the file and the cause
+    words = " ".join(text.split())
+    m = re.search(r'([Ww]rite|[Ww]riting|[Ff]ile)[^"]*"([^"]+)"', words)
+    return f"{NO_SPACE} writing {m.group(2)}" if m else NO_SPACE
 
 
 def _running(run: Run) -> bool:

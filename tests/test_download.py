@@ -1,6 +1,7 @@
 """`curate download`: img2dataset (in its own venv) against a local HTTP server on
 127.0.0.1 serving generated images, a 404, a corrupt image, a non-image content type
-and a slow response; every outcome recorded; resumable; the result ingested and linked.
+and a slow response; every outcome recorded; resumable; the result ingested and linked;
+``--retry-failed`` fetches again what answered 503 or timed out, a 404 only when asked.
 
 img2dataset pins pandas<3 and webdataset<0.3, so it never enters curate's venv: the
 test uses ``$CURATE_IMG2DATASET_PYTHON``, else ``.venv-img2dataset/bin/python`` in the
@@ -171,3 +172,79 @@ def test_a_python_without_img2dataset_names_the_install(tmp_path, store):
     with pytest.raises(MissingExtraError) as e:
         find_python(sys.executable)
     assert "cannot import img2dataset" in str(e.value) and "--img2dataset-python" in str(e.value)
+
+
+def test_retry_failed_fetches_again_only_what_said_try_later_and_404s_when_asked(tmp_path, server, i2d_python,
+                                                                                  monkeypatch, capsys):
+    from curate.cli import main
+    from tests.test_cli import one_error_line
+
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    ROUTES["/busy1.jpg"] = ROUTES["/busy2.jpg"] = (503, "text/plain", b"try later", 0.0)
+    ROUTES["/late.jpg"] = (200, "image/jpeg", _jpeg(7), 3.0)  # past the 1 s timeout
+    names = ["a.jpg", "busy1.jpg", "busy2.jpg", "gone.jpg", "late.jpg", "corrupt.jpg"]  # gone.jpg: 404
+    table = tmp_path / "urls.parquet"
+    pq.write_table(pa.table({"url": [f"{server}/{n}" for n in names], "caption": names}), table)
+    opts = {"image_size": 32, "timeout": 1, "retries": 0, "thread_count": 4, "processes_count": 1}
+    out = tmp_path / "images"
+
+    def outcomes(store) -> dict[str, list[str]]:
+        got: dict[str, list[str]] = {}
+        for name, status, err in store.con.execute(
+                "SELECT regexp_extract(url, '[^/]+$'), status, coalesce(error_message, '') FROM downloads "
+                "ORDER BY run_id").fetchall():
+            got.setdefault(name, []).append(status if status == "success" else f"{status}: {err}")
+        return got
+
+    def linked(store) -> set[str]:
+        return {r[0] for r in store.con.execute(
+            "SELECT regexp_extract(url, '[^/]+$') FROM samples WHERE image_key IS NOT NULL").fetchall()}
+
+    with Store.init(tmp_path / "s") as store:
+        ingest(store, "table", table, "web")
+        first = download(store, out, source="web", img2dataset_python=i2d_python, options=opts)
+        assert first.statuses == {"success": 1, "failed_to_download": 4, "failed_to_resize": 1}
+        got = outcomes(store)
+        assert got["busy1.jpg"] == ["failed_to_download: HTTP Error 503: Service Unavailable"]
+        assert got["gone.jpg"] == ["failed_to_download: HTTP Error 404: Not Found"]
+        assert "timed out" in got["late.jpg"][0]
+
+        # the server recovers; a retry fetches the 503s and the timeout, not the 404 or the bad image
+        ROUTES["/busy1.jpg"] = ROUTES["/busy2.jpg"] = (200, "image/jpeg", _jpeg(8), 0.0)
+        ROUTES["/late.jpg"] = (200, "image/jpeg", _jpeg(7), 0.0)
+        ROUTES["/gone.jpg"] = (200, "image/jpeg", _jpeg(9), 0.0)  # it would answer now, but a 404 is not retried
+        capsys.readouterr()
+        retry = download(store, out, source="web", img2dataset_python=i2d_python, options=opts, retry_failed=True,
+                         progress=True)
+        assert "img2dataset" in capsys.readouterr().err  # the bar, forced on
+        assert retry.retried == {"503": 2, "timeout": 1} and retry.not_retried == {"404": 1, "resize": 1}
+        assert retry.statuses == {"success": 3} and retry.output != first.output
+        assert retry.summary().startswith("retried 3 urls whose last attempt failed (503: 2, timeout: 1; "
+                                          "not retried: 404: 1, resize: 1); downloaded 3 urls into ")
+        got = outcomes(store)
+        assert got["busy1.jpg"][1:] == got["busy2.jpg"][1:] == got["late.jpg"][1:] == ["success"]
+        assert len(got["gone.jpg"]) == len(got["corrupt.jpg"]) == len(got["a.jpg"]) == 1  # not fetched again
+        assert linked(store) == {"a.jpg", "busy1.jpg", "busy2.jpg", "late.jpg"}
+        assert store.count("samples") == 6  # linked, not added
+
+        none = download(store, out, source="web", img2dataset_python=i2d_python, options=opts, retry_failed=True)
+        assert none.statuses == {} and none.summary().startswith(
+            "nothing to retry: no sample of source 'web' has a last attempt that failed with timeout, 5xx, 429; "
+            "not retried: 404: 1, resize: 1 (output ")
+
+    # asked for by status, through the CLI; not a terminal, so no bar: one summary line
+    cli = ["download", "--store", str(tmp_path / "s"), "--source", "web", "--out", str(out),
+           "--img2dataset-python", i2d_python, "--image-size", "32", "--timeout", "1", "--option", "retries=0"]
+    assert main([*cli, "--retry-failed", "--retry-status", "404"]) == 0
+    stdout, stderr = capsys.readouterr()
+    assert stderr == "" and len(stdout.splitlines()) == 1
+    assert stdout.startswith("retried 1 urls whose last attempt failed (404: 1; not retried: resize: 1); downloaded 1 ")
+    with Store.open(tmp_path / "s", read_only=True) as store:
+        assert outcomes(store)["gone.jpg"][1:] == ["success"] and "gone.jpg" in linked(store)
+
+    assert main([*cli, "--retry-failed", "--retry-status", "teapot"]) == 2
+    assert "retry status 'teapot' is not one of: NNN (an HTTP status, e.g. 404), 4xx, 5xx, timeout" in \
+        one_error_line(capsys.readouterr().err)
+    assert main([*cli, "--retry-status", "404"]) == 2
+    assert one_error_line(capsys.readouterr().err) == "error: --retry-status needs --retry-failed"

@@ -1,4 +1,5 @@
-"""The stage contract and runner: results, resume, config hashes, process pool, SIGKILL."""
+"""The stage contract and runner: results, resume, config hashes, process pool, SIGKILL,
+Ray, and a full disk (a tmpfs the test mounts)."""
 
 from __future__ import annotations
 
@@ -359,3 +360,60 @@ def test_the_ray_executor_without_ray_fails_before_any_work(laion_store, monkeyp
     assert laion_store.con.execute("SELECT count(*) FROM runs").fetchall()[0][0] == runs_before
     assert not laion_store.has_table("caption_stats")
 
+
+
+# -- a full disk ------------------------------------------------------------------------
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 16 MB tmpfs mounted for the test (we run as root in CI); skipped with the reason
+    where mounting is refused."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {(r.stderr or r.stdout).strip()}")
+    try:
+        yield mnt
+    finally:
+        if subprocess.run(["umount", str(mnt)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_a_stage_on_a_full_disk_is_one_store_error_and_the_store_stays_usable(small_disk, tmp_path, cc3m_file, capsys):
+    from curate.cli import main
+    from tests.test_cli import one_error_line
+
+    store = small_disk / "s"
+    with Store.init(store) as s:
+        ingest(s, "table", cc3m_file, "cc3m", preset="cc3m")
+    filler = small_disk / "filler"
+    free = os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize
+    with open(filler, "wb") as f:  # leave 300 KB: a few batches fit, then the disk is full
+        os.posix_fallocate(f.fileno(), 0, free - 300 * 1024)
+    pipeline = tmp_path / "p.toml"
+    pipeline.write_text('[[stage]]\nname = "text.caption_stats.v1"\nbatch_size = 1000\n')
+
+    assert main(["run", str(pipeline), "--store", str(store), "--no-progress"]) == 4
+    line = one_error_line(capsys.readouterr().err)
+    assert line.startswith("error: text.caption_stats.v1: the store's disk is full (No space left on device writing "
+                           f"{store / 'catalog.duckdb'}"), line
+    assert "run again to resume" in line
+    with Store.open(store, read_only=True) as s:  # readable on the full disk; the run says why it stopped
+        (status, message, rows_in), = s.con.execute("SELECT status, message, rows_in FROM runs WHERE kind = 'stage'"
+                                                    ).fetchall()
+        committed = s.count("caption_stats")
+    assert status == "failed" and message.startswith("the disk is full: No space left on device")
+    assert rows_in == committed and 0 < committed < 15_833 and committed % 1000 == 0
+
+    filler.unlink()
+    assert main(["check", "--store", str(store)]) == 0
+    assert main(["run", str(pipeline), "--store", str(store), "--no-progress"]) == 0
+    assert f"({15_833 - committed:,} were pending)" in capsys.readouterr().out
+    with Store.init(tmp_path / "clean") as clean:
+        ingest(clean, "table", cc3m_file, "cc3m", preset="cc3m")
+        run_stage(clean, CaptionStats(), RunOptions(batch_size=1000))
+        want = stats_rows(clean)
+    with Store.open(store, read_only=True) as s:
+        assert stats_rows(s) == want

@@ -149,3 +149,24 @@ def test_a_read_only_store_refuses_a_run(tmp_path):
         with pytest.raises(CurateError, match="read-only"):
             with start_run(s, "similarity", "test.thing.v1", {}):
                 pass
+
+
+def test_sigterm_during_a_duckdb_query_interrupts_the_run(store):
+    """DuckDB runs the signal handler during a query and raises ``RuntimeError: Query
+    interrupted`` instead of the handler's exception; the run is still ``interrupted``
+    by SIGTERM and the caller gets the interrupt, not the RuntimeError."""
+    import os
+    import signal
+    import threading
+
+    from curate.procs import Interrupted, handle_signals
+
+    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM))
+    with handle_signals(), pytest.raises(Interrupted) as e:
+        with start_run(store, "stage", "test.thing.v1", {}, interrupted="stopped; run again") as run:
+            timer.start()
+            store.con.execute("SELECT count(*) FROM range(100000000000) t(i) WHERE i % 7 = 3").fetchall()
+    timer.join()
+    assert e.value.exit_code == 143
+    assert row(store, run.id)[4:9:4] == ("interrupted", "stopped; run again (SIGTERM)")
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handle_signals put the old handler back

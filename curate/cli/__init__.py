@@ -1,6 +1,8 @@
 """The command line: a thin layer over the Python API. Every command takes ``--store``
 (default ``$CURATE_STORE``, else ``./curate-store``). Expected failures print one line
-(``error: ...``) and exit non-zero; they never print a traceback.
+(``error: ...``) and exit non-zero; they never print a traceback. Ctrl-C and SIGTERM stop
+the command cleanly (the run is marked ``interrupted``, child processes are stopped),
+print one ``interrupted (SIGINT|SIGTERM): ...`` line and exit 130 or 143.
 
 One module per command family holds its commands; :data:`COMMANDS` below is the one
 list of what ``curate`` offers. Command modules share :mod:`curate.cli.common` and never
@@ -38,5 +40,7 @@ def cli(verbose: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The ``curate`` program: run the CLI on ``argv`` (default ``sys.argv[1:]``), return the exit code."""
+    """The ``curate`` program: run the CLI on ``argv`` (default ``sys.argv[1:]``), return the
+    exit code. SIGINT and SIGTERM are handled while it runs (:func:`curate.procs.handle_signals`)
+    and restored afterwards, so calling it in-process leaves the caller's handlers alone."""
     return invoke(cli, argv)

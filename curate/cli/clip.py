@@ -28,17 +28,30 @@ from .common import executor_options, pairs, progress_option, run_options, show_
 @click.option("--timeout", default=10, show_default=True, help="Seconds per URL.")
 @click.option("--shard-size", default=10_000, show_default=True, help="Samples per shard.")
 @click.option("--option", "options", multiple=True, help="Another img2dataset option, KEY=VALUE (repeatable).")
+@click.option("--retry-failed", is_flag=True,
+              help="Download again only the samples whose last attempt failed with a --retry-status class.")
+@click.option("--retry-status", "retry_status", multiple=True, metavar="STATUS",
+              help="With --retry-failed: what to retry (repeatable, replaces the default timeout, 5xx, 429): "
+                   "an HTTP status (404), 4xx, 5xx, timeout, connection, resize, other or all.")
+@progress_option()
 def download(store_path: Path, source: str, urls: Path | None, output: Path, img2dataset_python: str | None,
              image_size: int, resize_mode: str, processes: int, threads: int, timeout: int, shard_size: int,
-             options: tuple[str, ...]) -> None:
+             options: tuple[str, ...], retry_failed: bool, retry_status: tuple[str, ...],
+             progress: bool | None) -> None:
     """Download images with img2dataset and ingest the result (statuses in `downloads`)."""
+    from ..download import RETRY_DEFAULT, check_retry_status
     from ..download import download as run
+    from ..errors import ConfigError
 
+    if retry_status and not retry_failed:
+        raise ConfigError("--retry-status needs --retry-failed")
+    selectors = check_retry_status(retry_status or RETRY_DEFAULT)
     opts = {"image_size": image_size, "resize_mode": resize_mode, "processes_count": processes,
             "thread_count": threads, "timeout": timeout, "number_sample_per_shard": shard_size,
             **pairs(options, "--option")}
     with Store.open(store_path) as store:
-        res = run(store, output, source=source, urls=urls, img2dataset_python=img2dataset_python, options=opts)
+        res = run(store, output, source=source, urls=urls, img2dataset_python=img2dataset_python, options=opts,
+                  retry_failed=retry_failed, retry_status=selectors, progress=progress)
         click.echo(res.summary())
         if res.errors:
             import pyarrow as pa

@@ -1,17 +1,21 @@
 """What every CLI module shares: the ``--store`` option and the other options several
 commands take (executor, progress, max rows), ``KEY=VALUE`` parsing, how a result table
-prints, and how a failure becomes one ``error: ...`` line and an exit code
+prints, and how a failure or a signal becomes one line and an exit code
 (:func:`invoke`). Command modules import from here, never from ``curate.cli`` itself."""
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
-from ..errors import ConfigError, CurateError
+from .. import procs
+from ..errors import ConfigError, CurateError, StoreError
+from ..runs import disk_full
 from ..store import DEFAULT_STORE
 
 store_option = click.option(
@@ -107,18 +111,43 @@ def show_table(table: Any, max_rows: int = 40, *, float_precision: int | None = 
 def invoke(group: click.Group, argv: list[str] | None = None) -> int:
     """Run ``group`` as the ``curate`` program; return the exit code. Expected failures
     (:class:`CurateError`) print one ``error: ...`` line and exit with their own code,
-    never a traceback; click's usage errors print as click prints them."""
+    never a traceback; click's usage errors print as click prints them. SIGINT (Ctrl-C)
+    and SIGTERM stop the command the way Ctrl-C does (the batch in flight rolls back,
+    the run is marked ``interrupted``, child processes are stopped), then print one
+    ``interrupted`` line and exit 130 or 143. A write that finds the disk full prints
+    one line and exits with :class:`StoreError`'s code."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    if any(k.startswith("_CURATE") and k.endswith("_COMPLETE") for k in os.environ):
+        group.main(args=args, prog_name="curate")  # shell completion: click answers and exits
     try:
-        group.main(args=argv, prog_name="curate", standalone_mode=False)
-    except CurateError as e:
-        click.echo(f"error: {e}", err=True)
-        return e.exit_code
+        with procs.handle_signals():
+            with group.make_context("curate", args) as ctx:
+                group.invoke(ctx)
     except click.exceptions.Exit as e:
         return e.exit_code
-    except click.exceptions.Abort:
+    except BaseException as e:  # noqa: BLE001 - each kind is reported below; the rest is re-raised
+        return _report(e)
+    return 0
+
+
+def _report(e: BaseException) -> int:
+    """Print one line for ``e`` and return the exit code; re-raise what is a bug."""
+    intr = procs.as_interrupt(e)
+    if intr is not None:  # checked first: any error raised while a signal was handled is its effect
+        click.echo(f"interrupted ({intr.args[0]}): what was committed is kept; "
+                   "run the same command again to resume", err=True)
+        return intr.exit_code
+    if isinstance(e, CurateError):
+        click.echo(f"error: {e}", err=True)
+        return e.exit_code
+    if isinstance(e, click.exceptions.Abort):
         click.echo("aborted", err=True)
         return 130
-    except click.ClickException as e:
+    if isinstance(e, click.ClickException):
         e.show()
         return e.exit_code
-    return 0
+    full = disk_full(e)
+    if full is None:
+        raise e
+    click.echo(f"error: the disk is full ({full}); free space and run the command again", err=True)
+    return StoreError.exit_code
