@@ -262,16 +262,25 @@ def _check_result(stage: Stage, batch: pa.RecordBatch, result: pa.Table | pa.Rec
 
 # -- executors ------------------------------------------------------------------------
 _WORKER_STAGE: Stage | None = None
+_WORKER_ERROR: CurateError | None = None
 
 
 def _init_worker(stage: Stage, parent_pid: int) -> None:
-    global _WORKER_STAGE
+    global _WORKER_STAGE, _WORKER_ERROR
     procs.worker_init(parent_pid)  # before setup(): a model load takes seconds
-    stage.setup()
+    try:
+        stage.setup()
+    except CurateError as e:
+        # An initializer that raises breaks the whole pool with a traceback; keep the
+        # error and hand it back from the first batch, where the parent prints one line.
+        _WORKER_ERROR = e
+        return
     _WORKER_STAGE = stage
 
 
 def _apply(batch: pa.RecordBatch) -> pa.Table | pa.RecordBatch:
+    if _WORKER_ERROR is not None:
+        raise _WORKER_ERROR
     assert _WORKER_STAGE is not None
     return _WORKER_STAGE(batch)
 

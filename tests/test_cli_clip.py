@@ -210,6 +210,11 @@ def test_cli_embed_refuses_weights_it_cannot_load_safely_in_one_line(tmp_path, t
     with Store.open(store, read_only=True) as s:
         assert s.con.execute("SELECT status, message LIKE 'InputError: %do not fit model%' FROM runs "
                              "WHERE kind = 'stage'").fetchall() == [("failed", True)]
+    # the same with worker processes: the worker's setup error comes back as the same one
+    # line (an initializer that raised used to break the pool with a traceback)
+    rc, _, err = cli(capsys, *embed_argv(store, tiny, "--pretrained", tmp_path / "other.bin"), "--workers", "2")
+    line = one_error_line(err)
+    assert rc == 3 and "other.bin holds weights that do not fit model tiny-clip-test: " in line, line
 
 
 def test_the_documented_delete_embeds_failed_images_again(tmp_path, tiny, capsys):
