@@ -383,18 +383,29 @@ def test_laclip_lists_every_caption_uniformly_and_the_json_manifest_keys_them(mi
         assert all(c["prob"] == pytest.approx(1 / len(cands)) for c in cands)
         assert (r["variant"], r["caption"]) in {(c["variant"], c["text"]) for c in cands}
     lines = [json.loads(line) for line in Path(js["path"]).read_text(encoding="utf-8").splitlines()]
-    keys = js["open_clip"]["json_text_keys"]
+    keys = list(js["open_clip"]["variant_keys"])
     assert keys[:2] == ["raw", "rewrite"] and len(lines) == len(rows)
-    args = js["open_clip"]["args"]
-    assert args[:2] == ["--json-text-key", ";".join(keys)] and args[2] == "--json-text-key-probs"
     for line in lines:
         present = [k for k in keys if line.get(k) is not None]
         assert sorted(line[k] for k in present) == sorted(t for _, t in want[line["uid"]])
         assert sum(v for v in line["caption_probs"].values() if v is not None) == pytest.approx(1.0)
         assert all(line["caption_probs"][k] == pytest.approx(1 / len(present)) for k in present)
-    for k, p in zip(keys, args[3:]):
+    for k, p in js["open_clip"]["variant_keys"].items():
         mean = sum(line["caption_probs"].get(k) or 0 for line in lines) / len(lines)
-        assert float(p) == pytest.approx(mean, rel=1e-5)
+        assert float(p) == pytest.approx(mean, abs=1e-6)
+    # the caption slots open_clip main samples: every sample fills all K slots, each of its
+    # captions in n slots with n / K its probability (exact: K is a common multiple)
+    k = js["open_clip"]["caption_slots"]
+    slots = [f"c{i}" for i in range(k)]
+    assert js["open_clip"]["json_text_keys"] == slots and js["open_clip"]["slot_layout_max_error"] == 0
+    assert js["open_clip"]["args"] == ["--json-text-key", ";".join(slots), "--json-text-key-probs", *["1"] * k]
+    for line in lines:
+        filled = [line[c] for c in slots]
+        assert None not in filled
+        texts = [t for _, t in want[line["uid"]]]
+        assert sorted(set(filled)) == sorted(set(texts))
+        for t in set(texts):
+            assert filled.count(t) / k == pytest.approx(texts.count(t) / len(texts))
 
 
 @pytest.mark.parametrize("weight", [

@@ -398,8 +398,10 @@ def test_the_manifests_own_json_keys_skew_open_clip_mains_draws(sharded, extract
     skewed = {}
     for name, run in sharded.items():
         jside = run["json"]
-        keys = jside["open_clip"]["json_text_keys"]
-        probs = [float(x) for x in jside["open_clip"]["args"][jside["open_clip"]["args"].index("--json-text-key-probs") + 1:]]
+        # one key per variant with its mean probability: what the json manifest offered
+        # before it wrote the slots (its sidecar still records them as variant_keys)
+        keys = list(jside["open_clip"]["variant_keys"])
+        probs = [float(p) for p in jside["open_clip"]["variant_keys"].values()]
         rows = [json.loads(line) for line in Path(jside["path"]).read_text().splitlines()]
 
         def cands(row: dict[str, Any], keys: list[str] = keys) -> list[dict[str, Any]]:

@@ -14,10 +14,12 @@ two integers. Formats (rows in draw order: ascending budget key, then uid):
   only the two columns it is told to); ``tsv`` is open_clip's default
   ``--csv-separator`` (tab).
 * ``json``: one JSON object per line, the per-sample ``.json`` of a webdataset sample:
-  ``uid``, ``url``, ``caption``, ``caption_id``, ``variant``, ``weight``, one key per
-  candidate caption (the variant name; ``rewrite_2``, ... for a second caption of a
-  variant) and ``caption_probs``; the sidecar gives open_clip's ``--json-text-key`` and
-  ``--json-text-key-probs`` for those keys.
+  ``uid``, ``url``, ``image_shard``, ``image_key``, ``image_path``, ``caption``,
+  ``variant``, ``weight``, one readable key per candidate caption (the variant name;
+  ``rewrite_2``, ... for a second caption of a variant), ``caption_probs``, and the
+  caption slots ``c0..c{K-1}`` (:mod:`curate.shards.captions`); the sidecar gives open_clip
+  main's ``--json-text-key`` / ``--json-text-key-probs`` for the slots, equal weights, so
+  its sampler draws each sample's captions with the policy's probabilities.
 * ``npy``: DataComp's subset file: a sorted numpy array of dtype ``u8,u8`` (native
   byte order, as ``np.dtype("u8,u8")`` in ``baselines/apply_filter.py``), each uid as
   (upper 64 bits, lower 64 bits) of its 128-bit value. It has no weight column: uids
@@ -129,8 +131,15 @@ def rows_sql(res: MixResult, candidates: bool) -> str:
     return _late(f"SELECT {inner_cols} {joins} ORDER BY f.key, f.uid", outer)
 
 
-def json_keys(con: Any, res: MixResult) -> tuple[str, list[tuple[str, float]]]:
-    """(SQL of per-sample JSON rows, [(key, probability for --json-text-key-probs)])."""
+def json_keys(con: Any, res: MixResult) -> tuple[str, list[tuple[str, float]], int, float]:
+    """(SQL of per-sample JSON rows, [(variant key, mean probability)], slot count K, the
+    largest slot-layout error). Each row carries the readable per-variant keys and the K
+    caption slots ``c0..c{K-1}`` of :mod:`curate.shards.captions`, which make open_clip's
+    own sampler draw the policy's per-sample probabilities."""
+    import pyarrow as pa
+
+    from ..shards.captions import Candidate, layout_error, slot_count, slot_keys, slot_layout
+
     keyed = (f"SELECT uid, caption_id, prob, ord, CASE WHEN n = 1 THEN variant ELSE variant || '_' || n END AS key "
              f"FROM (SELECT *, row_number() OVER (PARTITION BY uid, variant ORDER BY ord, caption_id) AS n "
              f"FROM ({candidates_sql(res)}))")
@@ -138,18 +147,32 @@ def json_keys(con: Any, res: MixResult) -> tuple[str, list[tuple[str, float]]]:
     total = con.execute("SELECT count(*) FROM _mix_final").fetchall()[0][0] or 1
     keys = con.execute(f"SELECT key, sum(prob) / {total} FROM _mix_keyed GROUP BY key "
                        "ORDER BY min(ord), key").fetchall()
-    pivot = ", ".join(f"max(t.text) FILTER (WHERE k.key = {lit(k)}) AS \"{k}\"" for k, _ in keys)
-    probs = ", ".join(f"\"{k}\" := (max(k.prob) FILTER (WHERE k.key = {lit(k)}))::DOUBLE" for k, _ in keys)
+    # the slots: every sample's candidates in (ord, caption_id) order, laid out in Python
+    cands = con.execute("SELECT k.uid, list(struct_pack(v := k.key, t := t.text, p := k.prob::DOUBLE) "
+                        "ORDER BY k.ord, k.caption_id) FROM _mix_keyed k JOIN captions t USING (caption_id) "
+                        "GROUP BY k.uid").fetchall()
+    per_uid = {uid: [Candidate(c["v"], c["t"], c["p"]) for c in cs] for uid, cs in cands}
+    k, _exact = slot_count([c.prob for c in cs] for cs in per_uid.values())
+    err = max((layout_error(cs, k) for cs in per_uid.values()), default=0.0)
+    layouts = [slot_layout(cs, k) for cs in per_uid.values()]
+    slots = slot_keys(k)
+    con.register("_mix_slots", pa.table({"uid": pa.array([str(u) for u in per_uid], pa.string()),
+                                         **{name: pa.array([lay[i] for lay in layouts], pa.string())
+                                            for i, name in enumerate(slots)}}))
+    pivot = ", ".join(f"max(t.text) FILTER (WHERE k.key = {lit(k_)}) AS \"{k_}\"" for k_, _ in keys)
+    probs = ", ".join(f"\"{k_}\" := (max(k.prob) FILTER (WHERE k.key = {lit(k_)}))::DOUBLE" for k_, _ in keys)
     per = (f"SELECT k.uid, {pivot}, struct_pack({probs}) AS caption_probs FROM _mix_keyed k "
            f"JOIN captions t USING (caption_id) GROUP BY k.uid")
-    keycols = ", ".join(f"\"{k}\"" for k, _ in keys)
-    inner = ("SELECT f.uid, f.source, s.url, s.image_path, c.text AS caption, f.caption_id, f.variant, f.weight, "
-             + ", ".join(f"p.\"{k}\"" for k, _ in keys) + ", p.caption_probs "
+    keycols = ", ".join(f"\"{k_}\"" for k_, _ in keys)
+    slotcols = ", ".join(f"\"{n}\"" for n in slots)
+    inner = ("SELECT f.uid, f.source, s.url, s.image_shard, s.image_key, s.image_path, c.text AS caption, f.caption_id, "
+             "f.variant, f.weight, " + ", ".join(f"p.\"{k_}\"" for k_, _ in keys) + ", p.caption_probs, "
+             + ", ".join(f"sl.\"{n}\"" for n in slots) + " "
              f"FROM _mix_final f JOIN samples s USING (uid) JOIN captions c ON c.caption_id = f.caption_id "
-             f"JOIN ({per}) p ON p.uid = f.uid ORDER BY f.key, f.uid")
-    sql = _late(inner, f"{UID_HEX} AS uid, source, url, image_path, caption, {hex_id('caption_id')} AS caption_id, "
-                f"variant, weight, {keycols}, caption_probs")
-    return sql, [(k, float(p)) for k, p in keys]
+             f"JOIN ({per}) p ON p.uid = f.uid JOIN _mix_slots sl ON sl.uid = f.uid::VARCHAR ORDER BY f.key, f.uid")
+    sql = _late(inner, f"{UID_HEX} AS uid, source, url, image_shard, image_key, image_path, caption, "
+                f"{hex_id('caption_id')} AS caption_id, variant, weight, {keycols}, caption_probs, {slotcols}")
+    return sql, [(k_, float(p)) for k_, p in keys], k, err
 
 
 def copies_sql(res: MixResult) -> str:
@@ -438,12 +461,18 @@ def _write(store: Store, policy: Policy, res: MixResult, path: Path, name: str) 
                                        "title", "--csv-separator", "\t" if fmt == "tsv" else ","],
                               "rows_without_image_path": no_image}
     elif fmt == "json":
-        sql, keys = json_keys(con, res)
+        from ..shards.captions import open_clip_args, slot_keys
+
+        sql, keys, k, err = json_keys(con, res)
         _copy(con, sql, path, "FORMAT json")
-        extra["open_clip"] = {"json_text_keys": [k for k, _ in keys],
-                              "args": ["--json-text-key", ";".join(k for k, _ in keys),
-                                       "--json-text-key-probs", *(f"{p:.6g}" for _, p in keys)],
-                              "note": "--json-text-key(-probs) exist on open_clip main (2026-06), not in 3.3.0"}
+        con.unregister("_mix_slots")
+        extra["open_clip"] = {"json_text_keys": slot_keys(k), "caption_slots": k, "slot_layout_max_error": err,
+                              "variant_keys": {k_: round(p, 6) for k_, p in keys},
+                              "args": open_clip_args(k),
+                              "note": "--json-text-key(-probs) exist on open_clip main (2026-06), not in 3.3.0; "
+                                      "the slots c0..cK-1 with equal weights make its sampler draw each sample's "
+                                      "captions with the policy's probabilities (the variant keys' mean "
+                                      "probabilities would not: docs/shards.md)"}
     elif fmt == "npy":
         arr, copies = npy_array(con, res)
         with path.open("wb") as f:  # a file object: np.save would add .npy to a name
