@@ -647,3 +647,27 @@ def test_rows_are_numbered_by_record_when_lines_cannot_be_matched(store, tmp_pat
     assert sorted(store.con.execute("SELECT row_ref, reason, detail FROM rejects").fetchall()) == [
         ("r.csv:line 5", "too many columns", "Expected Number of Columns: 2 Found: 3"),
         ("r.csv:record 2", "duplicate id", "same uid as r.csv:record 1")]
+
+
+def test_table_captions_record_their_input_and_caption_columns(store, tmp_path):
+    """Issue 16, item 10: a table caption's provenance names the input record and column,
+    and columns about the caption (`caption_cols`: a prompt, a captioning model) go into
+    it rather than into samples.extra, in every table format; captions carry an empty
+    `generation` column for generated variants."""
+    pq.write_table(pa.table({"url": ["http://a/1.jpg"], "caption": ["a dog"], "prompt": ["describe"],
+                             "model": ["blip2"], "other": [1]}), tmp_path / "t.parquet")
+    (tmp_path / "t.csv").write_text("url,caption,prompt\nhttp://b/1.jpg,a bird,hi\n", encoding="utf-8")
+    (tmp_path / "t.jsonl").write_text('{"url": "http://c/1.jpg", "caption": "a fish", "prompt": "p1", "x": 3}\n',
+                                      encoding="utf-8")
+    ingest(store, "table", tmp_path / "t.parquet", "p", caption_cols="prompt,model")
+    ingest(store, "table", tmp_path / "t.csv", "c", caption_cols=("prompt",))
+    ingest(store, "table", tmp_path / "t.jsonl", "j", caption_cols="prompt")
+    got = {src: (json.loads(prov), None if extra is None else json.loads(extra), gen) for src, prov, extra, gen in
+           store.execute("SELECT c.source, c.provenance, s.extra, c.generation FROM captions c "
+                         "JOIN samples s USING (uid)").fetchall()}
+    assert got["p"] == ({"record": "t.parquet:row 1", "column": "caption", "prompt": "describe", "model": "blip2"},
+                        {"other": 1}, None)
+    assert got["c"] == ({"record": "t.csv:line 2", "column": "caption", "prompt": "hi"}, None, None)
+    assert got["j"] == ({"record": "t.jsonl:line 1", "column": "caption", "prompt": "p1"}, {"x": 3}, None)
+    with pytest.raises(InputError, match=r"caption column\(s\) nope not in the input"):
+        ingest(store, "table", tmp_path / "t.csv", "c2", caption_cols="nope")

@@ -31,12 +31,12 @@ FORMATS: dict[str, str] = {
 }
 
 #: table options (they build a TableMapping, see curate.ingest.tables) and their types;
-#: ``extra_cols`` is also taken as one comma-separated string (the CLI's form)
+#: ``extra_cols`` and ``caption_cols`` are also taken as one comma-separated string (the CLI's form)
 TABLE_OPTION_TYPES: dict[str, Any] = {
     "preset": str | None, "url_col": str | None, "caption_col": str | None, "uid_col": str | None,
     "width_col": str | None, "height_col": str | None, "sha256_col": str | None, "variant": str | None,
     "generator": str | None, "extra_cols": str | tuple[str, ...] | None, "input_format": str | None,
-    "header": bool | None,
+    "header": bool | None, "caption_cols": str | tuple[str, ...] | None,
 }
 TABLE_OPTIONS = tuple(TABLE_OPTION_TYPES)
 

@@ -58,6 +58,9 @@ class TableMapping:
     variant: str = "raw"
     generator: str | None = "alt-text"
     extra_cols: tuple[str, ...] | None = None  # None: every unmapped column
+    #: columns about the caption, not the sample (a captioner's prompt, its model, a
+    #: score): kept in the caption's provenance, not in samples.extra
+    caption_cols: tuple[str, ...] = ()
     input_format: str | None = None  # inferred from the file name
     header: bool = True
     optional: tuple[str, ...] = ()  # mapped columns that may be absent (presets)
@@ -79,8 +82,9 @@ def resolve_mapping(preset: str | None = None, **overrides: Any) -> TableMapping
         raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     base = PRESETS[preset] if preset else TableMapping()
     kw = {k: v for k, v in overrides.items() if v is not None}
-    if "extra_cols" in kw and isinstance(kw["extra_cols"], (list, str)):
-        kw["extra_cols"] = tuple(kw["extra_cols"].split(",")) if isinstance(kw["extra_cols"], str) else tuple(kw["extra_cols"])
+    for key in ("extra_cols", "caption_cols"):
+        if key in kw and isinstance(kw[key], (list, str)):
+            kw[key] = tuple(c for c in kw[key].split(",") if c) if isinstance(kw[key], str) else tuple(kw[key])
     if kw.get("input_format") and kw["input_format"] not in TABLE_FORMATS:
         raise ConfigError(f"unknown input format {kw['input_format']!r}; choose one of {', '.join(TABLE_FORMATS)}")
     if "variant" in kw:  # it names captions and becomes a file name (manifests, reports)
@@ -174,7 +178,10 @@ def _is_int(t: str) -> bool:
 
 def _extras(available: dict[str, str], resolved: dict[str, str | None], mapping: TableMapping,
             skip: tuple[str, ...] = ()) -> list[str]:
-    mapped = {c for c in resolved.values() if c}
+    missing = [c for c in mapping.caption_cols if c not in available]
+    if missing:
+        raise InputError(f"caption column(s) {', '.join(missing)} not in the input ({', '.join(available)})")
+    mapped = {c for c in resolved.values() if c} | set(mapping.caption_cols)
     if mapping.extra_cols is not None:
         missing = [c for c in mapping.extra_cols if c not in available]
         if missing:
@@ -198,8 +205,17 @@ def url_sql(expr: str) -> str:
     return f"nullif(CASE WHEN unicode({x}) IN ({zs}) OR unicode({x}[-1]) IN ({zs}) THEN trim({x}) ELSE {x} END, '')"
 
 
+def caption_provenance_sql(caption_col: str | None, caption_cols: tuple[str, ...] = (), row_ref: str = "row_ref") -> str:
+    """The provenance of a table caption: the input record it came from (``file:line N``
+    or ``file:row N``), the column, and the values of the ``caption_cols``."""
+    parts = [f"'record', {row_ref}", f"'column', {_sql_str(caption_col or '')}"]
+    parts += [f"{_sql_str(c)}, {quote_ident(c)}" for c in caption_cols]
+    return "json_object(" + ", ".join(parts) + ")"
+
+
 def _row_select(resolved: dict[str, str | None], extras: list[str], row_ref: str, row_ord: str,
-                shard: str = "NULL", key: str = "NULL", image_path: str = "NULL") -> str:
+                shard: str = "NULL", key: str = "NULL", image_path: str = "NULL",
+                caption_cols: tuple[str, ...] = ()) -> str:
     from ..ids import uid_from_id_sql, uid_sql
 
     def col(role: str) -> str | None:
@@ -222,7 +238,8 @@ def _row_select(resolved: dict[str, str | None], extras: list[str], row_ref: str
     return (
         f"SELECT {row_ref} AS row_ref, {row_ord} AS row_ord, {uid} AS uid, {url or 'NULL'}::VARCHAR AS url, "
         f"{shard}::VARCHAR AS image_shard, {key}::VARCHAR AS image_key, ({image_path})::VARCHAR AS image_path, "
-        f"{sha} AS sha256, {width} AS width, {height} AS height, {extra} AS extra, {caption} AS _caption"
+        f"{sha} AS sha256, {width} AS width, {height} AS height, {extra} AS extra, {caption} AS _caption, "
+        f"{caption_provenance_sql(resolved.get('caption_col'), caption_cols, row_ref)} AS _caption_prov"
     )
 
 
@@ -243,7 +260,8 @@ def prepare_table(store: Store, files: list[Path], fmt: str, source: str, mappin
         available = merged_columns(schemas)
         resolved = _check_columns(available, mapping, files)
         extras = _extras(available, resolved, mapping)
-        rows_sql = _row_select(resolved, extras, PARQUET_ROW_REF, PARQUET_ROW_ORD) + f" FROM {src}"
+        rows_sql = (_row_select(resolved, extras, PARQUET_ROW_REF, PARQUET_ROW_ORD, caption_cols=mapping.caption_cols)
+                    + f" FROM {src}")
         rows_where_ord = PARQUET_ROWS_WHERE_ORD
     elif fmt in ("csv", "tsv"):
         delim = "\t" if fmt == "tsv" else ","
@@ -304,7 +322,7 @@ def prepare_table(store: Store, files: list[Path], fmt: str, source: str, mappin
         row_ref = (f"parse_filename(t.filename) || CASE WHEN f._by_record THEN ':record ' || {k} "
                    f"ELSE ':line ' || {line} END")
         row_ord = f"(t._file << 40) + {k}"
-        rows_sql = (_row_select(resolved, extras, row_ref, row_ord)
+        rows_sql = (_row_select(resolved, extras, row_ref, row_ord, caption_cols=mapping.caption_cols)
                     + f" FROM {name} AS t JOIN {first} AS f ON f._file = t._file"
                     + (f" LEFT JOIN {line_map} AS m ON m._file = t._file AND m.k = {k}" if line_map else ""))
         if has_rej:
@@ -334,14 +352,14 @@ def prepare_table(store: Store, files: list[Path], fmt: str, source: str, mappin
         # number, true/false, an object or a list), or an id that is neither a string nor
         # an integer, is a reject, not a silent cast
         sel = []
-        for c in resolved.values():
+        for c in [*resolved.values(), *mapping.caption_cols]:
             if c:
                 sel.append(f"j->>{_json_ptr(c)} AS {quote_ident(c)}")
         allowed = {"url_col": "('VARCHAR', 'NULL')", "caption_col": "('VARCHAR', 'NULL')",
                    "uid_col": "('VARCHAR', 'BIGINT', 'UBIGINT', 'NULL')"}
         bad_type = " OR ".join(f"coalesce(json_type(j->{_json_ptr(c)}), 'NULL') NOT IN {allowed[r]}"
                                for r, c in resolved.items() if c and r in allowed) or "false"
-        mapped_null = json.dumps({c: None for c in resolved.values() if c}, ensure_ascii=False)
+        mapped_null = json.dumps({c: None for c in [*resolved.values(), *mapping.caption_cols] if c}, ensure_ascii=False)
         if mapping.extra_cols is not None:
             extra_expr = ("json_object(" + ", ".join(f"{_sql_str(e)}, j->{_json_ptr(e)}" for e in extras_cols) + ")"
                           if extras_cols else "NULL::JSON")
@@ -365,7 +383,7 @@ def prepare_table(store: Store, files: list[Path], fmt: str, source: str, mappin
         )
         con.execute("DROP TABLE _curate_jsonl_in")
         rows_sql = _row_select(resolved, [], "parse_filename(file) || ':line ' || line",
-                               "(list_position($files, file)::BIGINT << 40) + line")
+                               "(list_position($files, file)::BIGINT << 40) + line", caption_cols=mapping.caption_cols)
         rows_sql = rows_sql.replace("NULL::JSON AS extra", "_extra AS extra") + " FROM _curate_jsonl_rows"
         reader_rejects = (
             "SELECT parse_filename(file) || ':line ' || line AS row_ref, reason, detail, text AS record, true AS whole "
@@ -373,7 +391,8 @@ def prepare_table(store: Store, files: list[Path], fmt: str, source: str, mappin
         )
     else:
         raise ConfigError(f"unknown table format {fmt!r}; choose one of {', '.join(TABLE_FORMATS)}")
-    variants = [Variant(mapping.variant, "_caption", mapping.generator)] if resolved.get("caption_col") else []
+    variants = ([Variant(mapping.variant, "_caption", mapping.generator, provenance_sql="_caption_prov")]
+                if resolved.get("caption_col") else [])
     return Prepared(
         fmt="table", source=source, config=config, rows_sql=rows_sql, variants=variants,
         reader_rejects_sql=reader_rejects, params={"files": file_list}, register=register,
