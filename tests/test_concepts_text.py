@@ -157,7 +157,7 @@ def test_bad_captions_get_a_status(tmp_path):
         add_vocab(s, "v", ["dog"], tmp_path)
         texts = ["", "   ", "dog " * 10_000, "🐶🐶", "Ein Hund am Strand", "a dog"]
         s.con.register("_t", pa.table({"t": texts}))
-        s.execute("INSERT INTO captions SELECT uuid(), uuid(), 'raw', t, NULL, NULL, 'bad', 0 FROM _t")
+        s.execute("INSERT INTO captions (caption_id, uid, variant, text, generator, provenance, source, run_id) SELECT uuid(), uuid(), 'raw', t, NULL, NULL, 'bad', 0 FROM _t")
         run_stage(s, build_stage("concepts.text_match.v1", {"vocabulary": "v", "model": MODEL, "max_chars": 20_000}))
         got = dict(s.execute("SELECT c.text, k.status || ':' || coalesce(k.n_concepts::VARCHAR, 'NULL') "
                              "FROM caption_concepts k JOIN captions c USING (caption_id)").fetchall())

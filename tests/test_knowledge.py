@@ -325,7 +325,7 @@ def test_bad_captions_get_a_row_with_a_status(store):
              "nul": "bad\x00byte Berlin"}
     with store as s:
         s.con.register("_bad", pa.table({"v": list(texts), "t": list(texts.values())}))
-        s.execute("INSERT INTO captions SELECT uuid(), uuid(), v, t, NULL, NULL, 'bad', 0 FROM _bad")
+        s.execute("INSERT INTO captions (caption_id, uid, variant, text, generator, provenance, source, run_id) SELECT uuid(), uuid(), v, t, NULL, NULL, 'bad', 0 FROM _bad")
         stage = build_stage("knowledge.spacy_ner.v1", {"model": MODEL, "max_chars": 100_000})
         res = run_stage(s, stage)
         assert res.rows_in == res.rows_out == len(texts)
