@@ -162,8 +162,11 @@ def test_ingest_option_of_another_format(tmp_path, capsys, laclip_dir):
     store = tmp_path / "s"
     rc, out, err = curate(capsys, "ingest", "laclip", pairs, "--source", "lc", "--store", store)
     # every record rejected, nothing added: a failure a script sees (issue 16), rejects kept
-    assert rc == 3 and "0 added" in out and "original not in store: 48" in out
-    assert one_error_line(err).startswith(f"error: nothing was added from {pairs}: every one of its")
+    assert rc == 3 and "read 48 rows: 0 added, 0 already present, 48 rejected" in out
+    assert "original not in store: 48" in out
+    line = one_error_line(err)
+    assert line.startswith(f"error: nothing was added from {pairs}: every one of its 48 records was rejected")
+    assert line.endswith("or pass -o create=true to make a sample of each original")  # the way out, named
     rc, out, _ = curate(capsys, "ingest", "laclip", pairs, "--source", "lc", "-o", "create=true", "--store", store)
     assert rc == 0 and "46 added, 0 already present, 0 rejected; 94 captions added (raw: 46, rewrite: 48)" in out
 

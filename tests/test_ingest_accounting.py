@@ -176,8 +176,6 @@ def test_coco_counts_a_malformed_image_as_read_and_rejected(store, tmp_path, coc
     assert (res.rows_in, res.samples_added, res.rows_rejected) == (3, 2, 1)
 
 
-@pytest.mark.xfail(strict=True, reason="the laclip reader does not say which of its rejects are whole lines "
-                   "(no `whole` column): a malformed pairs line is not counted as read")
 def test_laclip_counts_a_malformed_line_as_read_and_rejected(store, tmp_path, laclip_dir):
     lines = (laclip_dir / "meta_input_output_pairs.jsonl").read_text(encoding="utf-8").splitlines()[:2]
     f = tmp_path / "pairs.jsonl"

@@ -109,8 +109,12 @@ def ingest(fmt: str, path: Path, store_path: Path, source: str | None, preset: s
     if res.rejected and not (res.samples_added or res.captions_added or res.already_present):
         # the rejects are recorded (rows with reasons), but a run that added nothing from
         # an input whose every record was refused is a failure a script must see
+        hint = ""
+        if fmt == "laclip" and str(opts.get("create", "")).lower() not in ("true", "1", "yes"):
+            hint = ("; LaCLIP rewrites attach to existing samples whose raw caption is the original text: ingest "
+                    "the originals into this source first, or pass -o create=true to make a sample of each original")
         raise InputError(f"nothing was added from {path}: every one of its {res.rows_in:,} records was rejected "
-                         f"({res.rejected:,} rejects); see `curate sql --query store.rejects`")
+                         f"({res.rejected:,} rejects); see `curate sql --query store.rejects`{hint}")
 
 
 @click.command()

@@ -52,6 +52,7 @@ INPUT_SCHEMA = pa.schema([
 ])
 REJECT_SCHEMA = pa.schema([
     ("row_ref", pa.string()), ("reason", pa.string()), ("detail", pa.string()), ("record", pa.string()),
+    ("whole", pa.bool_()),
 ])
 
 # Every (input line, target sample) pair: existing samples whose caption has the original
@@ -100,12 +101,12 @@ def prepare_laclip(store: Store, path: str | Path, source: str, *, originals: st
     for ref, line, item in triples:
         n_lines += 1
         if isinstance(item, BadRecord):
-            rejects.add(ref, item.reason, item.detail, item.record)
+            rejects.add(ref, item.reason, item.detail, item.record, True)
             continue
         original, rewrite, style_, extra = item
         key = hashlib.md5(json.dumps([original, rewrite, style_]).encode()).digest()
         if key in seen:
-            rejects.add(ref, "duplicate row", f"same original, rewrite and style as {seen[key]}", rewrite)
+            rejects.add(ref, "duplicate row", f"same original, rewrite and style as {seen[key]}", rewrite, True)
             continue
         seen[key] = ref
         prov = {"style": style_, "file": file_name, "line": line, "rewrite_of": match_variant, **extra}
@@ -129,9 +130,9 @@ def prepare_laclip(store: Store, path: str | Path, source: str, *, originals: st
         f"SELECT uid, row_ref, 'raw', original, 'alt-text', raw_provenance::JSON FROM {m} WHERE created"
     )
     rejects_sql = (
-        "SELECT row_ref, reason, detail, record FROM _curate_laclip_rej UNION ALL "
+        "SELECT row_ref, reason, detail, record, whole FROM _curate_laclip_rej UNION ALL "
         "SELECT row_ref, 'original not in store', "
-        "'no ' || $match_variant || ' caption of source ' || $source || ' has this text', original "
+        "'no ' || $match_variant || ' caption of source ' || $source || ' has this text', original, true "
         "FROM _curate_laclip_in i WHERE NOT $create AND NOT EXISTS "
         "(SELECT 1 FROM captions c WHERE c.source = $source AND c.variant = $match_variant AND c.text = i.original)"
     )
