@@ -137,7 +137,8 @@ def test_a_manifest_file_audits_like_the_run_that_wrote_it(mix_store, capsys):
 def test_same_store_policy_and_seed_give_byte_identical_manifests(mix_store, tmp_path, fmt):
     pol = load_policy(POLICIES / "longtail_mixture.toml")
     pol = policy_from_dict({**pol.to_dict(), "output": {"format": fmt, **({"candidates": True} if fmt in (
-        "parquet", "jsonl") else {}), **({"repeat_factor": 2.0} if fmt == "npy" else {})}})
+        "parquet", "jsonl") else {}), **({"repeat_factor": 2.0} if fmt == "npy" else {}),
+        **({"images": "any"} if fmt in ("csv", "tsv") else {})}})
     with Store.open(mix_store, read_only=True) as s:
         a = write_manifest(s, pol, path=tmp_path / f"a.{fmt}")
         b = write_manifest(s, pol, path=tmp_path / f"b.{fmt}")
@@ -171,7 +172,7 @@ def test_manifest_rows_come_in_draw_order(wide_store, tmp_path, fmt):
     import duckdb
 
     pol = policy_from_dict({"policy": {"name": "order"}, "choose": {"strategy": "variant", "variant": "raw"},
-                            "output": {"format": fmt}})
+                            "output": {"format": fmt, **({"images": "any"} if fmt in ("csv", "tsv") else {})}})
     with Store.open(wide_store, read_only=True, threads=2) as s:
         side = write_manifest(s, pol, path=tmp_path / f"m.{fmt}")
         want = s.execute("SELECT replace(f.uid::VARCHAR, '-', ''), s.url FROM _mix_final f JOIN samples s USING (uid) "

@@ -403,7 +403,7 @@ def check_format(path: Path, fmt: str, side: dict, want: list[tuple[str, str]], 
         args = side["open_clip"]["args"]
         assert args == ["--dataset-type", "csv", "--csv-img-key", "filepath", "--csv-caption-key", "title",
                         "--csv-separator", sep]
-        assert side["open_clip"]["rows_without_image_path"] == len(want)
+        assert side["open_clip"]["images"] == "any" and side["open_clip"]["excluded"] == {"no image": len(want)}
     else:
         assert all(list(r) == ROW_KEYS + (["captions"] if candidates else []) for r in rows)
         assert [(r["uid"], r["caption"]) for r in rows] == want
@@ -417,11 +417,12 @@ def check_format(path: Path, fmt: str, side: dict, want: list[tuple[str, str]], 
 def test_output_format_and_name_from_toml(mix_store, tmp_path, capsys, fmt):
     """``[output] format`` and ``name``: the file is STORE/manifests/<output.name>.<ext>,
     in the trainer's columns, holding the 40 first samples of the draw order."""
-    extra = "\ncandidates = true" if fmt == "jsonl" else ""
+    extra = "\ncandidates = true" if fmt == "jsonl" else '\nimages = "any"'  # url samples only in this store
     toml = write_policy(tmp_path, f"toml-format-{fmt}", BASE.format(
         name=f"toml-format-{fmt}", output=f'format = "{fmt}"\nname = "named-{fmt}"{extra}'))
     pol = Policy(f"toml-format-{fmt}", sources=("capsfusion",), choose=OneVariant("raw"), budget=Budget(samples=40),
-                 output=Output(format=fmt, name=f"named-{fmt}", candidates=fmt == "jsonl"))
+                 output=Output(format=fmt, name=f"named-{fmt}", candidates=fmt == "jsonl",
+                               images="local" if fmt == "jsonl" else "any"))
     assert load_policy(toml) == pol
     out = mix_cli(capsys, toml, mix_store)
     path = mix_store / "manifests" / f"named-{fmt}.{EXT[fmt]}"
@@ -444,16 +445,19 @@ def test_cli_overrides_format_seed_and_name(mix_store, tmp_path, capsys, fmt):
     paths = {}
     for seed in (7, 0):
         name = f"run{seed}-{fmt}"
-        args = ["--format", fmt, "--name", name] + (["--seed", str(seed)] if seed else [])
+        images = "any" if fmt in ("csv", "tsv") else "local"  # the store has url samples only
+        args = ["--format", fmt, "--name", name] + (["--images", "any"] if images == "any" else []) + (
+            ["--seed", str(seed)] if seed else [])
         out = mix_cli(capsys, toml, mix_store, *args)
         assert f"policy {stem} (seed {seed}):" in out
         path = paths[seed] = mix_store / "manifests" / f"{name}.{EXT[fmt]}"
         pol = Policy(stem, seed=seed, sources=("capsfusion",), choose=OneVariant("raw"), budget=Budget(samples=40),
-                     output=Output(format=fmt, name=name))
+                     output=Output(format=fmt, name=name, images=images))
         side = assert_same_files(path, api_manifest(mix_store, pol, tmp_path / "api" / path.name))
         assert side["seed"] == side["policy"]["policy"]["seed"] == seed
         assert side["policy_hash"] == pol.hash()
-        assert side["policy"]["output"] == {"format": fmt, "name": name, "candidates": False, "max_repeats": 100}
+        assert side["policy"]["output"] == {"format": fmt, "name": name, "candidates": False, "max_repeats": 100,
+                                            "images": images}
         check_format(path, fmt, side, raw_in_draw_order(mix_store, seed)[:40])
     assert not (mix_store / "manifests" / f"{stem}.parquet").exists()  # the file's own format and name unused
     seven, zero = (read_rows(paths[s], fmt) for s in (7, 0))

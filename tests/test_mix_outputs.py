@@ -18,6 +18,7 @@ pairs with caption statistics, spaCy knowledge scores and CIFAR-10 concept match
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -68,7 +69,7 @@ def weighted(kind: str, fmt: str, **output) -> Policy:
         d["weight"]["unmatched_weight"] = 0.013
     else:
         d = load_policy(POLICIES / "longtail_mixture.toml").to_dict()
-    d["output"] = {"format": fmt, **output}
+    d["output"] = {"format": fmt, **({"images": "any"} if fmt in ("csv", "tsv") else {}), **output}
     return policy_from_dict(d)
 
 
@@ -346,7 +347,8 @@ def test_npy_copies_keep_the_weight_ratios(mix_store, tmp_path, kind, factor):
 # -- 5. the audit of a file written earlier -------------------------------------------------
 def write_for_audit(mix_store: Path, tmp_path: Path, capsys, fmt: str) -> tuple[Path, str]:
     """A 300-sample manifest in ``fmt`` in the store, and the audit its run printed."""
-    toml = policy_file(tmp_path, f"audited-{fmt}", f'format = "{fmt}"',
+    images = '\nimages = "any"' if fmt in ("csv", "tsv") else ""  # the mix store has url samples only
+    toml = policy_file(tmp_path, f"audited-{fmt}", f'format = "{fmt}"{images}',
                        body='[[select]]\nattribute = "words"\nvariant = "raw"\nop = ">="\nvalue = 2\n')
     code, out, err = run_cli("mix", str(toml), "--store", str(mix_store), "--audit", capsys=capsys)
     assert code == 0, err
@@ -482,3 +484,45 @@ def test_the_pool_fingerprint_is_the_sha256_of_the_sorted_uids(mix_store, tmp_pa
                                                 "WHERE source = 'capsfusion'").fetchall())
     assert side["pool"] == {"samples": 500, "captions": {"raw": 500},
                             "uids_sha256": hashlib.sha256(b"".join(bytes.fromhex(u) for u in uids)).hexdigest()}
+
+
+def test_csv_holds_only_samples_whose_image_opens_and_says_what_it_left_out(tmp_path, capsys):
+    """Issue 16, item 5: open_clip's CsvDataset opens every filepath, so a csv/tsv
+    manifest keeps only samples whose image is a local file that exists, by default; the
+    others are counted by reason in the summary and the sidecar (`images = "any"` keeps
+    url rows for a loader that fetches them). The has_image attribute selects the same."""
+    from PIL import Image
+
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    for name in ("a.jpg", "b.jpg"):
+        Image.new("RGB", (8, 8), "red").save(imgs / name)
+    doc = {"images": [{"id": i, "file_name": f} for i, f in enumerate(["a.jpg", "b.jpg", "gone.jpg"])],
+           "annotations": [{"id": 10 + i, "image_id": i, "caption": f"caption {i}"} for i in range(3)]}
+    (imgs / "captions.json").write_text(json.dumps(doc), encoding="utf-8")
+    store = tmp_path / "s"
+    assert run_cli("ingest", "coco", str(imgs / "captions.json"), "--source", "coco", "--store", str(store),
+                   capsys=capsys)[0] == 0
+    (tmp_path / "u.csv").write_text("url,caption\nhttp://x/1.jpg,caption url\n", encoding="utf-8")
+    assert run_cli("ingest", "table", str(tmp_path / "u.csv"), "--source", "web", "--variant", "human",
+                   "--store", str(store), capsys=capsys)[0] == 0
+    toml = tmp_path / "all.toml"
+    toml.write_text('[policy]\nname = "all"\n[choose]\nstrategy = "variant"\nvariant = "human"\n[output]\nformat = "csv"\n', encoding="utf-8")
+    code, out, err = run_cli("mix", str(toml), "--store", str(store), capsys=capsys)
+    assert code == 0, err
+    assert "wrote 2 rows" in out
+    assert "left out 2 samples whose image is not a local file (no image: 1, image file missing: 1)" in out
+    path = store / "manifests" / "all.csv"
+    rows = list(csv.DictReader(path.open(encoding="utf-8")))
+    assert sorted(Path(r["filepath"]).name for r in rows) == ["a.jpg", "b.jpg"]
+    assert all(Path(r["filepath"]).is_file() for r in rows)
+    side = json.loads(path.with_name(path.name + ".sidecar.json").read_text(encoding="utf-8"))
+    assert side["rows"] == 2 and side["open_clip"]["excluded"] == {"no image": 1, "image file missing": 1}
+    code, out, _ = run_cli("mix", str(toml), "--store", str(store), "--images", "any", "--name", "urls", capsys=capsys)
+    assert code == 0 and "wrote 4 rows" in out
+    # the attribute: a policy can ask for stored images in any format
+    sel = tmp_path / "img.toml"
+    sel.write_text('[policy]\nname = "img"\n[choose]\nstrategy = "variant"\nvariant = "human"\n[[select]]\nattribute = "has_image"\n'
+                   'op = "="\nvalue = true\n', encoding="utf-8")
+    code, out, _ = run_cli("mix", str(sel), "--store", str(store), capsys=capsys)
+    assert code == 0 and "wrote 3 rows" in out  # the missing file is still a stored path; shards checks bytes

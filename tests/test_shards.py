@@ -337,8 +337,24 @@ def test_a_json_manifest_reads_image_references_from_the_store(lake, tmp_path):
     assert res.counts["samples"] == ref.counts["samples"] == 111
     # the same samples and captions as from the parquet manifest of the same policy
     assert [s["sha256"] for s in res.sidecar["shards"]] == [s["sha256"] for s in ref.sidecar["shards"]]
+    # the json manifest carries image_shard/image_key itself now; one without them (written
+    # before they were added) reads them from the store by uid, and without a store is refused
+    alone = write_shards(lake["manifests"]["veclip-json"], tmp_path / "alone", ShardOptions(shard_size=25))
+    assert [s["sha256"] for s in alone.sidecar["shards"]] == [s["sha256"] for s in ref.sidecar["shards"]]
+    old = _json_without_image_refs(lake["manifests"]["veclip-json"], tmp_path)
+    with Store.open(lake["store"], read_only=True) as s:
+        via_store = write_shards(old, tmp_path / "old", ShardOptions(shard_size=25), store=s)
+    assert via_store.counts["samples"] == ref.counts["samples"]
     with pytest.raises(ConfigError, match="no image_shard/image_key"):
-        write_shards(lake["manifests"]["veclip-json"], tmp_path / "x")
+        write_shards(old, tmp_path / "x")
+
+
+def _json_without_image_refs(path: Path, tmp_path: Path) -> Path:
+    out = tmp_path / "old.samples.jsonl"
+    lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    out.write_text("".join(json.dumps({k: v for k, v in r.items() if k not in ("image_shard", "image_key")}) + "\n"
+                           for r in lines), encoding="utf-8")
+    return out
 
 
 def test_a_folder_of_other_shards_or_other_files_is_refused(lake, tmp_path):
@@ -460,8 +476,8 @@ def test_cli_refuses_manifests_it_cannot_shard(lake, tmp_path, capsys):
     assert "has no uid" in capsys.readouterr().err
     assert main(["shards", str(tmp_path / "nope.parquet"), str(tmp_path / "x")]) == 3
     assert "does not exist" in capsys.readouterr().err
-    assert main(["shards", str(lake["manifests"]["veclip-json"]), str(tmp_path / "x"), "--store",
-                 str(tmp_path / "nostore")]) == 2
+    assert main(["shards", str(_json_without_image_refs(lake["manifests"]["veclip-json"], tmp_path)),
+                 str(tmp_path / "x"), "--store", str(tmp_path / "nostore")]) == 2
     assert "give the store it came from" in capsys.readouterr().err
     (tmp_path / "afile").write_text("")
     assert main(["shards", str(lake["manifests"]["raw"]), str(tmp_path / "afile" / "out")]) == 1

@@ -44,12 +44,14 @@ def _counts(res: MixResult) -> None:
 @click.option("--format", "fmt", type=click.Choice(["parquet", "csv", "tsv", "json", "jsonl", "npy"]),
               help="Override the policy's output format.")
 @click.option("--name", help="Manifest file stem (default: output.name, else the policy name).")
+@click.option("--images", type=click.Choice(["local", "any"]), default=None,
+              help="csv/tsv: only samples whose image is a local file (local, the default), or also url rows (any).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write here instead of STORE/manifests/.")
 @click.option("--print-policy", is_flag=True, help="Print the resolved policy (JSON) and exit; no store needed.")
 @click.option("--vocabulary", default=None,
               help="Audit concept coverage for this vocabulary (default: the policy's, else the store's only one).")
 def mix(policy_file: Path, store_path: Path, dry_run: bool, show_audit: bool, seed: int | None, fmt: str | None,
-        name: str | None, out: Path | None, print_policy: bool, vocabulary: str | None) -> None:
+        name: str | None, images: str | None, out: Path | None, print_policy: bool, vocabulary: str | None) -> None:
     """Run the mixing policy POLICY_FILE (TOML) and write a training manifest with its sidecar."""
     from ..config import from_dict
     from ..mix import load_policy, run_policy, write_manifest
@@ -59,12 +61,14 @@ def mix(policy_file: Path, store_path: Path, dry_run: bool, show_audit: bool, se
     policy = load_policy(policy_file)
     if seed is not None:
         policy = policy.with_seed(seed)
-    if fmt or name:
+    if fmt or name or images:
         data = {**dataclasses.asdict(policy.output), **({"format": fmt} if fmt else {}),
-                **({"name": name} if name else {})}
+                **({"name": name} if name else {}), **({"images": images} if images else {})}
         if fmt and fmt != "npy":
             data["repeat_factor"] = None
-        policy = dataclasses.replace(policy, output=from_dict(Output, data, "--format/--name"))
+        if fmt and fmt not in ("csv", "tsv") and not images:
+            data["images"] = "local"
+        policy = dataclasses.replace(policy, output=from_dict(Output, data, "--format/--name/--images"))
     if print_policy:
         click.echo(json.dumps({"policy_hash": policy.hash(), **policy.to_dict()}, indent=2))
         return
@@ -74,6 +78,12 @@ def mix(policy_file: Path, store_path: Path, dry_run: bool, show_audit: bool, se
         if not dry_run:
             side = write_manifest(s, policy, path=out, res=res)
             click.echo(f"wrote {side['rows']:,} rows to {side['path']} ({policy.output.format}); sidecar {side['sidecar']}")
+            excluded = (side.get("open_clip") or {}).get("excluded") or {}
+            if excluded and policy.output.images == "local":
+                why = ", ".join(f"{reason}: {n:,}" for reason, n in excluded.items())
+                hint = ("; their images are in img2dataset shards: write webdataset shards with `curate shards` "
+                        "(open_clip --dataset-type webdataset)" if "image in an img2dataset shard" in excluded else "")
+                click.echo(f"  left out {sum(excluded.values()):,} samples whose image is not a local file ({why}){hint}")
         if dry_run or show_audit:
             for title, df in audit(s, res, vocabulary):
                 click.echo(f"\n{title}")

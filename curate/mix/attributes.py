@@ -1,5 +1,6 @@
 """The attributes a policy can select on: a catalogue built from what the registered
-stages and passes declare (:mod:`curate.attributes`), plus the sample's ``source``.
+stages and passes declare (:mod:`curate.attributes`), plus the sample's ``source`` and
+``has_image``.
 
 Nothing here is written by hand per attribute: a stage (or pass) lists its attributes,
 its registry line makes it known, and :func:`catalogue` picks it up, with the producer
@@ -32,6 +33,15 @@ __all__ = ["ATTRIBUTES", "Attribute", "catalogue", "check_value", "lit", "markdo
 SOURCE = Attribute("source", "sample", "str", "the sample's source (ingest --source)",
                    sql="SELECT uid, source AS value FROM samples", table="samples", latest="always current")
 
+#: whether the sample has stored image bytes: a local file (``image_path``) or an
+#: img2dataset shard member (``image_shard`` + ``image_key``). A failed download leaves
+#: neither, so this is "downloaded" for downloaded sources; decoding is checked where the
+#: bytes are read (``curate shards --verify-images``, the CLIP stages).
+HAS_IMAGE = Attribute("has_image", "sample", "bool",
+                      "the sample has stored image bytes (a local file or an img2dataset shard member)",
+                      sql="SELECT uid, (image_path IS NOT NULL OR (image_shard IS NOT NULL AND image_key IS NOT NULL)) "
+                          "AS value FROM samples", table="samples", latest="always current")
+
 _cache: dict[tuple[tuple[str, str], ...], dict[str, Attribute]] = {}
 
 
@@ -46,7 +56,7 @@ def catalogue() -> dict[str, Attribute]:
     content, so a stage registered at run time is seen at once)."""
     key = tuple(sorted(registry.STAGES.items())) + tuple(sorted(registry.PASSES.items()))
     if key not in _cache:
-        out = {SOURCE.name: SOURCE}
+        out = {SOURCE.name: SOURCE, HAS_IMAGE.name: HAS_IMAGE}
         for producer in _producers():
             for a in declared(producer):
                 if a.name in out:

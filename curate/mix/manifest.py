@@ -437,6 +437,31 @@ def write_manifest(store: Store, policy: Policy, path: Path | None = None, res: 
     return {**sidecar, "path": str(path), "sidecar": str(side)}
 
 
+def _csv_image_rows(con: Any, images: str) -> dict[str, int]:
+    """Register ``_mix_csv_ok`` (the uids whose image is a local file that exists) and
+    count the manifest's other samples by reason: ``no image`` (never stored, or a failed
+    download), ``image in an img2dataset shard`` (write shards: ``curate shards``),
+    ``image file missing``. With ``images = "any"`` the counts say what the url rows are."""
+    import os
+
+    import pyarrow as pa
+
+    rows = con.execute("SELECT f.uid::VARCHAR, s.image_path, s.image_shard IS NOT NULL AND s.image_key IS NOT NULL "
+                       "FROM _mix_final f JOIN samples s USING (uid)").fetchall()
+    ok, counts = [], {"no image": 0, "image in an img2dataset shard": 0, "image file missing": 0}
+    for uid, image_path, in_shard in rows:
+        if image_path is not None and os.path.isfile(image_path):
+            ok.append(uid)
+        elif image_path is not None:
+            counts["image file missing"] += 1
+        elif in_shard:
+            counts["image in an img2dataset shard"] += 1
+        else:
+            counts["no image"] += 1
+    con.register("_mix_csv_ok", pa.table({"uid": pa.array(ok, pa.string())}))
+    return {k: v for k, v in counts.items() if v}
+
+
 def _write(store: Store, policy: Policy, res: MixResult, path: Path, name: str) -> dict[str, Any]:
     """Write the manifest to ``path``; the sidecar for a manifest called ``name``."""
     con = store.con
@@ -449,17 +474,19 @@ def _write(store: Store, policy: Policy, res: MixResult, path: Path, name: str) 
     elif fmt == "jsonl":
         _copy(con, rows_sql(res, out.candidates), path, "FORMAT json")
     elif fmt in ("csv", "tsv"):
+        excluded = _csv_image_rows(con, out.images)
+        keep = "" if out.images == "any" else "WHERE f.uid::VARCHAR IN (SELECT uid FROM _mix_csv_ok) "
         inner = ("SELECT coalesce(s.image_path, s.url, '') AS filepath, c.text AS title, f.uid, f.caption_id, "
-                 "f.variant, f.weight FROM _mix_final f JOIN samples s USING (uid) "
-                 "JOIN captions c ON c.caption_id = f.caption_id ORDER BY f.key, f.uid")
+                 f"f.variant, f.weight FROM _mix_final f JOIN samples s USING (uid) "
+                 f"JOIN captions c ON c.caption_id = f.caption_id {keep}ORDER BY f.key, f.uid")
         sql = _late(inner, f"filepath, title, {UID_HEX} AS uid, {hex_id('caption_id')} AS caption_id, variant, weight")
         sep = "\\t" if fmt == "tsv" else ","
         _copy(con, sql, path, f"FORMAT csv, HEADER true, DELIMITER '{sep}'")
-        no_image = con.execute("SELECT count(*) FROM _mix_final f JOIN samples s USING (uid) "
-                               "WHERE s.image_path IS NULL").fetchall()[0][0]
+        con.unregister("_mix_csv_ok")
+        rows -= sum(excluded.values()) if out.images == "local" else 0
         extra["open_clip"] = {"args": ["--dataset-type", "csv", "--csv-img-key", "filepath", "--csv-caption-key",
                                        "title", "--csv-separator", "\t" if fmt == "tsv" else ","],
-                              "rows_without_image_path": no_image}
+                              "images": out.images, "excluded": excluded}
     elif fmt == "json":
         from ..shards.captions import open_clip_args, slot_keys
 

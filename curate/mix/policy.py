@@ -143,6 +143,11 @@ class Output:
     candidates: bool = False
     repeat_factor: float | None = None
     max_repeats: int = 100
+    #: csv/tsv (whose ``filepath`` open_clip opens as a file): ``local`` writes only the
+    #: rows whose image is a local file that exists, counting the others by reason in
+    #: the sidecar; ``any`` also writes the url for a sample without one (a loader that
+    #: fetches urls)
+    images: Literal["local", "any"] = "local"
 
     def __post_init__(self) -> None:
         if self.name is not None:
@@ -153,6 +158,8 @@ class Output:
             raise ConfigError(f"output.repeat_factor must be positive, got {self.repeat_factor}")
         if self.max_repeats < 1:
             raise ConfigError(f"output.max_repeats must be at least 1, got {self.max_repeats}")
+        if self.images != "local" and self.format not in ("csv", "tsv"):
+            raise ConfigError("output.images applies to the csv and tsv formats (their filepath is opened as a file)")
 
 
 # -- the policy ------------------------------------------------------------------------

@@ -31,8 +31,10 @@ import duckdb
 from ..errors import ConfigError, InputError
 from .captions import Candidate
 
-FIXED_JSON_KEYS = ("uid", "source", "url", "image_path", "image_shard", "image_key", "caption", "variant", "weight",
-                   "caption_probs")
+FIXED_JSON_KEYS = ("uid", "source", "url", "image_path", "image_shard", "image_key", "caption", "caption_id",
+                   "variant", "weight", "caption_probs")
+#: the caption slots c0..c{K-1} the json manifest writes for open_clip main's sampler
+_SLOT = re.compile(r"c\d+")
 _HEX32 = re.compile(r"[0-9a-f]{32}")
 
 
@@ -128,7 +130,7 @@ def open_manifest(path: str | Path) -> Manifest:
         t = types["caption_probs"]
         if not t.startswith("STRUCT("):
             raise InputError(f"{p.name}: caption_probs must be an object of key -> probability, got {t}")
-        keys = tuple(k for k in names if k not in FIXED_JSON_KEYS)
+        keys = tuple(k for k in names if k not in FIXED_JSON_KEYS and not _SLOT.fullmatch(k))
     side_path = p.with_name(p.name + ".sidecar.json")
     sidecar = None
     if side_path.is_file():
