@@ -545,34 +545,42 @@ def _edit_keys(w: WordHashes, lo: int, hi: int, pw: np.ndarray,
 def edit_pairs(w: WordHashes, min_words: int, scope: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Pairs ``(s, l)`` of texts where ``l`` is ``s`` with one word inserted (anywhere) and
     ``s`` has at least ``min_words`` words; with ``scope``, both of one scope. Each pair
-    once, sorted; verified on the word hashes (:func:`one_word_apart`)."""
+    once, sorted; verified on the word hashes (:func:`one_word_apart`).
+
+    The texts' keys are sorted; each deletion key is first tested against a bitmap of the
+    keys' top bits (most match nothing), and only the survivors are searched."""
     e = np.empty(0, dtype=np.int64)
     lengths = np.diff(w.indptr)
     if min_words < 1 or len(w) < 2 or not (lengths > min_words).any():
         return e, e
+    n = len(w)
     pw = _powers(int(lengths.max()) + 1)
     chunks = _row_chunks(w.indptr)
-    full = np.concatenate([_edit_keys(w, lo, hi, pw, scope)[0] for lo, hi in chunks])
+    keyed = [_edit_keys(w, lo, hi, pw, scope) for lo, hi in chunks[:1]]  # one chunk (the usual case): key it once
+    full = np.concatenate([keyed[0][0]] + [_edit_keys(w, lo, hi, pw, scope)[0] for lo, hi in chunks[1:]])
     cand = np.flatnonzero(lengths >= min_words)
     order = cand[np.argsort(full[cand], kind="stable")]
     fk = full[order]
+    bits = min(26, max(10, (64 * len(fk)).bit_length()))
+    shift = np.uint64(64 - bits)
+    seen = np.zeros(1 << bits, dtype=bool)
+    seen[fk >> shift] = True
     found = []
-    for lo, hi in chunks:
+    for c, (lo, hi) in enumerate(chunks):
         if not (lengths[lo:hi] > min_words).any():
             continue
-        _, deleted, row = _edit_keys(w, lo, hi, pw, scope)
-        ok = lengths[row] > min_words
-        q = np.argsort(deleted[ok])
-        deleted, row = deleted[ok][q], row[ok][q]  # sorted queries: searchsorted walks forward
+        _, deleted, row = keyed[0] if c == 0 else _edit_keys(w, lo, hi, pw, scope)
+        ok = seen[deleted >> shift]
+        ok &= lengths[row] > min_words
+        deleted, row = deleted[ok], row[ok]
         a = np.searchsorted(fk, deleted, side="left")
         cnt = np.searchsorted(fk, deleted, side="right") - a
         if cnt.any():
-            n = len(w)
             found.append(order[_ranges(a, cnt)] * n + np.repeat(row, cnt))
     if not found:
         return e, e
     u = sorted_unique(np.concatenate(found))
-    s, lg = u // len(w), u % len(w)
+    s, lg = u // n, u % n
     keep = one_word_apart(w, s, lg)
     if scope is not None:
         keep &= scope[s] == scope[lg]
