@@ -55,6 +55,7 @@ Usage::
     .venv/bin/python benchmarks/bench_caption_dedup.py                # 100k rows
     .venv/bin/python benchmarks/bench_caption_dedup.py --rows 20000   # quick
     .venv/bin/python benchmarks/bench_caption_dedup.py --no-speed     # quality only
+    .venv/bin/python benchmarks/bench_caption_dedup.py --before /tmp/old   # also an earlier tree (git archive)
 """
 
 from __future__ import annotations
@@ -102,9 +103,10 @@ def partition_digest(groups: list[list[int]]) -> str:
     return hashlib.sha256(json.dumps(canon).encode()).hexdigest()[:16]
 
 
-def run_curate(texts: list[str], threshold: float, num_perm: int, shingle: int, edit_min_words: int) -> dict:
+def run_curate(texts: list[str], threshold: float, num_perm: int, shingle: int, edit_min_words: int,
+               reps: int = 1) -> dict:
+    from curate.dedup import normalize
     from curate.dedup.minhash import permutations
-    from curate.dedup.normalize import normalize_array, normalize_text
     from curate.dedup.text import find_duplicates
 
     # one-off costs outside the timer, as for the baseline: imports (datasketch, scipy,
@@ -113,21 +115,27 @@ def run_curate(texts: list[str], threshold: float, num_perm: int, shingle: int, 
     import polars  # noqa: F401
     import scipy.sparse.csgraph  # noqa: F401
 
-    normalize_text("é")
-    normalize_array(["é"])
+    normalize.normalize_text("é")
+    if hasattr(normalize, "normalize_array"):  # not in the code before it (--before)
+        normalize.normalize_array(["é"])
     rss0 = _rss_mb()
-    t0 = time.perf_counter()
-    res = find_duplicates(texts, threshold=threshold, num_perm=num_perm, shingle=shingle,
-                          edit_min_words=edit_min_words)
-    seconds = time.perf_counter() - t0
+    # edit_min_words only when set: the code before the rule (--before) has no such keyword
+    kw = {"edit_min_words": edit_min_words} if edit_min_words or "edit_min_words" in \
+        find_duplicates.__globals__["DedupConfig"].__dataclass_fields__ else {}
+    times = []
+    for _ in range(reps):  # a one-second run is at the mercy of the machine's load: take the median
+        t0 = time.perf_counter()
+        res = find_duplicates(texts, threshold=threshold, num_perm=num_perm, shingle=shingle, **kw)
+        times.append(time.perf_counter() - t0)
+    seconds = sorted(times)[len(times) // 2]
     g = res.groups.to_pydict()
     by: dict[int, list[int]] = {}
     for m, gid in zip(g["member_id"], g["group_id"]):
         by.setdefault(gid, []).append(int(m))
-    return {"seconds": seconds, "peak_rss_mb": _rss_mb(), "rss_before_mb": rss0,
-            "groups": len(by), "members": sum(map(len, by.values())), "partition": partition_digest(list(by.values())),
-            "candidates": res.candidates, "edit_pairs": res.edit_pairs,
-            "timings": {k: round(v, 3) for k, v in res.timings.items()}}
+    return {"seconds": seconds, "all_seconds": [round(t, 3) for t in times], "peak_rss_mb": _rss_mb(),
+            "rss_before_mb": rss0, "groups": len(by), "members": sum(map(len, by.values())),
+            "partition": partition_digest(list(by.values())), "candidates": res.candidates,
+            "edit_pairs": getattr(res, "edit_pairs", 0), "timings": {k: round(v, 3) for k, v in res.timings.items()}}
 
 
 def _one_word_apart(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
@@ -254,10 +262,12 @@ METHODS = [
 
 
 def _child(runner: str, rows: int, seed: int, threshold: float, num_perm: int, shingle: int, edit_min_words: int,
-           bulk: bool) -> dict:
+           bulk: bool, reps: int = 1, source: str | None = None) -> dict:
+    if source is not None:  # another tree's curate (--before); nothing has imported curate yet in this process
+        sys.path.insert(0, source)
     texts = corpus(rows, seed)
     if runner == "curate":
-        return run_curate(texts, threshold, num_perm, shingle, edit_min_words)
+        return run_curate(texts, threshold, num_perm, shingle, edit_min_words, reps)
     return run_datasketch(texts, threshold, num_perm, shingle, edit_min_words, bulk)
 
 
@@ -281,19 +291,28 @@ def check_signatures(texts: list[str], num_perm: int, shingle: int, sample: int 
 def speed(args: argparse.Namespace, texts: list[str]) -> dict:
     results: dict[str, dict] = {}
     ctx = mp.get_context("spawn")
-    for label, runner, edit, bulk in METHODS:
+    methods = [(label, runner, edit, bulk, None) for label, runner, edit, bulk in METHODS]
+    if args.before:
+        methods.insert(1, (f"curate before ({Path(args.before).name})", "curate", 0, False, str(args.before)))
+    for label, runner, edit, bulk, source in methods:
         with cf.ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
             results[label] = pool.submit(_child, runner, args.rows, args.seed, args.threshold, args.num_perm,
-                                         args.shingle, edit, bulk).result()
-    for a, b in [("curate", "datasketch loop"), ("curate", "datasketch bulk"),
-                 ("curate default", "datasketch loop + edits")]:
+                                         args.shingle, edit, bulk, args.reps if runner == "curate" else 1,
+                                         source).result()
+    pairs = [("curate", "datasketch loop"), ("curate", "datasketch bulk"), ("curate default", "datasketch loop + edits")]
+    pairs += [("curate", m[0]) for m in methods if m[4]]
+    for a, b in pairs:
         assert results[a]["partition"] == results[b]["partition"], \
             f"different groups: {a} {results[a]['partition']} vs {b} {results[b]['partition']}"
-    print(f"{'method':<26}{'seconds':>9}{'captions/s':>12}{'peak RSS MB':>13}{'groups':>8}{'members':>9}  partition")
+    print(f"{'method':<32}{'seconds':>9}{'captions/s':>12}{'peak RSS MB':>13}{'groups':>8}{'members':>9}  partition")
     for label, r in results.items():
-        print(f"{label:<26}{r['seconds']:>9.2f}{len(texts) / r['seconds']:>12,.0f}{r['peak_rss_mb']:>13.0f}"
+        print(f"{label:<32}{r['seconds']:>9.2f}{len(texts) / r['seconds']:>12,.0f}{r['peak_rss_mb']:>13.0f}"
               f"{r['groups']:>8,}{r['members']:>9,}  {r['partition']}")
     c, d = results["curate"], results["curate default"]
+    for m in methods:
+        if m[4]:
+            print(f"curate is {results[m[0]]['seconds'] / c['seconds']:.1f}x {m[0]} (same groups)")
+    print(f"curate runs are the median of {args.reps}: {c['all_seconds']} and {d['all_seconds']}")
     print(f"MinHash only: curate is {results['datasketch loop']['seconds'] / c['seconds']:.1f}x the datasketch loop "
           f"and {results['datasketch bulk']['seconds'] / c['seconds']:.1f}x datasketch bulk (same groups)")
     print(f"with the edit rule: curate is {results['datasketch loop + edits']['seconds'] / d['seconds']:.1f}x the "
@@ -447,6 +466,8 @@ def main() -> None:
     ap.add_argument("--no-quality", action="store_true")
     ap.add_argument("--no-speed", action="store_true")
     ap.add_argument("--store", action="store_true", help="Also time dedup_captions on a store.")
+    ap.add_argument("--reps", type=int, default=3, help="Runs of each curate method (the median is reported).")
+    ap.add_argument("--before", type=Path, help="A source tree of an earlier curate to time beside (MinHash only).")
     args = ap.parse_args()
 
     from curate.dedup.minhash import lsh_params
