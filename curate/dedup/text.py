@@ -11,11 +11,15 @@ same steps:
    hash of it) are one *text*; only one caption per text is shingled.
 3. **Near**: the texts' shingle sets (:mod:`curate.dedup.minhash`), MinHash signatures,
    LSH candidates, then the exact Jaccard similarity of each candidate pair; pairs at or
-   above ``threshold`` are joined. With ``grouping='center'`` (the default) each
-   connected set is split around centres taken in keep order, so every member is at
-   least ``threshold`` similar to its group's kept caption; ``grouping='components'``
-   keeps whole connected components (chains allowed, higher recall, lower precision).
-   ``similarity`` says how similar each member is to the kept one.
+   above ``threshold`` are joined. So are pairs one word apart: the longer normal form is
+   the shorter with one word inserted, and the shorter has at least ``edit_min_words``
+   words (default 4; 0 turns this off), which 3-word shingles at Jaccard 0.8 miss
+   ("red nike running shoes for men" / "red running shoes for men": Jaccard 0.4).
+   With ``grouping='center'`` (the default) each connected set is split around centres
+   taken in keep order, so every member is a near duplicate (either rule) of its
+   group's kept caption; ``grouping='components'`` keeps whole connected components
+   (chains allowed, higher recall, lower precision). ``similarity`` says how similar
+   (Jaccard) each member is to the kept one.
 4. **Keep** one caption per group by ``keep``: ``min_id`` (smallest ``caption_id``, a content hash: deterministic, not input order),
    ``longest`` or ``shortest`` (characters of the stored text; ties by ``caption_id``).
 
@@ -31,7 +35,9 @@ Tables (created on first use, shared with image dedup later; see ``docs/dedup.md
   ``member_id``, ``kept``, ``similarity`` (Jaccard of shingle sets to the kept member;
   1 for the same normal form), ``method`` (``'exact'``: same normal form as the kept
   member, the kept member included; ``'short'``: a short caption with the same words;
-  ``'minhash'``: a near duplicate), ``group_size``, ``config_hash``, ``run_id``.
+  ``'minhash'``: a near duplicate by Jaccard (or, with components, through a chain);
+  ``'edit'``: one word apart from the kept member, Jaccard below the threshold),
+  ``group_size``, ``config_hash``, ``run_id``.
 * ``dedup_skipped``: the captions not analysed, with ``reason``.
 * ``dedup_summary``: one row per scope and config: counts and repetition rates.
 
