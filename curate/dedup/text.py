@@ -11,11 +11,15 @@ same steps:
    hash of it) are one *text*; only one caption per text is shingled.
 3. **Near**: the texts' shingle sets (:mod:`curate.dedup.minhash`), MinHash signatures,
    LSH candidates, then the exact Jaccard similarity of each candidate pair; pairs at or
-   above ``threshold`` are joined. With ``grouping='center'`` (the default) each
-   connected set is split around centres taken in keep order, so every member is at
-   least ``threshold`` similar to its group's kept caption; ``grouping='components'``
-   keeps whole connected components (chains allowed, higher recall, lower precision).
-   ``similarity`` says how similar each member is to the kept one.
+   above ``threshold`` are joined. So are pairs one word apart: the longer normal form is
+   the shorter with one word inserted, and the shorter has at least ``edit_min_words``
+   words (default 4; 0 turns this off), which 3-word shingles at Jaccard 0.8 miss
+   ("red nike running shoes for men" / "red running shoes for men": Jaccard 0.4).
+   With ``grouping='center'`` (the default) each connected set is split around centres
+   taken in keep order, so every member is a near duplicate (either rule) of its
+   group's kept caption; ``grouping='components'`` keeps whole connected components
+   (chains allowed, higher recall, lower precision). ``similarity`` says how similar
+   (Jaccard) each member is to the kept one.
 4. **Keep** one caption per group by ``keep``: ``min_id`` (smallest ``caption_id``, a content hash: deterministic, not input order),
    ``longest`` or ``shortest`` (characters of the stored text; ties by ``caption_id``).
 
@@ -31,7 +35,9 @@ Tables (created on first use, shared with image dedup later; see ``docs/dedup.md
   ``member_id``, ``kept``, ``similarity`` (Jaccard of shingle sets to the kept member;
   1 for the same normal form), ``method`` (``'exact'``: same normal form as the kept
   member, the kept member included; ``'short'``: a short caption with the same words;
-  ``'minhash'``: a near duplicate), ``group_size``, ``config_hash``, ``run_id``.
+  ``'minhash'``: a near duplicate by Jaccard (or, with components, through a chain);
+  ``'edit'``: one word apart from the kept member, Jaccard below the threshold),
+  ``group_size``, ``config_hash``, ``run_id``.
 * ``dedup_skipped``: the captions not analysed, with ``reason``.
 * ``dedup_summary``: one row per scope and config: counts and repetition rates.
 
@@ -51,16 +57,32 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ..errors import ConfigError, CurateError
 from ..runs import Run, start_run
 from ..store import Store
-from .minhash import Shingled, band_keys, candidate_pairs, jaccard_pairs, lsh_params, shingle_hashes, signatures
-from .normalize import NO_WORDS, NULL_TEXT, normalize_text
+from .minhash import (
+    Shingled,
+    WordHashes,
+    _pair_keys,
+    band_keys,
+    candidate_pairs,
+    edit_pairs,
+    is_pair,
+    jaccard_pairs,
+    lsh_params,
+    shingle_hashes,
+    signatures,
+    sorted_unique,
+    tokenize,
+    word_hashes,
+)
+from .normalize import NO_WORDS, NULL_TEXT, as_large_string, normalize_array, string_buffers
 
 log = logging.getLogger("curate.dedup")
 
@@ -68,7 +90,7 @@ KIND = "caption_text"
 STAGE = "dedup.captions.v1"
 ACROSS = "*"
 KEEP_RULES = ("min_id", "longest", "shortest")
-METHODS = ("exact", "short", "minhash")
+METHODS = ("exact", "short", "edit", "minhash")
 
 TABLES_SQL = """
 CREATE TABLE IF NOT EXISTS dedup_groups (
@@ -133,6 +155,7 @@ class DedupConfig:
     rows: int | None = None
     max_bucket: int = 1000
     grouping: Literal["center", "components"] = "center"
+    edit_min_words: int = 4  # one word inserted/deleted is a duplicate when the shorter has this many words; 0: off
 
     def __post_init__(self) -> None:
         v: object = self.variant  # an untyped caller may pass one variant as a str
@@ -145,6 +168,9 @@ class DedupConfig:
         if self.num_perm < 1 or self.shingle < 1 or self.max_bucket < 2:
             raise ConfigError(f"num_perm and shingle must be at least 1 and max_bucket at least 2; "
                               f"got {self.num_perm}, {self.shingle}, {self.max_bucket}")
+        if isinstance(self.edit_min_words, bool) or not isinstance(self.edit_min_words, int) or self.edit_min_words < 0:
+            raise ConfigError(f"edit_min_words must be a whole number >= 0 (0 turns the one-word edit rule off), "
+                              f"got {self.edit_min_words!r}")
         if self.keep not in KEEP_RULES:
             raise ConfigError(f"keep must be one of {', '.join(KEEP_RULES)}, got {self.keep!r}")
         if self.grouping not in ("center", "components"):
@@ -207,6 +233,7 @@ class DedupResult:
     candidates: int = 0
     verified: int = 0
     large_buckets: int = 0
+    edit_pairs: int = 0
     run_id: int | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -225,7 +252,8 @@ class DedupResult:
         bands, rows = self.config.lsh()
         head = (f"{STAGE}: {items:,} captions ({skipped:,} skipped), {groups:,} duplicate groups, "
                 f"{removed:,} duplicates ({exact:,} exact), repetition {rate}; threshold {self.config.threshold}, "
-                f"{self.config.shingle}-word shingles, LSH {bands}x{rows}, keep {self.config.keep}; "
+                f"{self.config.shingle}-word shingles, LSH {bands}x{rows}, {_edit_phrase(self.config)}, "
+                f"keep {self.config.keep}; "
                 f"{self.seconds:.1f}s" + (f", run {self.run_id}" if self.run_id is not None else ""))
         lines = [head]
         for s in self.scopes.values():
@@ -237,6 +265,11 @@ class DedupResult:
             lines.append(f"  note: {self.large_buckets} LSH buckets had over {self.config.max_bucket} members "
                          "and were compared with their first member only")
         return "\n".join(lines)
+
+
+def _edit_phrase(config: DedupConfig) -> str:
+    m = config.edit_min_words
+    return f"one-word edits from {m} words" if m else "no one-word edit rule"
 
 
 # -- the engine --------------------------------------------------------------------------
@@ -255,30 +288,30 @@ class _Pass1:
         self.status: list[np.ndarray] = []
         self.scope_names: dict[str, int] = {}
 
-    def add(self, keys: pa.Array, scopes: list[str], texts: list[str | None]) -> None:
+    def add(self, keys: pa.Array, scopes: pa.Array | str, texts: pa.Array) -> None:
+        """One batch: caption keys, their scopes (or one scope for all) and texts."""
+        import polars as pl
+
         n = len(texts)
+        texts = as_large_string(texts)
+        norm = normalize_array(texts)
         st = np.zeros(n, dtype=np.int8)
-        digests = []
-        nchars = np.zeros(n, dtype=np.int64)
-        md5 = hashlib.md5
-        zero = bytes(8)
-        for i, t in enumerate(texts):
-            if t is None:
-                st[i] = _NULL
-                digests.append(zero)
-                continue
-            nchars[i] = len(t)
-            norm = normalize_text(t)
-            if not norm:
-                st[i] = _EMPTY
-                digests.append(zero)
-            else:
-                digests.append(md5(norm.encode()).digest()[:8])
-        sc = np.fromiter((self.scope_names.setdefault(s, len(self.scope_names)) for s in scopes), dtype=np.int32,
-                         count=n)
+        null = texts.is_null().to_numpy(zero_copy_only=False)
+        st[null] = _NULL
+        st[~null & (np.diff(string_buffers(norm)[0]) == 0)] = _EMPTY
+        h = pl.Series(norm).hash(seed=0).to_numpy().copy()
+        h[st != _OK] = 0
+        nchars = pc.utf8_length(texts).fill_null(0).to_numpy().astype(np.int64)
+        if isinstance(scopes, str):
+            sc = np.full(n, self.scope_names.setdefault(scopes, len(self.scope_names)), dtype=np.int32)
+        else:
+            enc = pc.dictionary_encode(scopes)
+            ids = np.array([self.scope_names.setdefault(v, len(self.scope_names)) for v in enc.dictionary.to_pylist()],
+                           dtype=np.int32)
+            sc = ids[enc.indices.to_numpy()] if len(ids) else np.empty(0, dtype=np.int32)
         self.keys.append(keys)
         self.scope.append(sc)
-        self.h.append(np.frombuffer(b"".join(digests), dtype="<u8").astype(np.uint64))
+        self.h.append(h)
         self.nchars.append(nchars)
         self.status.append(st)
 
@@ -303,8 +336,9 @@ class _Rows:
     def items(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``item`` per row (-1 if skipped), the representative row and scope of each item.
 
-        Items are the distinct (scope, normal form) pairs, numbered in (scope, hash) order;
-        the representative is the item's first row."""
+        Items are the distinct (scope, normal form) pairs (a normal form compared by its
+        64-bit hash), numbered in (scope, hash) order; the representative is the item's
+        first row."""
         ok = np.flatnonzero(self.status == _OK)
         item = np.full(len(self.status), -1, dtype=np.int64)
         if len(ok) == 0:
@@ -321,7 +355,7 @@ class _Rows:
 
 
 class _Pass2:
-    """Per item (distinct text), in item order: shingle sets, band keys."""
+    """Per item (distinct text), in item order: shingle sets, band keys, word hashes."""
 
     def __init__(self, config: DedupConfig, item_scope: np.ndarray) -> None:
         self.config = config
@@ -329,12 +363,16 @@ class _Pass2:
         self.bands, self.rows = config.lsh()
         self.keys = np.empty((len(item_scope), self.bands), dtype=np.uint64)
         self.parts: list[Shingled] = []
+        self.words: list[WordHashes] = []
         self.done = 0
         self.t_shingle = self.t_sign = 0.0
 
-    def add(self, texts: list[str]) -> None:
+    def add(self, texts: pa.Array) -> None:
         t0 = time.perf_counter()
-        sh = shingle_hashes([normalize_text(t) for t in texts], self.config.shingle)
+        tk = tokenize(normalize_array(texts))
+        sh = shingle_hashes(tk, self.config.shingle)
+        if self.config.edit_min_words:
+            self.words.append(word_hashes(tk, self.config.edit_min_words))
         t1 = time.perf_counter()
         sig = signatures(sh, self.config.num_perm, self.config.seed)
         sl = slice(self.done, self.done + len(texts))
@@ -344,22 +382,25 @@ class _Pass2:
         self.parts.append(sh)
         self.done += len(texts)
 
-    def finish(self) -> Shingled:
+    def finish(self) -> tuple[Shingled, WordHashes]:
         if self.done != len(self.item_scope):
             raise CurateError(f"dedup read {self.done} distinct texts back, expected {len(self.item_scope)}")
+        words = WordHashes.concat(self.words) if self.words else WordHashes(np.zeros(self.done + 1, dtype=np.int64),
+                                                                           np.empty(0, dtype=np.uint64))
         if not self.parts:
-            return Shingled(np.zeros(1, dtype=np.int64), np.empty(0, dtype=np.uint32), np.empty(0, dtype=bool))
+            return Shingled(np.zeros(1, dtype=np.int64), np.empty(0, dtype=np.uint32), np.empty(0, dtype=bool)), words
         indptr = [np.zeros(1, dtype=np.int64)]
         off = 0
         for p in self.parts:
             indptr.append(p.indptr[1:] + off)
             off += int(p.indptr[-1])
         return Shingled(np.concatenate(indptr), np.concatenate([p.data for p in self.parts]),
-                        np.concatenate([p.short for p in self.parts]))
+                        np.concatenate([p.short for p in self.parts])), words
 
 
 def _group(config: DedupConfig, rows: _Rows, item: np.ndarray, item_scope: np.ndarray, sh: Shingled,
-           keys: np.ndarray, timings: dict[str, float]) -> tuple[pa.Table, pa.Table, dict[str, ScopeStats], dict[str, int]]:
+           words: WordHashes, keys: np.ndarray,
+           timings: dict[str, float]) -> tuple[pa.Table, pa.Table, dict[str, ScopeStats], dict[str, int]]:
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
@@ -372,7 +413,10 @@ def _group(config: DedupConfig, rows: _Rows, item: np.ndarray, item_scope: np.nd
     jac = jaccard_pairs(sh, ci, cj)
     ok = jac >= config.threshold
     t2 = time.perf_counter()
-    ei, ej = ci[ok], cj[ok]
+    es, el = edit_pairs(words, config.edit_min_words, item_scope)
+    edits = sorted_unique(_pair_keys(es, el, max(n_items, 1)))
+    t_edit = time.perf_counter() - t2
+    ei, ej = np.concatenate([ci[ok], es]), np.concatenate([cj[ok], el])
     if n_items:
         graph = coo_matrix((np.ones(len(ei), dtype=np.int8), (ei, ej)), shape=(n_items, n_items))
         _, comp = connected_components(graph, directed=False)
@@ -397,7 +441,7 @@ def _group(config: DedupConfig, rows: _Rows, item: np.ndarray, item_scope: np.nd
         center = np.flatnonzero(first)[np.cumsum(first) - 1]
         sim = _similarity(sh, m_item, m_item[center], n_items)
     else:
-        center, sim = _centers(sh, m_item, mcomp, config.threshold, n_items)
+        center, sim = _centers(sh, edits, m_item, mcomp, config.threshold, n_items)
         # a member left alone by the split is no longer a duplicate
         alone = np.bincount(center, minlength=len(center))[center] == 1
         keep_rows = ~alone
@@ -414,9 +458,11 @@ def _group(config: DedupConfig, rows: _Rows, item: np.ndarray, item_scope: np.nd
     first = center == np.arange(len(center))
     run = np.cumsum(first) - 1
     kept_row = member_rows[center]
-    diff = m_item != item[kept_row]
-    method = np.where(~diff, "exact", np.where(sh.short[m_item], "short", "minhash")) if len(m_item) else \
-        np.empty(0, dtype=str)
+    kept_item = item[kept_row]
+    similar = sim >= config.threshold
+    edit = ~similar & is_pair(edits, max(n_items, 1), m_item, kept_item)
+    method = np.where(m_item == kept_item, "exact", np.where(similar, np.where(sh.short[m_item], "short", "minhash"),
+                                                             np.where(edit, "edit", "minhash")))
     # group ids: groups ordered by (scope name, kept caption key)
     g_scope = rows.scope[kept_row[first]]
     g_name_rank = np.argsort(np.argsort(np.array(rows.scope_names, dtype=object)))[g_scope] if len(g_scope) else g_scope
@@ -457,8 +503,10 @@ def _group(config: DedupConfig, rows: _Rows, item: np.ndarray, item_scope: np.nd
         s.members = int((rows.scope[member_rows] == sid).sum())
         s.removed = s.members - s.groups
         stats[name] = s
-    timings.update({"lsh_candidates": t1 - t0, "verify": t2 - t1, "groups": time.perf_counter() - t2})
-    extra = {"candidates": int(len(ci)), "verified": int(ok.sum()), "large_buckets": int(large)}
+    timings.update({"lsh_candidates": t1 - t0, "verify": t2 - t1, "edits": t_edit,
+                    "groups": time.perf_counter() - t2 - t_edit})
+    extra = {"candidates": int(len(ci)), "verified": int(ok.sum()), "large_buckets": int(large),
+             "edit_pairs": int(len(es))}
     return groups, skipped, dict(sorted(stats.items())), extra
 
 
@@ -469,18 +517,19 @@ def _similarity(sh: Shingled, a: np.ndarray, b: np.ndarray, n_items: int) -> np.
     if diff.any():
         n = max(n_items, 1)
         lo, hi = np.minimum(a[diff], b[diff]), np.maximum(a[diff], b[diff])
-        pk = np.unique(lo * n + hi)
+        pk = sorted_unique(lo * n + hi)
         vals = jaccard_pairs(sh, pk // n, pk % n)
         sim[diff] = vals[np.searchsorted(pk, lo * n + hi)]
     return sim
 
 
-def _centers(sh: Shingled, m_item: np.ndarray, mcomp: np.ndarray, threshold: float,
+def _centers(sh: Shingled, edits: np.ndarray, m_item: np.ndarray, mcomp: np.ndarray, threshold: float,
              n_items: int) -> tuple[np.ndarray, np.ndarray]:
     """Split each component into groups around centers: the first remaining member (in
-    keep order) is a center; every remaining member of its component at least
-    ``threshold`` similar to it joins it; repeat with the rest. Rows are sorted by
-    component and keep order. Returns each row's center position and its similarity to it."""
+    keep order) is a center; every remaining member of its component that is a near
+    duplicate of it (at least ``threshold`` similar, or one of the ``edits`` pairs with it)
+    joins it; repeat with the rest. Rows are sorted by component and keep order. Returns
+    each row's center position and its similarity to it."""
     center = np.full(len(m_item), -1, dtype=np.int64)
     sim = np.ones(len(m_item), dtype=np.float64)
     remaining = np.arange(len(m_item))
@@ -490,7 +539,8 @@ def _centers(sh: Shingled, m_item: np.ndarray, mcomp: np.ndarray, threshold: flo
         first[1:] = rc[1:] != rc[:-1]
         cpos = remaining[np.flatnonzero(first)[np.cumsum(first) - 1]]
         s = _similarity(sh, m_item[remaining], m_item[cpos], n_items)
-        join = (s >= threshold) | (remaining == cpos)
+        join = (s >= threshold) | (remaining == cpos) | is_pair(edits, max(n_items, 1), m_item[remaining],
+                                                                m_item[cpos])
         center[remaining[join]] = cpos[join]
         sim[remaining[join]] = s[join]
         remaining = remaining[~join]
@@ -510,10 +560,10 @@ def _key_rank(keys: pa.ChunkedArray, rows: np.ndarray) -> np.ndarray:
     return rank
 
 
-def _run(config: DedupConfig, batches: Iterable[tuple[pa.Array, list[str], list[str | None]]],
-         rep_texts: Callable[[_Rows, np.ndarray], Iterable[list[str]]]) -> DedupResult:
-    """The two passes. ``batches`` yields (keys, scopes, texts); ``rep_texts(rows, reps)``
-    yields lists of the representative texts in item order."""
+def _run(config: DedupConfig, batches: Iterable[tuple[pa.Array, pa.Array | str, pa.Array]],
+         rep_texts: Callable[[_Rows, np.ndarray], Iterable[pa.Array]]) -> DedupResult:
+    """The two passes. ``batches`` yields (keys, scopes or one scope, texts) as Arrow
+    arrays; ``rep_texts(rows, reps)`` yields arrays of the representative texts in item order."""
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
     p1 = _Pass1()
@@ -525,11 +575,11 @@ def _run(config: DedupConfig, batches: Iterable[tuple[pa.Array, list[str], list[
     p2 = _Pass2(config, item_scope)
     for rep_batch in rep_texts(rows, reps):
         p2.add(rep_batch)
-    sh = p2.finish()
+    sh, words = p2.finish()
     timings["shingles"], timings["signatures"] = p2.t_shingle, p2.t_sign
-    groups, skipped, stats, extra = _group(config, rows, item, item_scope, sh, p2.keys, timings)
+    groups, skipped, stats, extra = _group(config, rows, item, item_scope, sh, words, p2.keys, timings)
     return DedupResult(config, groups, skipped, stats, time.perf_counter() - t0, extra["candidates"],
-                       extra["verified"], extra["large_buckets"], timings=timings)
+                       extra["verified"], extra["large_buckets"], extra["edit_pairs"], timings=timings)
 
 
 def find_duplicates(texts: list[str | None], *, keys: list[str] | None = None, scopes: list[str] | None = None,
@@ -540,18 +590,19 @@ def find_duplicates(texts: list[str | None], *, keys: list[str] | None = None, s
     cfg = DedupConfig(**config)
     n = len(texts)
     key_arr = pa.array(keys if keys is not None else [str(i) for i in range(n)], pa.string())
-    scope_list = scopes if scopes is not None else [ACROSS] * n
-    if len(key_arr) != n or len(scope_list) != n:
+    scope_arr = pa.array(scopes, pa.string()) if scopes is not None else None
+    if len(key_arr) != n or (scope_arr is not None and len(scope_arr) != n):
         raise ConfigError(f"keys and scopes must have one entry per text ({n})")
+    text_arr = as_large_string(texts)
 
-    def batches() -> Iterator[tuple[pa.Array, list[str], list[str | None]]]:
+    def batches() -> Iterator[tuple[pa.Array, pa.Array | str, pa.Array]]:
         for s in range(0, n, batch_size):
-            yield key_arr.slice(s, batch_size), scope_list[s:s + batch_size], texts[s:s + batch_size]
+            sc = ACROSS if scope_arr is None else scope_arr.slice(s, batch_size)
+            yield key_arr.slice(s, batch_size), sc, text_arr.slice(s, batch_size)
 
-    def rep_texts(rows: _Rows, reps: np.ndarray) -> Iterator[list[str]]:
+    def rep_texts(rows: _Rows, reps: np.ndarray) -> Iterator[pa.Array]:
         for s in range(0, len(reps), batch_size):
-            # a representative is an analysed (non-null) text
-            yield [cast(str, texts[int(r)]) for r in reps[s:s + batch_size]]
+            yield text_arr.take(pa.array(reps[s:s + batch_size], pa.int64()))
 
     return _run(cfg, batches(), rep_texts)
 
@@ -565,7 +616,8 @@ def dedup_captions(store: Store, *, variant: str | Iterable[str] | None = None, 
                    threshold: float = 0.8, num_perm: int = 128, shingle: int = 3,
                    keep: Literal["min_id", "longest", "shortest"] = "min_id", seed: int = 1,
                    bands: int | None = None, rows: int | None = None, max_bucket: int = 1000,
-                   grouping: Literal["center", "components"] = "center", batch_size: int = 50_000) -> DedupResult:
+                   grouping: Literal["center", "components"] = "center", edit_min_words: int = 4,
+                   batch_size: int = 50_000) -> DedupResult:
     """Find exact and near-duplicate captions of the store and write them (see the module
     docstring). ``variant``: one variant, several, or None for all."""
     if store.read_only:
@@ -573,7 +625,7 @@ def dedup_captions(store: Store, *, variant: str | Iterable[str] | None = None, 
     cfg = DedupConfig(variant=(variant,) if isinstance(variant, str) else None if variant is None else tuple(variant),
                       across_variants=across_variants, threshold=threshold, num_perm=num_perm, shingle=shingle,
                       keep=keep, seed=seed, bands=bands, rows=rows, max_bucket=max_bucket,
-                      grouping=grouping)
+                      grouping=grouping, edit_min_words=edit_min_words)
     con = store.con
     if cfg.variant is not None:
         have = {r[0] for r in con.execute("SELECT DISTINCT variant FROM captions").fetchall()}
@@ -585,18 +637,17 @@ def dedup_captions(store: Store, *, variant: str | Iterable[str] | None = None, 
     where = "" if cfg.variant is None else "WHERE variant IN (SELECT unnest($variants))"
     params = {} if cfg.variant is None else {"variants": list(cfg.variant)}
 
-    def batches() -> Iterator[tuple[pa.Array, list[str], list[str | None]]]:
+    def batches() -> Iterator[tuple[pa.Array, pa.Array | str, pa.Array]]:
         cur = con.cursor()
         try:
             sql = f"SELECT caption_id::VARCHAR AS caption_id, variant, text FROM captions {where}"
             reader = cur.sql(sql, params=params or None).to_arrow_reader(batch_size)
             for b in reader:
-                scopes = [ACROSS] * b.num_rows if cfg.across_variants else b.column(1).to_pylist()
-                yield b.column(0), scopes, b.column(2).to_pylist()
+                yield b.column(0), ACROSS if cfg.across_variants else b.column(1), b.column(2)
         finally:
             cur.close()
 
-    def rep_texts(rs: _Rows, reps: np.ndarray) -> Iterator[list[str]]:
+    def rep_texts(rs: _Rows, reps: np.ndarray) -> Iterator[pa.Array]:
         rep_keys = rs.keys.take(pa.array(reps, pa.int64()))
         cur = con.cursor()
         try:
@@ -605,7 +656,7 @@ def dedup_captions(store: Store, *, variant: str | Iterable[str] | None = None, 
             reader = cur.sql("SELECT r.item, c.text FROM captions c JOIN _curate_dedup_reps r "
                              "ON c.caption_id = r.caption_id::UUID ORDER BY r.item").to_arrow_reader(batch_size)
             for b in reader:
-                yield b.column(1).to_pylist()
+                yield b.column(1)
         finally:
             cur.unregister("_curate_dedup_reps")
             cur.close()
