@@ -139,6 +139,8 @@ class WordNet:
 # -- TSV -------------------------------------------------------------------------------
 def read_tsv(path: Path) -> list[tuple[str, str, str]]:
     """(concept, alias, "line N") from a ``concept<TAB>alias`` file."""
+    if not path.is_file():
+        raise InputError(f"alias file {path} does not exist" + (" (it is a folder)" if path.is_dir() else ""))
     text = _read_text(path)
     out = []
     for i, line in enumerate(text.splitlines(), 1):
