@@ -325,3 +325,38 @@ def test_counting_an_empty_store_says_there_is_nothing_to_count(store):
     run_stage(store, build_stage("concepts.text_match.v1", {"vocabulary": "cifar10", "model": MODEL}))
     with pytest.raises(ConfigError, match="has no captions to count concepts in"):
         store_counts(store, "cifar10")
+
+
+def test_cooccurrence_on_real_captions_equals_a_python_oracle(cc3m_store, tmp_path, capsys):
+    import xml.etree.ElementTree as ET
+    from itertools import combinations
+
+    from curate.cli import main
+    from curate.concepts.cooccur import cooccurrence
+
+    with Store.open(cc3m_store, read_only=True) as s:
+        got = cooccurrence(s, "mini")
+        hits = s.execute("SELECT caption_id::VARCHAR, concept FROM concept_hits WHERE vocabulary = 'mini' "
+                         "AND mode = 'phrase'").fetchall()
+    per: dict[str, set[str]] = {}
+    for cap, c in hits:
+        per.setdefault(cap, set()).add(c)
+    want: dict[tuple[str, str], int] = {}
+    for cs in per.values():
+        for a, b in combinations(sorted(cs), 2):
+            want[(a, b)] = want.get((a, b), 0) + 1
+    rows = {(a, b): (n, na, nb, lift) for a, b, n, _, na, nb, lift in got.iter_rows()}
+    assert {k: v[0] for k, v in rows.items()} == want
+    single = {c: sum(c in cs for cs in per.values()) for c in {c for _, c in hits}}
+    n, na, nb, lift = rows[("dog", "hot dog")]  # "hot dog" also counts as "dog"
+    assert (na, nb) == (single["dog"], single["hot dog"]) and n == nb
+    assert lift == pytest.approx(round(n * 15_833 / (na * nb), 3)) and lift > 10
+    capsys.readouterr()
+    assert main(["concepts", "cooccur", "--store", str(cc3m_store), "--vocabulary", "mini", "--top", "6",
+                 "--out-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert f"{len(want):,} concept pairs of mini found together" in out and "hot dog" in out
+    png, svg = tmp_path / "concepts_cooccurrence_mini_phrase_text.png", tmp_path / "concepts_cooccurrence_mini_phrase_text.svg"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and ET.parse(svg).getroot().tag.endswith("svg")
+    assert main(["concepts", "cooccur", "--store", str(cc3m_store), "--vocabulary", "mini", "--mode", "paper"]) == 2
+    assert "has not been counted in paper mode" in capsys.readouterr().err
