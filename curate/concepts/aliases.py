@@ -103,7 +103,7 @@ class WordNet:
                 parts = line.split()
                 if len(parts) >= 2:
                     self.exc.setdefault(parts[0], parts[1])
-        self._data = open(folder / "data.noun", "rb")  # noqa: SIM115 - kept open for seeks, closed in close()
+        self._data = open(folder / "data.noun", "rb")
 
     def close(self) -> None:
         self._data.close()
@@ -142,7 +142,7 @@ def read_tsv(path: Path) -> list[tuple[str, str, str]]:
     if not path.is_file():
         raise InputError(f"alias file {path} does not exist" + (" (it is a folder)" if path.is_dir() else ""))
     text = _read_text(path)
-    out = []
+    out: list[tuple[str, str, str]] = []
     for i, line in enumerate(text.splitlines(), 1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue

@@ -35,7 +35,7 @@ def cooccurrence(store: Store, vocabulary: str, *, measure: str = "text", mode: 
     check_counted(store, vocabulary, mode)
     params: dict[str, Any] = {"vocabulary": vocabulary, "mode": mode, "variant": variant or ""}
     if measure == "text":
-        df = store.query("concepts.cooccurrence", **params).pl()
+        df: pl.DataFrame = store.query("concepts.cooccurrence", **params).pl()
         return df.rename({"captions": "count", "captions_a": "count_a", "captions_b": "count_b"})
     opts = image or ImageOptions()
     iset, cset = resolve_tagging(store, vocabulary, opts)

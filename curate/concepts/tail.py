@@ -47,7 +47,6 @@ from .measures import ImageOptions, check_measure, pairs_sql
 from .vocab import check_name as check_vocabulary
 
 
-
 @dataclass
 class TailBenchmark:
     path: Path

@@ -52,9 +52,9 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import pyarrow as pa
 
 from ..attributes import Attribute
+from ..concepts.match import MODES as MODES
 from ..errors import ConfigError
 from ..knowledge.ner import DEFAULT_MODEL
-from ..concepts.match import MODES as MODES
 from .base import Stage
 
 if TYPE_CHECKING:
