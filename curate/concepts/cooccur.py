@@ -45,8 +45,8 @@ def cooccurrence(store: Store, vocabulary: str, *, measure: str = "text", mode: 
 
 
 def cooccurrence_plot(pairs: pl.DataFrame, out: str | Path, *, top: int = 25, title: str = "") -> list[Path]:
-    """Heat map of the pair counts among the ``top`` concepts with the most pairs'
-    occurrences (each concept's own count on the diagonal); PNG and SVG."""
+    """Heat map of the pair counts among the ``top`` most frequent concepts that occur
+    in a pair (each concept's own count on the diagonal); PNG and SVG."""
     if top < 2:
         raise ConfigError(f"top must be at least 2, got {top}")
     if pairs.height == 0:
