@@ -20,6 +20,7 @@ from .common import executor_options, max_rows_option, progress_option, run_opti
 
 if TYPE_CHECKING:
     from ..concepts.audit import CountSpec
+    from ..concepts.measures import ImageOptions
 
 method_option = click.option("--method", default="lemmatized", show_default=True,
                              help="Published count method: lemmatized, lowercased, rampp0.7, "
@@ -52,14 +53,16 @@ def report_path(out_dir: Path | None, store_path: Path, stem: str) -> Path:
 
 
 def count_specs(published: tuple[str, ...], method: str, downstream: str, vocabulary: str | None,
-                counts: tuple[str, ...] = (), mode: str = "phrase") -> list[CountSpec]:
+                counts: tuple[str, ...] = (), mode: str = "phrase", measure: str = "text",
+                image: ImageOptions | None = None) -> list[CountSpec]:
     """CountSpecs from the audit options (``--published NAME[:METHOD]`` and
-    ``--counts VOCABULARY[:VARIANT[:SOURCE]]`` for the store's own counts, repeatable)."""
+    ``--counts VOCABULARY[:VARIANT[:SOURCE]]`` for the store's own counts, repeatable;
+    ``--measure`` text, image or matched for the latter)."""
     from ..concepts.audit import parse_spec
 
     specs = [parse_spec(f"published:{p}", method=method, downstream=downstream, vocabulary=vocabulary)
              for p in published]
-    specs += [parse_spec(f"store:{c}", mode=mode) for c in counts]
+    specs += [parse_spec(f"store:{c}", mode=mode, measure=measure, image=image) for c in counts]
     if not specs:
         raise ConfigError("name a count source: --published PRETRAIN (e.g. --published cc3m) or --counts VOCABULARY "
                           "(the store's own, from `curate concepts count`)")
@@ -69,8 +72,33 @@ def count_specs(published: tuple[str, ...], method: str, downstream: str, vocabu
 counts_option = click.option("--counts", multiple=True, metavar="VOCABULARY[:VARIANT[:SOURCE]]",
                              help="The store's own text counts of a vocabulary (from `curate concepts count`), "
                                   "optionally of one caption variant and source; repeatable.")
-mode_option = click.option("--mode", type=click.Choice(["phrase", "paper"]), default="phrase", show_default=True,
-                           help="Matching mode of the store's counts.")
+mode_option = click.option("--mode", type=click.Choice(["phrase", "paper", "nouns"]), default="phrase",
+                           show_default=True, help="Matching mode of the store's text counts: phrase, paper "
+                                                   "(Udandarao et al.'s text search) or nouns (a strict AND of nouns).")
+
+
+def measure_options(f: Any) -> Any:
+    """``--measure`` and the image options: which count of the store (text, image, matched)."""
+    opts = [
+        click.option("--measure", type=click.Choice(["text", "image", "matched"]), default="text", show_default=True,
+                     help="The store's count: captions naming the concept (text), images tagged with it (image), or "
+                          "both in one sample (matched; image tags from `curate concepts image-count`)."),
+        click.option("--image-set", default=None, help="Image set of the tags (default: the only one tagged "
+                                                       "with the vocabulary's concepts)."),
+        click.option("--concept-set", default=None, help="Concept set of the tags (default: the only "
+                                                         "concepts.VOCABULARY.* one tagged)."),
+        click.option("-k", "k", default=5, show_default=True, help="An image has its top-k tags."),
+        click.option("--min-score", default=0.0, show_default=True, help="Lowest cosine score a tag counts with."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def image_options(image_set: str | None, concept_set: str | None, k: int, min_score: float) -> ImageOptions:
+    from ..concepts.measures import ImageOptions
+
+    return ImageOptions(image_set, concept_set, k, min_score)
 
 
 @click.group()
@@ -148,28 +176,47 @@ def vocab_show(name: str, store_path: Path, max_rows: int) -> None:
               "paper mode runs a tagger and gains from 2).")
 @click.option("--batch-size", default=10_000, show_default=True, help="Captions per batch (one commit each).")
 @click.option("--limit", type=int, default=None, help="Count at most this many pending captions, then stop.")
+@click.option("--aliases", default=None, metavar="wordnet|wordnet:DIR|FILE.tsv",
+              help="Synonyms applied at this count: WordNet's first-sense lemmas, or a TSV of concept<TAB>alias; "
+                   "the counts are reported per alias.")
 @progress_option()
 @max_rows_option(15, "Rows of the summary shown.")
 @executor_options
 def count_cmd(store_path: Path, vocabulary: str, mode: str, model: str | None, workers: int, batch_size: int,
-              limit: int | None, progress: bool | None, max_rows: int, executor: str, ray_address: str | None,
-              gpus_per_worker: float) -> None:
+              limit: int | None, aliases: str | None, progress: bool | None, max_rows: int, executor: str,
+              ray_address: str | None, gpus_per_worker: float) -> None:
     """Count a vocabulary's concepts in every caption not counted yet (concepts.text_match.v1),
     then print the long-tail summary per source and variant."""
+    import polars as pl
+
     from ..registry import build_stage
     from ..runner import run_stage
 
-    cfg = {"vocabulary": vocabulary, "mode": mode}
+    cfg: dict[str, Any] = {"vocabulary": vocabulary, "mode": mode}
     if model:
         cfg["model"] = model
+    if aliases:
+        cfg["aliases"] = aliases
     stage = build_stage("concepts.text_match.v1", cfg)
     with Store.open(store_path) as s:
+        if aliases:
+            from ..concepts.aliases import load_aliases
+            from ..concepts.vocab import vocabulary_entries
+
+            for line in load_aliases(aliases, vocabulary_entries(s, vocabulary)).notes():
+                click.echo(line)
         res = run_stage(s, stage, run_options(executor, ray_address, gpus_per_worker, batch_size=batch_size,
                                               workers=workers, limit=limit, progress=progress))
         click.echo(res.summary())
         _show(s.query("concepts.text_summary", vocabulary=vocabulary, mode=mode).pl(), max_rows)
         top = s.query("concepts.text_counts_total", vocabulary=vocabulary, mode=mode).pl()
+        per_alias = s.query("concepts.alias_counts", vocabulary=vocabulary, mode=mode).pl() if aliases else None
     click.echo("most frequent: " + ", ".join(f"{c} {n:,}" for c, n in top.head(8).iter_rows()))
+    if per_alias is not None:
+        extra = per_alias.filter(~pl.col("is_name"))
+        click.echo(f"per alias ({extra.height:,} aliases matched; curate sql -q concepts.alias_counts -p "
+                   f"vocabulary={vocabulary}" + (f" -p mode={mode}" if mode != "phrase" else "") + "):")
+        _show(extra.sort(["only_this_alias", "samples"], descending=True).drop("is_name"), max_rows)
     click.echo(f"counts: curate sql -q concepts.text_counts -p vocabulary={vocabulary}"
                + (f" -p mode={mode}" if mode != "phrase" else ""))
 
@@ -190,17 +237,20 @@ def count_cmd(store_path: Path, vocabulary: str, mode: str, model: str | None, w
 @click.option("--train-manifest", type=click.Path(path_type=Path), default=None,
               help="A training manifest in any format `curate mix` writes (parquet, JSONL, CSV/TSV, DataComp .npy) "
                    "or webdataset .tar shards: report the overlap.")
+@measure_options
 def tail_cmd(store_path: Path, vocabulary: str, n: int, min_count: int, cap: int, variant: str | None, mode: str,
-             seed: int, name: str | None, out: Path | None, train_manifest: Path | None) -> None:
+             seed: int, name: str | None, out: Path | None, train_manifest: Path | None, measure: str,
+             image_set: str | None, concept_set: str | None, k: int, min_score: float) -> None:
     """A Let It Wag!-style evaluation manifest of a vocabulary's rarest concepts."""
     from ..concepts.tail import build_tail_benchmark, overlap, read_training_manifest, tail_path
 
     # names, then the training manifest, are checked before anything is written
-    tail_path(store_path, vocabulary, n=n, variant=variant, mode=mode, name=name, out=out)
+    tail_path(store_path, vocabulary, n=n, variant=variant, mode=mode, name=name, out=out, measure=measure)
     train = read_training_manifest(train_manifest) if train_manifest else None
     with Store.open(store_path) as s:
         res = build_tail_benchmark(s, vocabulary, n=n, min_count=min_count, cap=cap, variant=variant, mode=mode,
-                                   seed=seed, out=out, name=name)
+                                   seed=seed, out=out, name=name, measure=measure,
+                                   image=image_options(image_set, concept_set, k, min_score))
     click.echo(res.summary())
     _show(res.concepts, 20)
     if train is not None:
@@ -223,11 +273,12 @@ def tail_cmd(store_path: Path, vocabulary: str, n: int, min_count: int, cap: int
 @click.option("-k", "k", default=5, show_default=True, help="Tags per image.")
 @click.option("--min-score", default=0.0, show_default=True, help="Lowest cosine score a tag counts with.")
 @click.option("--variant", default=None, help="Text and matched counts from captions of this variant only.")
+@mode_option
 @click.option("--device", default="auto", show_default=True)
 @max_rows_option(20)
 def image_count_cmd(store_path: Path, vocabulary: str, image_set: str, model: str, pretrained: str,
                     model_config: str | None, model_id: str | None, template_set: str, k: int, min_score: float,
-                    variant: str | None, device: str, max_rows: int) -> None:
+                    variant: str | None, mode: str, device: str, max_rows: int) -> None:
     """Image and matched concept frequency: embed the vocabulary's prompts with the CLIP
     text tower, tag every image with its top-k concepts, count, and report the
     misalignment degree."""
@@ -247,9 +298,12 @@ def image_count_cmd(store_path: Path, vocabulary: str, image_set: str, model: st
         cset = embed_concepts(s, vocabulary, clip, model_id=mid, template_set=template_set)
         res = tag(s, image_set, cset, k=k)
         click.echo(res.summary())
-        counts = image_counts(s, vocabulary, cset, image_set, k=k, min_score=min_score, variant=variant)
+        counts = image_counts(s, vocabulary, cset, image_set, k=k, min_score=min_score, variant=variant, mode=mode)
     click.echo(counts.summary())
     _show(counts.counts, max_rows)
+    click.echo(f"tables: curate sql -q concepts.image_counts -p vocabulary={vocabulary} -p iset={image_set} "
+               f"-p cset={cset} -p k={k}" + (f" -p min_score={min_score:g}" if min_score else "")
+               + "; concepts.misalignment takes the same parameters")
 
 
 @concepts.command("import-published")
@@ -280,15 +334,18 @@ def import_published_cmd(path: Path, store_path: Path) -> None:
 @vocabulary_option
 @out_dir_option
 @click.option("--plot/--no-plot", default=True, show_default=True, help="Write the rank-frequency plot.")
+@measure_options
 def audit(store_path: Path, published: tuple[str, ...], counts: tuple[str, ...], mode: str, method: str,
-          downstream: str, vocabulary: str | None, out_dir: Path | None, plot: bool) -> None:
+          downstream: str, vocabulary: str | None, out_dir: Path | None, plot: bool, measure: str,
+          image_set: str | None, concept_set: str | None, k: int, min_score: float) -> None:
     """Summary (zero-count share, median, quantiles) and a log-log rank-frequency plot."""
     import polars as pl
 
     from ..concepts.audit import counts_source, rank_frequency_plot, summarize
     from ..concepts.vocab import vocabulary_entries
 
-    specs = count_specs(published, method, downstream, vocabulary, counts, mode)
+    specs = count_specs(published, method, downstream, vocabulary, counts, mode, measure,
+                        image_options(image_set, concept_set, k, min_score))
     with Store.open(store_path, read_only=True) as s:
         vectors = {spec.label: counts_source(s, spec) for spec in specs}
         size = len(vocabulary_entries(s, vocabulary)) if vocabulary else None
@@ -320,15 +377,20 @@ def audit(store_path: Path, published: tuple[str, ...], counts: tuple[str, ...],
 @method_option
 @downstream_option
 @vocabulary_option
+@mode_option
+@measure_options
 @click.option("--top", default=10, show_default=True, help="Gainers and losers shown.")
 def compare(source_a: str, source_b: str, store_path: Path, method: str, downstream: str, vocabulary: str | None,
+            mode: str, measure: str, image_set: str | None, concept_set: str | None, k: int, min_score: float,
             top: int) -> None:
-    """Compare two count vectors (A, B: published:PRETRAIN[:METHOD] or
-    store:VOCABULARY[:VARIANT[:SOURCE]]): Spearman, gainers, losers."""
+    """Compare two count vectors (A, B: published:PRETRAIN[:METHOD], store:VOCABULARY[:VARIANT[:SOURCE]][@STORE],
+    image:VOCABULARY, matched:VOCABULARY[:VARIANT[:SOURCE]] or manifest:VOCABULARY:PATH): Spearman, gainers, losers."""
     from ..concepts.audit import compare as do_compare
     from ..concepts.audit import counts_source, parse_spec
 
-    a, b = (parse_spec(x, method=method, downstream=downstream, vocabulary=vocabulary) for x in (source_a, source_b))
+    img = image_options(image_set, concept_set, k, min_score)
+    a, b = (parse_spec(x, method=method, downstream=downstream, vocabulary=vocabulary, mode=mode, measure=measure,
+                       image=img) for x in (source_a, source_b))
     with Store.open(store_path, read_only=True) as s:
         res = do_compare(counts_source(s, a), counts_source(s, b), label_a=a.label, label_b=b.label, top=top)
     click.echo(res.summary())
@@ -351,13 +413,16 @@ def compare(source_a: str, source_b: str, store_path: Path, method: str, downstr
 @click.option("--column", default=None, help="Metric column (default: the CSV's only numeric column).")
 @click.option("--drop-zero", is_flag=True, help="Fit log10(count) over count > 0 instead of log10(count + 1).")
 @out_dir_option
+@measure_options
 def fit(metric_csv: Path, store_path: Path, published: str | None, counts: tuple[str, ...], mode: str, method: str,
-        downstream: str, vocabulary: str | None, column: str | None, drop_zero: bool, out_dir: Path | None) -> None:
+        downstream: str, vocabulary: str | None, column: str | None, drop_zero: bool, out_dir: Path | None,
+        measure: str, image_set: str | None, concept_set: str | None, k: int, min_score: float) -> None:
     """Log-linear fit of a per-concept metric (CSV: concept, metric) against log10 count; plot."""
     from ..concepts.audit import counts_source, fit_plot, loglinear_fit, read_metric_csv
 
     metric = read_metric_csv(metric_csv, column)
-    specs = count_specs((published,) if published else (), method, downstream, vocabulary, counts, mode)
+    specs = count_specs((published,) if published else (), method, downstream, vocabulary, counts, mode, measure,
+                        image_options(image_set, concept_set, k, min_score))
     if len(specs) != 1:
         raise ConfigError("fit takes one count source: --published PRETRAIN or --counts VOCABULARY")
     (spec,) = specs
@@ -368,3 +433,75 @@ def fit(metric_csv: Path, store_path: Path, published: str | None, counts: tuple
     out = report_path(out_dir, store_path, f"concepts_fit_{_slug(metric_csv.stem)}_{_slug(spec.label)}")
     paths = fit_plot(res, out, title=f"{metric_csv.stem} against {spec.label}", metric_name=column or "metric")
     click.echo(f"plot: {', '.join(str(p) for p in paths)}")
+
+
+@concepts.command()
+@store_option
+@click.option("--vocabulary", required=True, help="A vocabulary counted with `curate concepts count`.")
+@mode_option
+@click.option("--measure", type=click.Choice(["text", "matched"]), default="text", show_default=True,
+              help="Pairs named in one caption (text), or matched in one sample: image tag and caption (matched).")
+@click.option("--variant", default=None, help="Captions of this variant only.")
+@click.option("--image-set", default=None, help="Image set of the tags (matched; default: the only one).")
+@click.option("--concept-set", default=None, help="Concept set of the tags (matched; default: the only one).")
+@click.option("-k", "k", default=5, show_default=True, help="An image has its top-k tags (matched).")
+@click.option("--min-score", default=0.0, show_default=True, help="Lowest tag score (matched).")
+@click.option("--top", default=25, show_default=True, help="Concepts in the plot (the most frequent).")
+@out_dir_option
+@click.option("--plot/--no-plot", default=True, show_default=True, help="Write the co-occurrence heat map.")
+@max_rows_option(20, "Pairs shown.")
+def cooccur(store_path: Path, vocabulary: str, mode: str, measure: str, variant: str | None, image_set: str | None,
+            concept_set: str | None, k: int, min_score: float, top: int, out_dir: Path | None, plot: bool,
+            max_rows: int) -> None:
+    """Concept pairs found together (concepts.cooccurrence, concepts.cooccurrence_matched) and a heat map."""
+    from ..concepts.cooccur import cooccurrence, cooccurrence_plot
+    from ..concepts.vocab import check_name as check_vocabulary
+
+    check_vocabulary(vocabulary)
+    if variant is not None:
+        names.check_name("variant", variant)
+    with Store.open(store_path, read_only=True) as s:
+        pairs = cooccurrence(s, vocabulary, measure=measure, mode=mode, variant=variant,
+                             image=image_options(image_set, concept_set, k, min_score))
+    unit = "captions" if measure == "text" else "samples"
+    click.echo(f"{pairs.height:,} concept pairs of {vocabulary} found together ({measure}; count = {unit} with both; "
+               f"curate sql -q concepts.{'cooccurrence' if measure == 'text' else 'cooccurrence_matched'})")
+    _show(pairs, max_rows, 3)
+    if plot and pairs.height:
+        stem = f"concepts_cooccurrence_{vocabulary}_{mode}_{measure}" + (f"_{variant}" if variant else "")
+        paths = cooccurrence_plot(pairs, report_path(out_dir, store_path, stem), top=top,
+                                  title=f"{vocabulary} ({mode}, {measure}): {unit} with both concepts")
+        click.echo(f"plot: {', '.join(str(p) for p in paths)}")
+
+
+@concepts.command("aliases")
+@click.argument("source", metavar="wordnet|wordnet:DIR|FILE.tsv")
+@click.option("--vocabulary", required=True, help="A stored or bundled vocabulary.")
+@store_option
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the applied pairs as a TSV (concept<TAB>alias), to edit and pass to `count --aliases`.")
+@max_rows_option(20, "Pairs shown.")
+def aliases_cmd(source: str, vocabulary: str, store_path: Path, out: Path | None, max_rows: int) -> None:
+    """The aliases SOURCE would add to VOCABULARY at `curate concepts count --aliases SOURCE`."""
+    import polars as pl
+
+    from ..concepts.aliases import load_aliases
+    from ..concepts.vocab import vocabulary_entries
+
+    store = Store.open(store_path, read_only=True) if (store_path / "catalog.duckdb").exists() else None
+    try:
+        entries = vocabulary_entries(store, vocabulary)
+    finally:
+        if store is not None:
+            store.close()
+    aset = load_aliases(source, entries)
+    for line in aset.notes():
+        click.echo(line)
+    df = pl.DataFrame(aset.rows, schema={"concept": pl.String, "alias": pl.String}, orient="row")
+    _show(df, max_rows)
+    if out is not None:
+        if out.suffix.lower() != ".tsv":
+            raise ConfigError(f"{out.name}: the alias file is a .tsv (concept<TAB>alias)")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text("concept\talias\n" + "".join(f"{c}\t{a}\n" for c, a in aset.rows), encoding="utf-8")
+        click.echo(f"wrote {len(aset.rows):,} pairs to {out}")

@@ -280,9 +280,11 @@ def fit_plot(fit: Fit, out: str | Path, *, title: str = "", metric_name: str = "
 class CountSpec:
     """Where a count vector comes from. ``kind`` is ``published`` (the imported paper
     tables: ``name`` is the pretraining set, ``method`` the count method, ``downstream`` a
-    set, a comma list or ``classification``); the store's own caption hits are wired in as
-    another kind. ``vocabulary`` restricts the vector to a vocabulary and renames its
-    concepts to the vocabulary's spelling."""
+    set, a comma list or ``classification``), ``store`` (this store's counts of the
+    vocabulary ``name``, ``method`` its matching mode; ``options`` hold the variant,
+    source, other store, the measure ``text``/``image``/``matched`` and the image
+    options) or ``manifest``. ``vocabulary`` restricts a published vector to a vocabulary
+    and renames its concepts to the vocabulary's spelling."""
 
     kind: str
     name: str
@@ -297,41 +299,53 @@ class CountSpec:
         if self.kind == "published":
             base += f" {self.method}"
         if self.kind == "store":
+            from .measures import measure_label
+
             opts = dict(self.options)
             base += "".join(f":{opts[k]}" for k in ("variant", "source") if opts.get(k))
             base += (f"@{opts['store']}" if opts.get("store") else "") + (f" ({self.method})" if self.method != "phrase" else "")
+            base += measure_label(opts.get("measure", "text"), opts.get("image"))
         if self.kind == "manifest":
             base += f":{Path(dict(self.options)['path']).name}"
         return base + (f" [{self.vocabulary}]" if self.vocabulary else "")
 
 
 def parse_spec(text: str, *, method: str = "lemmatized", downstream: str = "classification",
-               vocabulary: str | None = None, mode: str = "phrase") -> CountSpec:
+               vocabulary: str | None = None, mode: str = "phrase", measure: str = "text",
+               image: Any = None) -> CountSpec:
     """``published:cc3m`` or ``published:cc3m:rampp0.7`` (the method overrides ``method``);
-    ``store:VOCABULARY[:VARIANT[:SOURCE]]`` for the store's own text counts (samples with a
-    caption of the variant, or of any variant, naming each concept; ``mode`` phrase or paper)."""
+    ``store:VOCABULARY[:VARIANT[:SOURCE]][@STORE]`` for the store's own counts (samples with
+    a caption of the variant, or of any variant, naming each concept; ``mode`` phrase,
+    paper or nouns; ``measure`` text, image or matched, with ``image`` an
+    :class:`~curate.concepts.measures.ImageOptions`); ``image:...`` and ``matched:...``
+    are ``store:...`` with that measure; ``manifest:VOCABULARY:PATH``."""
+    from .measures import check_measure
+
     kind, _, rest = text.partition(":")
     if kind == "published":
         name, _, m = rest.partition(":")
         if not name:
             raise ConfigError(f"count source {text!r}: expected published:PRETRAIN[:METHOD], e.g. published:cc3m")
         return CountSpec("published", name, m or method, downstream, vocabulary)
-    if kind == "store":
+    if kind in ("store", "image", "matched", "text"):
         rest, at, other = rest.partition("@")
         name, variant, source = (rest.split(":") + ["", ""])[:3]
         if not name:
-            raise ConfigError(f"count source {text!r}: expected store:VOCABULARY[:VARIANT[:SOURCE]][@STORE], "
-                              "e.g. store:imagenet1k:raw")
+            raise ConfigError(f"count source {text!r}: expected {kind}:VOCABULARY[:VARIANT[:SOURCE]][@STORE], "
+                              f"e.g. {kind}:imagenet1k:raw")
+        meas = check_measure(measure if kind == "store" else kind)
         return CountSpec("store", name, method=mode, downstream="", vocabulary=None,
                          options=(("variant", variant or None), ("source", source or None),
-                                  ("store", other if at else None)))
+                                  ("store", other if at else None), ("measure", meas),
+                                  ("image", image if meas != "text" else None)))
     if kind == "manifest":
         name, _, path = rest.partition(":")
         if not name or not path:
             raise ConfigError(f"count source {text!r}: expected manifest:VOCABULARY:PATH (a parquet or JSONL manifest)")
         return CountSpec("manifest", name, method=mode, downstream="", vocabulary=None, options=(("path", path),))
     raise ConfigError(f"unknown count source {text!r}; expected published:PRETRAIN[:METHOD], "
-                      "store:VOCABULARY[:VARIANT[:SOURCE]][@STORE] or manifest:VOCABULARY:PATH")
+                      "store:VOCABULARY[:VARIANT[:SOURCE]][@STORE] (or image:/matched: for image and matched counts) "
+                      "or manifest:VOCABULARY:PATH")
 
 
 def counts_source(store: Store, spec: CountSpec) -> pl.DataFrame:
@@ -375,26 +389,47 @@ def manifest_counts(store: Store, vocabulary: str, path: str | Path, *, mode: st
         "ORDER BY count DESC, v.concept", {"path": str(p), "vocabulary": vocabulary, "mode": mode})
 
 
-def store_counts(store: Store, vocabulary: str, *, mode: str = "phrase", variant: str | None = None,
-                 source: str | None = None) -> pl.DataFrame:
-    """(concept, count) of a vocabulary in the store, zeros included: samples with a caption
-    (of ``variant`` and ``source`` when given) naming the concept, from the latest
-    ``concepts.text_match.v1`` run (``curate concepts count``)."""
+def check_counted(store: Store, vocabulary: str, mode: str) -> None:
+    """A clear error unless the vocabulary has been counted in ``mode`` (under the
+    current rules of that mode)."""
+    from .match import MODES
+
+    if mode not in MODES:
+        raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     if "caption_concepts" not in store.tables():
         raise ConfigError(f"store {store.path} has no concept counts yet; run `curate concepts count --vocabulary {vocabulary}`")
     have = store.con.execute("SELECT count(*) FROM caption_concepts WHERE vocabulary = ? AND mode = ?",
                              [vocabulary, mode]).fetchall()[0][0]
+    hint = f"`curate concepts count --vocabulary {vocabulary}" + ("`" if mode == "phrase" else f" --mode {mode}`")
     if not have and not store.count("captions"):
         raise ConfigError(f"store {store.path} has no captions to count concepts in; ingest some first")
     if not have:
-        raise ConfigError(f"vocabulary {vocabulary!r} has not been counted in {mode} mode; run "
-                          f"`curate concepts count --vocabulary {vocabulary}" + (" --mode paper`" if mode == "paper" else "`"))
-    where = " AND ".join(f"h.{k} = ${k}" for k, v in (("variant", variant), ("source", source)) if v)
-    params = {"vocabulary": vocabulary, "mode": mode, **{k: v for k, v in (("variant", variant), ("source", source)) if v}}
+        raise ConfigError(f"vocabulary {vocabulary!r} has not been counted in {mode} mode; run {hint}")
+    if mode == "paper":
+        old = store.con.execute("SELECT count(*) FROM concept_text_latest WHERE vocabulary = ? AND mode = 'paper' "
+                                "AND status = 'ok' AND words IS NULL", [vocabulary]).fetchall()[0][0]
+        if old:
+            raise ConfigError(f"vocabulary {vocabulary!r} was counted in paper mode under its earlier rules (a strict "
+                              f"AND, now mode nouns); run {hint} again")
+
+
+def store_counts(store: Store, vocabulary: str, *, mode: str = "phrase", variant: str | None = None,
+                 source: str | None = None, measure: str = "text", image: Any = None) -> pl.DataFrame:
+    """(concept, count) of a vocabulary in the store, zeros included: samples that have
+    the concept by ``measure`` (:mod:`curate.concepts.measures`; text: a caption of
+    ``variant`` and ``source`` when given names it, from the latest
+    ``concepts.text_match.v1`` run of ``mode``)."""
+    from .measures import check_measure, pairs_sql
+
+    if check_measure(measure) != "image":
+        check_counted(store, vocabulary, mode)
+    elif not store.has_table("concepts") or not store.execute(
+            "SELECT count(*) FROM concepts WHERE vocabulary = ?", [vocabulary]).fetchall()[0][0]:
+        raise ConfigError(f"vocabulary {vocabulary!r} is not in store {store.path}")
+    sql, params = pairs_sql(store, measure, vocabulary, mode=mode, variant=variant, source=source, image=image)
     return store.df(
         "WITH vocab AS (SELECT DISTINCT concept FROM concepts WHERE vocabulary = $vocabulary), "
-        "hits AS (SELECT h.concept, count(DISTINCT h.uid) AS n FROM concept_hits h "
-        "WHERE h.vocabulary = $vocabulary AND h.mode = $mode" + (f" AND {where}" if where else "") + " GROUP BY h.concept) "
+        f"hits AS (SELECT concept, count(DISTINCT uid) AS n FROM ({sql}) p GROUP BY concept) "
         "SELECT v.concept, coalesce(hits.n, 0)::BIGINT AS count FROM vocab v LEFT JOIN hits USING (concept) "
         "ORDER BY count DESC, v.concept", params)
 

@@ -12,10 +12,11 @@
 * **Matched frequency**: the samples whose image is tagged with the concept *and* one of
   whose captions (of ``variant``, or of any variant) names it (``concept_hits``, from
   ``curate concepts count``). This is the paper's main measure ("integrated").
-* **Misalignment degree**: among samples that have both an image tag and a text concept,
-  the share whose two concept sets do not meet. The paper's Table 3 reports it per
-  pretraining set (CC3M 16.8%, LAION-400M 5.3%; ``curate sql -q
-  concepts.published_misalignment``).
+* **Misalignment degree** (named query ``concepts.misalignment``): a sample is misaligned
+  when its image has a concept and its captions name one, but none of the image's
+  concepts is named. The paper's Table 3 divides their number by all samples (CC3M
+  16.8%, LAION-400M 5.3%; ``curate sql -q concepts.published_misalignment``);
+  ``share_of_both`` divides by the samples that have both.
 
 The RAM++ tagger the paper used is not part of open_clip; CLIP zero-shot tags are the
 substitute, so image counts are comparable between stores tagged the same way, not with
@@ -25,7 +26,7 @@ the published RAM++ counts.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
@@ -79,20 +80,27 @@ def embed_concepts(store: Store, vocabulary: str, clip: Any, *, model_id: str, t
 @dataclass
 class ImageCounts:
     counts: pl.DataFrame  # concept, text, image, matched
-    misalignment: float | None
+    misalignment: float | None          # share of the samples with both whose concepts do not meet
     samples_both: int
+    degrees: dict[str, Any] = field(default_factory=dict)   # the row of concepts.misalignment
 
     def summary(self) -> str:
         c = self.counts
         mis = "n/a" if self.misalignment is None else f"{self.misalignment:.1%}"
+        d = self.degrees
+        paper = ""
+        if d.get("degree_conservative") is not None:
+            paper = (f"; the paper's degree {d['degree_conservative']:.2%} of all {d['samples']:,} samples "
+                     f"({d['degree_extracted']:.2%} of the larger of image-tagged and text-named samples)")
         return (f"{c.height:,} concepts: {int((c['image'] > 0).sum()):,} seen in images, {int((c['text'] > 0).sum()):,} "
                 f"in text, {int((c['matched'] > 0).sum()):,} matched; misalignment {mis} over "
-                f"{self.samples_both:,} samples with both")
+                f"{self.samples_both:,} samples with both{paper}")
 
 
 #: (uid, concept) of every image whose top-$k tags of the latest tagging run of ($iset,
 #: $cset) include the concept with score >= $min_score: the image side of the image and
-#: matched counts, here and in the mixing weights (curate.mix.compile.weight_sql)
+#: matched counts, here and in the mixing weights (curate.mix.compile.weight_sql); the
+#: named query concepts.image_tags is the same relation (tested equal)
 IMAGE_TAGS_SQL = """SELECT DISTINCT t.uid, t.concept FROM concept_tags t
     WHERE t.set_name = $iset AND t.concept_set = $cset AND t.rank <= $k AND t.score >= $min_score
       AND t.config_hash = (SELECT arg_max(config_hash, run_id) FROM concept_tags
@@ -102,35 +110,26 @@ IMAGE_TAGS_SQL = """SELECT DISTINCT t.uid, t.concept FROM concept_tags t
 def image_counts(store: Store, vocabulary: str, concept_set: str, image_set: str, *, k: int = 5,
                  min_score: float = 0.0, variant: str | None = None, mode: str = "phrase") -> ImageCounts:
     """Text, image and matched counts per concept (zeros included) and the misalignment
-    degree, from ``concept_tags`` of (image_set, concept_set) and ``concept_hits``."""
+    degree, from ``concept_tags`` of (image_set, concept_set) and ``concept_hits``: the
+    named queries ``concepts.image_counts`` and ``concepts.misalignment``."""
     if "concept_tags" not in store.tables():
         raise ConfigError("the store has no image tags; run `curate concepts image-count` (or `curate similarity tag`)")
+    _ensure_hits(store)
     params: dict[str, Any] = {"vocabulary": vocabulary, "cset": concept_set, "iset": image_set, "k": k,
-                              "min_score": min_score, "mode": mode}
-    text_filter = "AND h.variant = $variant" if variant else ""
-    if variant:
-        params["variant"] = variant
-    has_hits = "caption_concepts" in store.tables()
-    text_cte = (f"SELECT DISTINCT h.uid, h.concept FROM concept_hits h WHERE h.vocabulary = $vocabulary "
-                f"AND h.mode = $mode {text_filter}") if has_hits else \
-        "SELECT NULL::UUID AS uid, NULL::VARCHAR AS concept WHERE false"
-    ctes = f"""
-        WITH img AS ({IMAGE_TAGS_SQL}),
-        txt AS ({text_cte})"""
-    counts = store.df(ctes + """,
-        vocab AS (SELECT DISTINCT concept FROM concepts WHERE vocabulary = $vocabulary),
-        ti AS (SELECT concept, count(*) AS n FROM txt GROUP BY concept),
-        ii AS (SELECT concept, count(*) AS n FROM img GROUP BY concept),
-        mi AS (SELECT concept, count(*) AS n FROM img SEMI JOIN txt USING (uid, concept) GROUP BY concept)
-        SELECT v.concept, coalesce(ti.n, 0)::BIGINT AS text, coalesce(ii.n, 0)::BIGINT AS image,
-               coalesce(mi.n, 0)::BIGINT AS matched
-        FROM vocab v LEFT JOIN ti USING (concept) LEFT JOIN ii USING (concept) LEFT JOIN mi USING (concept)
-        ORDER BY matched DESC, image DESC, text DESC, v.concept
-    """, params)
-    mis_sql = ctes + """,
-        both_ AS (SELECT uid FROM img INTERSECT SELECT uid FROM txt),
-        met AS (SELECT DISTINCT uid FROM img SEMI JOIN txt USING (uid, concept))
-        SELECT (SELECT count(*) FROM both_), (SELECT count(*) FROM both_ ANTI JOIN met USING (uid))
-    """
-    both, disjoint = store.execute(mis_sql, params).fetchall()[0]
-    return ImageCounts(counts, disjoint / both if both else None, both)
+                              "min_score": min_score, "mode": mode, "variant": variant or ""}
+    counts = store.query("concepts.image_counts", **params).pl()
+    row = store.query("concepts.misalignment", **params).pl().row(0, named=True)
+    both = int(row["samples_both"])
+    return ImageCounts(counts, row["share_of_both"], both, row)
+
+
+def _ensure_hits(store: Store) -> None:
+    """An empty ``concept_hits`` where no text has been counted yet, so image counts run
+    on tags alone (text and matched are then 0)."""
+    if "concept_hits" not in {r[0] for r in store.execute(
+            "SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}:
+        if store.read_only:
+            raise ConfigError("the store has no text counts; run `curate concepts count` first")
+        store.execute("CREATE VIEW concept_hits AS SELECT NULL::UUID AS caption_id, NULL::UUID AS uid, "
+                      "NULL::VARCHAR AS source, NULL::VARCHAR AS variant, NULL::VARCHAR AS vocabulary, "
+                      "NULL::VARCHAR AS mode, NULL::VARCHAR AS concept WHERE false")

@@ -25,14 +25,28 @@ rule, exactly:
    - else the word unchanged (verbs, numbers).
 
 Concept names and aliases go through the same function, so matching is symmetric.
-:class:`PosLemmatizer` is the paper's way, for comparison: a tagger, and the lemmas of
-NOUN and PROPN tokens only.
+
+Two tagger-based counters sit beside it (both run spaCy's tagger over every caption):
+
+* :class:`PosLemmatizer` (mode ``nouns``): the caption's NOUN and PROPN lemmas,
+  normalised as above; a concept's words are lemmatised in context by the same tagger.
+* :class:`PaperIndexer` (mode ``paper``): the text search of Udandarao et al. 2024 as
+  their code runs it (``src/text_search_inverted_index_get_word_dictionaries.py`` and
+  ``src/text_search_matches_inverted_index.py`` of bethgelab/frequency_determines_performance):
+  a caption's index keys are ``re.sub('[^A-Za-z ]', '', token.lemma_)`` of its NOUN and
+  PROPN tokens, case kept; a concept is lower-cased and split on runs of spaces and
+  underscores, and each word is lemmatised *on its own* (``nlp(word)``), keeping the last
+  token's lemma, so "golf-ball" is queried as "ball" (:func:`paper_query_words`).
+  Dropping the words that no caption of the index has is the counting rule's part
+  (:mod:`curate.stages.concepts`, view ``concept_paper_hits``).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from functools import lru_cache
+from typing import Any
 
 from .._optional import require
 from ..errors import ConfigError
@@ -114,7 +128,8 @@ class NounLemmatizer:
 
 
 class PosLemmatizer:
-    """The paper's way: tag every caption, keep the lemmas of NOUN and PROPN tokens."""
+    """Mode ``nouns``: tag every caption, keep the (normalised) lemmas of NOUN and PROPN
+    tokens; concept words are lemmatised in context by the same tagger."""
 
     def __init__(self, model: str, batch_size: int = 256) -> None:
         from ..knowledge.ner import pipeline_components, use_numpy_gemm
@@ -124,7 +139,7 @@ class PosLemmatizer:
         keep = {"tok2vec", "tagger", "attribute_ruler", "lemmatizer"}
         missing = {"tagger", "lemmatizer"} - set(components)
         if missing:
-            raise ConfigError(f"spaCy pipeline {model!r} lacks {', '.join(sorted(missing))}, needed by mode 'paper'")
+            raise ConfigError(f"spaCy pipeline {model!r} lacks {', '.join(sorted(missing))}, needed by mode 'nouns'")
         use_numpy_gemm(True)
         self.nlp = spacy.load(model, exclude=[c for c in components if c not in keep])
         self.batch_size = batch_size
@@ -139,10 +154,80 @@ class PosLemmatizer:
         return out
 
     def concept_words(self, concept: str) -> list[str]:
-        """A concept's words as the paper queries them: lower-cased, split on spaces and
-        underscores, each word lemmatised (here by the same tagger, in context)."""
+        """A concept's words: lower-cased, ``_`` read as a space, lemmatised in context by
+        the same tagger and normalised (so "golf-ball" -> ["golf", "ball"])."""
         doc = self.nlp(concept.replace("_", " ").lower())
         return list(dict.fromkeys(w for t in doc for w in normalize_text(t.lemma_).split()))
+
+
+_NOT_LETTERS = re.compile(r"[^A-Za-z ]")
+_QUERY_SPLIT = re.compile(r"[_\s]+")
+
+
+def paper_query_terms(concept: str) -> list[str]:
+    """The paper's query split: lower-cased, split on runs of spaces and underscores."""
+    return [t for t in _QUERY_SPLIT.split(concept.lower()) if t]
+
+
+def paper_query_words(nlp: Any, concept: str, cache: dict[str, str] | None = None) -> list[str]:
+    """A concept's query words as the paper's code makes them: each term of
+    :func:`paper_query_terms` is lemmatised alone by ``nlp`` and keeps the lemma of its
+    last token (``{term: token.lemma_ for token in nlp(term)}``), so "golf-ball" ->
+    ["ball"] and "dog sled" -> ["dog", "sle"] (en_core_web_sm tags a lone "sled" as a verb).
+    Repeated words are kept once. The lemma is not stripped of non-letters, so "737-300"
+    -> ["300"], a word no index key can equal."""
+    out: list[str] = []
+    for term in paper_query_terms(concept):
+        lemma = cache.get(term) if cache is not None else None
+        if lemma is None:
+            lemmas = [t.lemma_ for t in nlp(term)]
+            lemma = lemmas[-1] if lemmas else term
+            if cache is not None:
+                cache[term] = lemma
+        if lemma and lemma not in out:
+            out.append(lemma)
+    return out
+
+
+def paper_key(lemma: str) -> str:
+    """An index key: the lemma with every character but ASCII letters and spaces removed."""
+    return _NOT_LETTERS.sub("", lemma)
+
+
+class PaperIndexer:
+    """The paper's caption index and query words, with one spaCy pipeline (tagger,
+    attribute ruler and lemmatizer; the parser and NER do not change a POS tag)."""
+
+    def __init__(self, model: str, batch_size: int = 256) -> None:
+        from ..knowledge.ner import pipeline_components, resolve_model, use_numpy_gemm
+
+        spacy = require("spacy", purpose="concept counting in mode 'paper' (spaCy tagger)")
+        model = resolve_model(model)
+        components = pipeline_components(model)
+        missing = {"tagger", "lemmatizer"} - set(components)
+        if missing:
+            raise ConfigError(f"spaCy pipeline {model!r} lacks {', '.join(sorted(missing))}, needed by mode 'paper'")
+        keep = {"tok2vec", "tagger", "attribute_ruler", "lemmatizer"}
+        use_numpy_gemm(True)
+        self.nlp = spacy.load(model, exclude=[c for c in components if c not in keep])
+        self.batch_size = batch_size
+        self._terms: dict[str, str] = {}
+
+    def keys(self, texts: list[str]) -> list[set[str]]:
+        """Each caption's index keys (:func:`paper_key` of its NOUN and PROPN lemmas; an
+        empty key, from a token of digits or signs, is left out)."""
+        from threadpoolctl import threadpool_limits
+
+        out = []
+        with threadpool_limits(1, user_api="blas"):
+            for doc in self.nlp.pipe(texts, batch_size=self.batch_size):
+                keys = {paper_key(t.lemma_) for t in doc if t.pos_ in ("NOUN", "PROPN")}
+                keys.discard("")
+                out.append(keys)
+        return out
+
+    def query_words(self, concept: str) -> list[str]:
+        return paper_query_words(self.nlp, concept, self._terms)
 
 
 @lru_cache(maxsize=4)

@@ -3,9 +3,10 @@
 Udandarao et al. (2024) built "Let It Wag!" from the concepts that occur least in
 pretraining data. :func:`build_tail_benchmark` does the same over a store:
 
-1. the store's text counts of the vocabulary (the latest ``concepts.text_match.v1`` run of
-   that mode; of one variant when ``variant`` is given), concepts with fewer than
-   ``min_count`` samples left out (a concept needs examples to be evaluated on);
+1. the store's counts of the vocabulary (text: the latest ``concepts.text_match.v1`` run
+   of that mode, of one variant when ``variant`` is given; or image or matched counts,
+   :mod:`curate.concepts.measures`), concepts with fewer than ``min_count`` samples left
+   out (a concept needs examples to be evaluated on);
 2. the ``n`` least frequent of the rest, ties broken by concept name;
 3. for each, at most ``cap`` of its samples, chosen by a seeded hash of the uid (the same
    store, arguments and seed give the same rows);
@@ -41,9 +42,9 @@ from .. import names
 from ..errors import ConfigError, InputError
 from ..store import Store
 from .audit import store_counts
+from .match import MODES
+from .measures import ImageOptions, check_measure, pairs_sql
 from .vocab import check_name as check_vocabulary
-
-MODES = ("phrase", "paper")
 
 
 @dataclass
@@ -61,13 +62,14 @@ class TailBenchmark:
                 f"(counts {lo}..{hi})")
 
 
-def tail_name(vocabulary: str, mode: str, variant: str | None, n: int) -> str:
-    """The default file stem of a tail benchmark: ``tail_<vocabulary>_<mode>_<variant|all>_n<n>``."""
-    return f"tail_{vocabulary}_{mode}_{variant or 'all'}_n{n}"
+def tail_name(vocabulary: str, mode: str, variant: str | None, n: int, measure: str = "text") -> str:
+    """The default file stem of a tail benchmark: ``tail_<vocabulary>_<mode>_<variant|all>_n<n>``,
+    with ``_<measure>`` before ``_n<n>`` for image and matched counts."""
+    return f"tail_{vocabulary}_{mode}_{variant or 'all'}" + (f"_{measure}" if measure != "text" else "") + f"_n{n}"
 
 
 def tail_path(store_path: str | Path, vocabulary: str, *, n: int = 50, variant: str | None = None, mode: str = "phrase",
-              name: str | None = None, out: str | Path | None = None) -> Path:
+              name: str | None = None, out: str | Path | None = None, measure: str = "text") -> Path:
     """Where :func:`build_tail_benchmark` writes: ``out`` (an explicit ``.parquet`` path)
     or ``manifests/<name>.parquet`` in the store at ``store_path``. Every name that becomes part of the file
     name is checked first (one :class:`ConfigError` line) and the path is kept inside the
@@ -84,38 +86,50 @@ def tail_path(store_path: str | Path, vocabulary: str, *, n: int = 50, variant: 
         if out.suffix != ".parquet":
             raise ConfigError(f"{out.name}: a tail benchmark is a .parquet file (its sidecar is the .json beside it)")
         return out
-    stem = names.check_name("tail benchmark", name if name is not None else tail_name(vocabulary, mode, variant, n),
-                            max_len=200)
+    check_measure(measure)
+    stem = names.check_name("tail benchmark",
+                            name if name is not None else tail_name(vocabulary, mode, variant, n, measure), max_len=200)
     names.under(Path(store_path) / "manifests", f"{stem}.parquet")  # refuses a path leaving manifests/
     return Path(store_path) / "manifests" / f"{stem}.parquet"
 
 
 def build_tail_benchmark(store: Store, vocabulary: str, *, n: int = 50, min_count: int = 1, cap: int = 50,
                          variant: str | None = None, mode: str = "phrase", seed: int = 0,
-                         out: str | Path | None = None, name: str | None = None) -> TailBenchmark:
+                         out: str | Path | None = None, name: str | None = None, measure: str = "text",
+                         image: ImageOptions | None = None) -> TailBenchmark:
+    """The tail benchmark of a vocabulary by ``measure`` (text, image or matched counts,
+    :mod:`curate.concepts.measures`). Each sample's caption is the first (by caption_id)
+    that names the concept, for text and matched; for image, the sample's first caption
+    of ``variant`` (or of any variant), NULL if it has none."""
     if n < 1 or cap < 1 or min_count < 1:
         raise ConfigError(f"n, cap and min_count must be at least 1 (got n={n}, cap={cap}, min_count={min_count})")
-    out = tail_path(store.path, vocabulary, n=n, variant=variant, mode=mode, name=name, out=out)
-    counts = store_counts(store, vocabulary, mode=mode, variant=variant)
+    check_measure(measure)
+    out = tail_path(store.path, vocabulary, n=n, variant=variant, mode=mode, name=name, out=out, measure=measure)
+    counts = store_counts(store, vocabulary, mode=mode, variant=variant, measure=measure, image=image)
     tail = (counts.filter(pl.col("count") >= min_count).sort(["count", "concept"]).head(n))
     out.parent.mkdir(parents=True, exist_ok=True)
+    pairs, params = pairs_sql(store, measure, vocabulary, mode=mode, variant=variant, image=image)
+    if measure == "image":
+        caption = ("(SELECT min(c.caption_id) FROM captions c WHERE c.uid = p.uid "
+                   "AND ($variant = '' OR c.variant = $variant))")
+    else:
+        caption = ("(SELECT min(h.caption_id) FROM concept_hits h WHERE h.uid = p.uid AND h.concept = p.concept "
+                   "AND h.vocabulary = $vocabulary AND h.mode = $mode AND ($variant = '' OR h.variant = $variant))")
+    params = {**params, "vocabulary": vocabulary, "mode": mode, "variant": variant or "", "seed": str(seed), "cap": cap}
+    if measure == "image":
+        params.pop("mode")  # image tags and the sample's caption do not depend on the matching mode
     store.con.register("_tail", tail.to_arrow())
     try:
         rel = store.relation(
-            "WITH hits AS ("
-            "  SELECT h.concept, h.uid, min(h.caption_id) AS caption_id"
-            "  FROM concept_hits h SEMI JOIN _tail t ON h.concept = t.concept"
-            "  WHERE h.vocabulary = $vocabulary AND h.mode = $mode"
-            + ("  AND h.variant = $variant" if variant else "") +
-            "  GROUP BY h.concept, h.uid), "
+            f"WITH p AS ({pairs}), "
+            "hits AS (SELECT p.concept, p.uid, " + caption + " AS caption_id FROM p SEMI JOIN _tail t USING (concept)), "
             "picked AS (SELECT *, row_number() OVER (PARTITION BY concept ORDER BY hash(uid::VARCHAR || $seed), uid) AS rn"
             "  FROM hits) "
             "SELECT p.concept, t.count AS concept_count, replace(p.uid::VARCHAR, '-', '') AS uid, s.url, s.image_shard, "
             "  s.image_key, s.image_path, c.variant, c.text AS caption "
-            "FROM picked p JOIN _tail t USING (concept) JOIN samples s USING (uid) JOIN captions c USING (caption_id) "
+            "FROM picked p JOIN _tail t USING (concept) JOIN samples s USING (uid) LEFT JOIN captions c USING (caption_id) "
             "WHERE p.rn <= $cap ORDER BY t.count, p.concept, p.rn",
-            {"vocabulary": vocabulary, "mode": mode, "seed": str(seed), "cap": cap,
-             **({"variant": variant} if variant else {})})
+            params)
         rows = rel.pl()
     finally:
         store.con.unregister("_tail")
@@ -124,10 +138,14 @@ def build_tail_benchmark(store: Store, vocabulary: str, *, n: int = 50, min_coun
     concepts = tail.join(taken, on="concept", how="left").with_columns(pl.col("samples").fill_null(0))
     sidecar = out.with_suffix(".json")
     meta: dict[str, Any] = {
-        "kind": "tail_benchmark", "vocabulary": vocabulary, "mode": mode, "variant": variant, "n": n,
-        "min_count": min_count, "cap": cap, "seed": seed, "rows": rows.height,
+        "kind": "tail_benchmark", "vocabulary": vocabulary, "mode": mode, "measure": measure, "variant": variant,
+        "n": n, "min_count": min_count, "cap": cap, "seed": seed, "rows": rows.height,
         "concepts": [{"concept": c, "count": k, "samples": m} for c, k, m in concepts.iter_rows()],
     }
+    if measure != "text":
+        o = image or ImageOptions()
+        meta["image"] = {"image_set": params.get("iset"), "concept_set": params.get("cset"), "k": o.k,
+                         "min_score": o.min_score}
     sidecar.write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return TailBenchmark(out, sidecar, concepts, rows.height)
 

@@ -1,6 +1,7 @@
 -- Concept text frequency in the store, from the stage concepts.text_match.v1
 -- (`curate concepts count --vocabulary NAME`). All queries read the latest run of each
--- vocabulary and mode (views concept_hits and concept_text_latest). A count is the number
+-- vocabulary and mode (views concept_hits, concept_alias_hits and concept_text_latest);
+-- mode is phrase, paper or nouns. A count is the number
 -- of samples (distinct uid) with at least one caption of the variant naming the concept,
 -- as in the paper's tables; concepts of the vocabulary that never occur count 0.
 
@@ -42,9 +43,14 @@ ORDER BY samples DESC, v.concept;
 -- count, median and mean count, captions naming at least one concept
 -- (--param vocabulary=imagenet1k).
 -- defaults: mode=phrase
-WITH scopes AS (
-    SELECT source, variant, count(*) AS captions, count(*) FILTER (n_concepts > 0) AS captions_with_concept
-    FROM concept_text_latest WHERE vocabulary = $vocabulary AND mode = $mode
+WITH named AS (
+    SELECT source, variant, count(DISTINCT caption_id) AS n
+    FROM concept_hits WHERE vocabulary = $vocabulary AND mode = $mode GROUP BY ALL
+),
+scopes AS (
+    SELECT t.source, t.variant, count(*) AS captions, any_value(coalesce(n.n, 0)) AS captions_with_concept
+    FROM concept_text_latest t LEFT JOIN named n USING (source, variant)
+    WHERE t.vocabulary = $vocabulary AND t.mode = $mode
     GROUP BY ALL
 ),
 vocab AS (SELECT DISTINCT concept FROM concepts WHERE vocabulary = $vocabulary),
@@ -83,3 +89,21 @@ SELECT vocabulary, mode, variant, status, count(*) AS captions
 FROM concept_text_latest
 GROUP BY ALL
 ORDER BY vocabulary, mode, variant, status;
+
+-- name: alias_counts
+-- Per (concept, alias) of a vocabulary's latest count (the concept's own name is an
+-- alias of itself): samples a caption of which the alias matched, and those only this
+-- alias matched (what the alias adds to the concept's count). Aliases of the vocabulary
+-- and those applied at count time (`curate concepts count --aliases wordnet|FILE.tsv`);
+-- an alias that never matched is not listed (--param vocabulary=imagenet1k).
+-- defaults: mode=phrase
+WITH h AS (
+    SELECT DISTINCT uid, concept, alias FROM concept_alias_hits WHERE vocabulary = $vocabulary AND mode = $mode
+),
+per_sample AS (SELECT uid, concept, count(*) AS n_aliases FROM h GROUP BY ALL),
+totals AS (SELECT concept, count(*) AS concept_samples FROM per_sample GROUP BY concept)
+SELECT h.concept, h.alias, h.alias = h.concept AS is_name, count(*) AS samples,
+       count(*) FILTER (WHERE p.n_aliases = 1) AS only_this_alias, any_value(t.concept_samples) AS concept_samples
+FROM h JOIN per_sample p USING (uid, concept) JOIN totals t USING (concept)
+GROUP BY h.concept, h.alias
+ORDER BY h.concept, is_name DESC, samples DESC, h.alias;
