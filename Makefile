@@ -27,13 +27,17 @@ $(STAMP): pyproject.toml .ci/constraints-clip.txt
 
 setup: $(STAMP) browser
 
-# The HTML report's test opens the page in Debian's chromium. As root with apt, set-up
-# installs it (about 45 s, 400 MB); elsewhere the test skips and says why.
+# The HTML report's test opens the page in Debian's chromium, and concept aliases read
+# Debian's WordNet files (wordnet-base). As root with apt, set-up installs both (about
+# 45 s, 400 MB); elsewhere those tests skip and say why.
 browser:
 	@command -v chromium >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || \
 	  apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 || \
 	  (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1) || \
 	  echo "note: could not install chromium; tests/test_report.py's browser test will skip"
+	@test -d /usr/share/wordnet || ! command -v apt-get >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || \
+	  apt-get install -y -qq --no-install-recommends wordnet-base >/dev/null 2>&1 || \
+	  echo "note: could not install wordnet-base; the WordNet alias tests will skip"
 
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py --store $(STORE)

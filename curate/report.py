@@ -184,7 +184,11 @@ def concepts(store: Store) -> Section:
         sec.missing("Concept counts", "curate concepts count --vocabulary imagenet1k")
         return sec
     for vocabulary, mode in counted:
-        counts = store_counts(store, vocabulary, mode=mode)
+        try:
+            counts = store_counts(store, vocabulary, mode=mode)
+        except CurateError as e:  # e.g. counts of an older rule that must be redone: say so, keep the page
+            sec.raw(f'<p class="missing">{html.escape(vocabulary)} ({html.escape(mode)} mode): {html.escape(str(e))}</p>')
+            continue
         sec.table(f"{vocabulary} ({mode} mode): samples per concept", summarize(counts))
         fit = loglog_fit(counts["count"].to_numpy())
         label, title = f"{vocabulary} ({mode})", f"{vocabulary}: samples per concept, by rank"

@@ -27,7 +27,7 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
 
 def _browser() -> str:
     if CHROMIUM is None:
-        if os.environ.get("CURATE_REQUIRE_BROWSER") == "1":
+        if os.environ.get("CURATE_REQUIRE_SYSTEM_PACKAGES") == "1":
             pytest.fail("chromium is not installed (make setup installs Debian's chromium); CI requires it")
         pytest.skip("chromium is not installed (make setup installs Debian's chromium as root)")
     return CHROMIUM

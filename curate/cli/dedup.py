@@ -30,19 +30,22 @@ def dedup() -> None:
 @click.option("--grouping", type=click.Choice(["center", "components"]), default="center", show_default=True,
               help="center: every member is at least --threshold similar to the kept one; "
                    "components: connected components (chains allowed).")
+@click.option("--edit-min-words", type=click.IntRange(min=0), default=4, show_default=True,
+              help="One word inserted or deleted is a duplicate when the shorter caption has at least this many words "
+                   "(0: off).")
 @click.option("--seed", default=1, show_default=True, help="MinHash permutation seed (datasketch's).")
 @click.option("--bands", type=int, help="LSH bands (with --rows; default from threshold and num_perm).")
 @click.option("--rows", type=int, help="LSH rows per band.")
 def captions(store_path: Path, variants: tuple[str, ...], across_variants: bool, threshold: float, num_perm: int,
              shingle: int, keep: Literal["min_id", "longest", "shortest"], grouping: Literal["center", "components"],
-             seed: int, bands: int | None, rows: int | None) -> None:
+             edit_min_words: int, seed: int, bands: int | None, rows: int | None) -> None:
     """Find duplicate captions and write them to dedup_groups (a rerun replaces its config's rows)."""
     from ..dedup.text import dedup_captions
 
     with Store.open(store_path) as s:
         res = dedup_captions(s, variant=list(variants) or None, across_variants=across_variants,
                              threshold=threshold, num_perm=num_perm, shingle=shingle, keep=keep, seed=seed,
-                             bands=bands, rows=rows, grouping=grouping)
+                             bands=bands, rows=rows, grouping=grouping, edit_min_words=edit_min_words)
     click.echo(res.summary())
 
 

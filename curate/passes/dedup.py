@@ -53,6 +53,9 @@ class DedupCaptions(Pass):
     rows: int | None = None
     max_bucket: int = 1000
     grouping: Literal["center", "components"] = "center"
+    #: one word inserted or deleted is a duplicate when the shorter caption has at least
+    #: this many words (0: off); see docs/dedup.md
+    edit_min_words: int = 4
     batch_size: int = 50_000
 
     def __post_init__(self) -> None:
@@ -67,7 +70,8 @@ class DedupCaptions(Pass):
         v = self.variant
         return DedupConfig(variant=(v,) if isinstance(v, str) else None if v is None else tuple(v),
                            **{f: getattr(self, f) for f in ("across_variants", "threshold", "num_perm", "shingle",
-                                                           "keep", "seed", "bands", "rows", "max_bucket", "grouping")})
+                                                           "keep", "seed", "bands", "rows", "max_bucket", "grouping",
+                                                           "edit_min_words")})
 
     def config_hash(self) -> str:
         return self.dedup_config().config_hash()
