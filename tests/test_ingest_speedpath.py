@@ -11,6 +11,7 @@ Python pass over the same input.
 from __future__ import annotations
 
 import hashlib
+import json
 import uuid
 from pathlib import Path
 
@@ -60,7 +61,8 @@ def oracle(files: list[Path], source: str, max_chars: int = 20_000) -> dict[str,
             rejects.add((ref, "no valid caption", None, None))
             continue
         samples.add((uid, source, url))
-        captions.add((slow_id(f"{uid}{SEP}raw{SEP}{text}"), uid, "raw", text, "alt-text", None, source))
+        prov = json.dumps({"record": ref, "column": "TEXT"}, separators=(",", ":"))  # issue 16 item 10
+        captions.add((slow_id(f"{uid}{SEP}raw{SEP}{text}"), uid, "raw", text, "alt-text", prov, source))
     return {"samples": samples, "captions": captions, "rejects": rejects}
 
 
