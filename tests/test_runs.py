@@ -161,6 +161,7 @@ def test_sigterm_during_a_duckdb_query_interrupts_the_run(store):
 
     from curate.procs import Interrupted, handle_signals
 
+    before = signal.getsignal(signal.SIGTERM)  # SIG_DFL, or what an earlier test's ray.init left
     timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM))
     with handle_signals(), pytest.raises(Interrupted) as e:
         with start_run(store, "stage", "test.thing.v1", {}, interrupted="stopped; run again") as run:
@@ -169,4 +170,4 @@ def test_sigterm_during_a_duckdb_query_interrupts_the_run(store):
     timer.join()
     assert e.value.exit_code == 143
     assert row(store, run.id)[4:9:4] == ("interrupted", "stopped; run again (SIGTERM)")
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handle_signals put the old handler back
+    assert signal.getsignal(signal.SIGTERM) is before  # handle_signals put the old handler back
