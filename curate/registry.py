@@ -24,6 +24,9 @@ STAGES: dict[str, str] = {
     "concepts.text_match.v1": "curate.stages.concepts:ConceptText",
     "clip.score.v1": "curate.stages.clip:ClipScore",
     "clip.embed_image.v1": "curate.stages.clip:ClipImage",
+    "generate.subcaptions.v1": "curate.stages.generate:SubCaptions",
+    "generate.fuse.v1": "curate.stages.generate:Fuse",
+    "generate.rewrite.v1": "curate.stages.generate:Rewrite",
 }
 
 

@@ -109,6 +109,9 @@ def ensure_output_table(store: Store, stage: Stage) -> None:
     in_cols = store.columns(stage.input_table)
     if not in_cols:
         raise ConfigError(f"{stage.registry_name()} reads table {stage.input_table!r}, which the store does not have")
+    relation = stage.input_relation()
+    if relation != quote_ident(stage.input_table):
+        in_cols = {n: t for n, t, *_ in store.con.execute(f"DESCRIBE SELECT * FROM ({relation})").fetchall()}
     missing = [c for c in (stage.key, *stage.reads) if c not in in_cols]
     if missing:
         raise ConfigError(f"{stage.registry_name()} reads column(s) {', '.join(missing)} that {stage.input_table} lacks")
@@ -140,13 +143,18 @@ def _create_views(store: Store, stage: Stage) -> None:
         store.con.execute(statement)
 
 
+def _input(stage: Stage) -> str:
+    relation = stage.input_relation()
+    return relation if relation == quote_ident(stage.input_table) else f"({relation})"
+
+
 def pending_sql(stage: Stage) -> str:
     cols = ", ".join(f"i.{quote_ident(check_identifier(c))}" for c in (stage.key, *stage.reads))
     key = quote_ident(check_identifier(stage.key))
     where = f"WHERE {stage.input_filter}" if stage.input_filter else ""
     order = f"ORDER BY i.{quote_ident(check_identifier(stage.input_order))}" if stage.input_order else ""
     return (
-        f"SELECT {cols} FROM {quote_ident(check_identifier(stage.input_table))} i "
+        f"SELECT {cols} FROM {_input(stage)} i "
         f"ANTI JOIN (SELECT {key} FROM {quote_ident(stage.output_table)} WHERE config_hash = $config_hash) o "
         f"ON i.{key} = o.{key} {where} {order}"
     )
@@ -170,10 +178,12 @@ def run_stage(store: Store, stage: Stage, options: RunOptions | None = None) -> 
                    interrupted="interrupted; run again to resume") as run:
         run_id = run.id
         sql = pending_sql(stage)
+        companions = stage.companion_statements()
         pending = con.execute(f"SELECT count(*) FROM ({sql})", {"config_hash": h}).fetchall()[0][0]
         total = min(pending, options.limit) if options.limit is not None else pending
         log.info("run %d: %s has %d pending rows", run_id, stage.registry_name(), pending)
         rows_in = rows_out = 0
+        extra: collections.Counter[str] = collections.Counter()
         bar = tqdm(total=total, unit="rows", desc=stage.registry_name(), disable=_no_bar(options), dynamic_ncols=True)
         reader_cur = con.cursor()
         writer = con.cursor()
@@ -195,6 +205,8 @@ def run_stage(store: Store, stage: Stage, options: RunOptions | None = None) -> 
                 try:
                     writer.register("_curate_batch", out)
                     writer.execute(f"INSERT INTO {quote_ident(stage.output_table)} BY NAME SELECT * FROM _curate_batch")
+                    for statement in companions:
+                        writer.execute(statement)
                     run.progress(writer)  # the counters commit with the batch
                     writer.commit()
                 except BaseException:
@@ -208,6 +220,11 @@ def run_stage(store: Store, stage: Stage, options: RunOptions | None = None) -> 
                     writer.unregister("_curate_batch")
                 log.debug("run %d: committed batch of %d rows (%d so far)", run_id, batch.num_rows, rows_in)
                 bar.update(batch.num_rows)
+                counts = stage.batch_counts(out)
+                if counts:
+                    extra.update(counts)
+                    elapsed = max(run.seconds, 1e-9)
+                    bar.set_postfix({f"{k}/s": f"{v / elapsed:,.1f}" for k, v in extra.items()}, refresh=False)
         except BrokenProcessPool as e:
             intr = procs.as_interrupt(e)
             if intr is not None:  # the workers went with a signal this process got too

@@ -16,6 +16,7 @@ How a data file is found (:func:`resolve_shared`, fixture ``shared_file``):
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -72,6 +73,28 @@ def _unavailable(what: str):
     if os.environ.get("CURATE_REQUIRE_SHARED_DATA", "") not in ("", "0"):
         pytest.fail(reason + "; CURATE_REQUIRE_SHARED_DATA is set")
     pytest.skip(reason)
+
+
+# -- disk: a passed test's tmp_path is removed when the test ends ------------------------
+# The suite writes about 2.7 GB of stores and inputs (a 360k-row ingest killed mid-way,
+# large CSV/JSONL streams, manifests); kept until the session ends, and pytest keeping
+# three sessions' folders, that filled a CI disk once. A failed test keeps its folder to
+# look at (and pyproject's tmp_path_retention_policy = "failed" keeps only those).
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"_curate_report_{report.when}", report)
+
+
+@pytest.fixture(autouse=True)
+def _free_passed_tmp_path(request):
+    yield
+    if "tmp_path" not in request.fixturenames:
+        return
+    report = getattr(request.node, "_curate_report_call", None)
+    if report is not None and report.passed:
+        shutil.rmtree(request.getfixturevalue("tmp_path"), ignore_errors=True)
 
 
 def pytest_report_header(config):

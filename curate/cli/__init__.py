@@ -16,7 +16,7 @@ import sys
 import click
 
 from .. import __version__
-from . import clip, concepts, core, dedup, knowledge, mix, report, shards, similarity, vectors
+from . import clip, concepts, core, dedup, generate, knowledge, mix, report, shards, similarity, vectors
 from .common import invoke
 
 #: every top-level command (`curate --help` lists them by name)
@@ -25,7 +25,7 @@ COMMANDS: tuple[click.Command, ...] = (
     knowledge.knowledge, concepts.concepts, dedup.dedup,
     clip.download, clip.embed, vectors.vectors, similarity.similarity,
     mix.mix, mix.manifest_audit, report.report,
-    shards.shards,
+    shards.shards, generate.generate,
 )
 
 

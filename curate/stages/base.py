@@ -22,6 +22,13 @@ A stage is a small frozen dataclass whose fields are its configuration. It decla
   called before a run or pipeline starts any work;
 * ``prepare(store)``: fills in store content the stage needs (e.g. a vocabulary);
 * ``setup()``: loads models once per worker (never at import or construction);
+* ``input_relation()`` (optional): a SELECT that replaces ``input_table`` as the input
+  (key + reads), for a stage whose row joins several captions of a sample (generation's
+  ``fuse``: the raw and the synthetic caption), built from checked config values;
+* ``companion_statements()`` (optional): SQL run in each batch's transaction after its
+  rows are appended, reading the batch as ``_curate_batch`` (with ``stage``,
+  ``config_hash``, ``run_id``): generation stages add the captions they wrote this way,
+  so a caption row and the row that explains it commit together or not at all;
 * ``__call__(batch)``: maps an Arrow record batch (key + reads) to an Arrow table or
   record batch (key + output columns). Rows may be dropped only by returning a row
   with NULL outputs, never silently: the runner checks every input key comes back.
@@ -67,6 +74,8 @@ class Stage(Configured):
     latest_by: ClassVar[tuple[str, ...]] = ()
     #: what a mixing policy can select on (curate.attributes.Attribute)
     attributes: ClassVar[tuple[Attribute, ...]] = ()
+    #: rows per committed batch in a pipeline step that does not say (None: the runner's)
+    default_batch_size: ClassVar[int | None] = None
     #: how a user makes the output table, said when a policy needs it and it is missing
     produced_by: ClassVar[str | None] = None
 
@@ -76,6 +85,20 @@ class Stage(Configured):
         latest = () if cls.latest_view is None else (latest_view(
             cls.latest_view, cls.output_table, cls.registry_name(), by=cls.latest_by, columns=cls.latest_columns),)
         return (*latest, *cls.views)
+
+    def input_relation(self) -> str:
+        """The input as SQL: the input table, or a SELECT of the key and the reads."""
+        from ..store import check_identifier, quote_ident
+
+        return quote_ident(check_identifier(self.input_table))
+
+    def companion_statements(self) -> tuple[str, ...]:
+        """Statements run in each batch's transaction after its rows are appended."""
+        return ()
+
+    def batch_counts(self, out: pa.Table) -> dict[str, float]:
+        """Counters of a result batch the progress bar shows as rates (e.g. tokens)."""
+        return {}
 
     def preflight(self) -> None:
         """Fail early (a ConfigError naming the fix) when the stage cannot run here."""
