@@ -19,7 +19,7 @@ import pytest
 from curate.errors import ConfigError
 from curate.generate.backend import BackendError, ChatRequest, ChatResult, OpenAIServer
 from curate.generate.serve_check import serve_check, tiny_png
-from tests.genserver import EOS_ID, MODEL_ALIAS, NO_EOS, free_port, train_tokenizer
+from tests.genserver import EOS_ID, MODEL_ALIAS, NO_EOS, free_port, serve, train_tokenizer, write_tiny_gguf
 
 
 def ask(text: str, **kw) -> ChatRequest:
@@ -78,18 +78,32 @@ def test_one_token_finishes_by_length_and_n_gives_several_choices(llama_server):
     assert one.completion_tokens == 1 and [c.finish_reason for c in one.choices] == ["length"]
     assert one.choices[0].text and one.choices == again.choices  # temperature 0: the same token
     assert len(two.choices) == 2 and all(c.finish_reason == "length" for c in two.choices)
-    assert two.completion_tokens == 16  # 8 for each choice
+    assert two.choices[0].text != two.choices[1].text  # two samples, not one copied
+    # llama-server counts the tokens of one choice (OpenAI and vLLM sum them over choices):
+    # completion_tokens is what the server says, not recomputed
+    assert two.completion_tokens == 8
+
+
+@pytest.fixture(scope="module")
+def stopping_server(llama_server, tmp_path_factory):
+    """A second tiny model, seed 3: at temperature 0 it ends most answers early."""
+    model = write_tiny_gguf(tmp_path_factory.mktemp("seed3") / "tiny3.gguf", seed=3)
+    with serve(model, parallel=4, ctx=4096) as server:
+        yield server
 
 
 @pytest.mark.parametrize("extra", [NO_EOS, {"ignore_eos": True}], ids=["logit_bias", "ignore_eos"])
-def test_the_random_model_keeps_talking_when_told_to(llama_server, extra):
-    """The ways tests/genserver.py's docstring gives to keep a random model from ending at
-    once: every request then runs to max_tokens."""
-    requests = [ask(f"Photo {i} of a red bus near the park.", max_tokens=40, extra=extra) for i in range(8)]
-    with OpenAIServer(llama_server.base_url, concurrency=4) as s:
-        results = s.chat(requests)
-    assert [r.completion_tokens for r in results] == [40] * 8
-    assert all(r.choices[0].finish_reason == "length" and r.choices[0].text for r in results)
+def test_the_random_model_keeps_talking_when_told_to(stopping_server, extra):
+    """The ways tests/genserver.py's docstring gives to keep a random model from ending
+    early: every request then runs to max_tokens, where without them most stop."""
+    prompts = [f"A photo number {i} of a dog." for i in range(12)]
+    with OpenAIServer(stopping_server.base_url, concurrency=4) as s:
+        plain = s.chat([ask(p, max_tokens=64) for p in prompts])
+        kept = s.chat([ask(p, max_tokens=64, extra=extra) for p in prompts])
+    stopped = [r for r in plain if r.choices[0].finish_reason == "stop"]
+    assert len(stopped) >= 6 and all(r.completion_tokens < 64 for r in stopped)
+    assert [r.completion_tokens for r in kept] == [64] * 12
+    assert all(r.choices[0].finish_reason == "length" and r.choices[0].text for r in kept)
 
 
 def test_an_eos_bias_alone_makes_the_model_stop(llama_server):
@@ -178,7 +192,7 @@ def http_server(handle: Callable[[http.server.BaseHTTPRequestHandler, int], None
             pass
 
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{httpd.server_address[1]}", seen
