@@ -186,3 +186,21 @@ def table_snapshot(store: Store) -> dict[str, list]:
         rows = store.con.execute(f'SELECT * FROM "{t}"').fetchall()
         out[t] = sorted(rows, key=repr)
     return out
+
+
+@pytest.fixture(scope="session")
+def llama_server(tmp_path_factory):
+    """A real llama-server (``tests/genserver.py``) on 127.0.0.1 serving a tiny random
+    llama named ``tiny``, written for this session: 4 slots, 8192 tokens of context
+    shared between them. Skips when the binary is not built (``make llama-server``);
+    with ``CURATE_REQUIRE_SYSTEM_PACKAGES=1`` (CI, where set-up builds it) that fails."""
+    from tests.genserver import find_llama_server, serve, write_tiny_gguf
+
+    if find_llama_server() is None:
+        reason = "llama-server not built: run make llama-server"
+        if os.environ.get("CURATE_REQUIRE_SYSTEM_PACKAGES") == "1":
+            pytest.fail(reason + "; CI requires it (CURATE_REQUIRE_SYSTEM_PACKAGES=1)")
+        pytest.skip(reason)
+    model = write_tiny_gguf(tmp_path_factory.mktemp("llama-server") / "tiny.gguf", seed=0)
+    with serve(model, parallel=4, ctx=8192) as server:
+        yield server
