@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STORE ?= demo-store
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: demo test lint setup clean bench browser
+.PHONY: demo test lint setup clean bench browser llama-server
 
 # The CLIP extra brings torch; .ci/constraints-clip.txt pins the build that lies on this
 # machine's disk so no resolver downloads another. img2dataset pins pandas<3, so it gets a
@@ -25,7 +25,13 @@ $(STAMP): pyproject.toml .ci/constraints-clip.txt
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
-setup: $(STAMP) browser
+setup: $(STAMP) browser llama-server
+
+# Caption generation's tests talk to a real llama-server (llama.cpp from the source vendored in
+# PyPI's llama-cpp-python 0.3.36 sdist): 5-10 min on 2 cores once, one 15 MB binary cached in
+# ~/.cache/curate/llama-server/ ($$CURATE_CACHE), skipped when present.
+llama-server: $(STAMP)
+	PYTHON=$(BIN)/python .ci/build-llama-server
 
 # The HTML report's test opens the page in Debian's chromium, and concept aliases read
 # Debian's WordNet files (wordnet-base). As root with apt, set-up installs both (about
@@ -42,7 +48,7 @@ browser:
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py --store $(STORE)
 
-test: $(STAMP) browser
+test: $(STAMP) browser llama-server
 	CURATE_IMG2DATASET_PYTHON=$(CURDIR)/$(I2D_VENV)/bin/python $(BIN)/python -m pytest -q
 
 # Settings live in pyproject.toml ([tool.ruff], [tool.mypy]).

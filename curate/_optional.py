@@ -18,6 +18,7 @@ KNOWN = {
     "matplotlib": ("matplotlib", "plot"),
     "img2dataset": ("img2dataset", "download"),
     "ray": ("ray", "ray"),
+    "httpx": ("httpx", "generate"),
 }
 
 

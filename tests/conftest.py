@@ -89,12 +89,12 @@ def pytest_runtest_makereport(item, call):
 
 @pytest.fixture(autouse=True)
 def _free_passed_tmp_path(request):
+    # taken here, so tmp_path is torn down after this fixture, not before
+    path = request.getfixturevalue("tmp_path") if "tmp_path" in request.fixturenames else None
     yield
-    if "tmp_path" not in request.fixturenames:
-        return
     report = getattr(request.node, "_curate_report_call", None)
-    if report is not None and report.passed:
-        shutil.rmtree(request.getfixturevalue("tmp_path"), ignore_errors=True)
+    if path is not None and report is not None and report.passed:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def pytest_report_header(config):

@@ -100,8 +100,10 @@ def _go(store_path: Path, name: str, cfg: dict[str, Any], batch_size: int, limit
     from ..generate.run import preview as do_preview
     from ..registry import build_stage
     from ..runner import RunOptions, run_stage
+    from ..stages.generate import _Generated
 
     stage = build_stage(name, cfg)
+    assert isinstance(stage, _Generated)
     with Store.open(store_path) as s:
         rate = None
         if preview is not None:

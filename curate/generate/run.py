@@ -79,7 +79,7 @@ def pending_count(store: Store, stage: _Generated) -> int:
 def dry_run(store: Store, stage: _Generated, *, sample: int = 100, rate: float | None = None) -> DryRun:
     """What ``stage`` would do on ``store``: see the module docstring. Writes nothing
     but the (empty) output table when it is missing."""
-    stage = stage.prepare(store)
+    stage = stage.prepare(store)  # type: ignore[assignment]  # prepare returns the same class
     ensure_output_table(store, stage)
     h = stage.config_hash()
     pending = pending_count(store, stage)
@@ -109,8 +109,7 @@ def dry_run(store: Store, stage: _Generated, *, sample: int = 100, rate: float |
             n = server.tokenize(text) if measured else None
             if n is None:
                 measured = False
-                n = len(text.encode("utf-8")) / 4
-            counts.append(float(n))
+            counts.append(float(n) if n is not None else len(text.encode("utf-8")) / 4)
     prompt = sum(counts) / len(counts) if counts else None
     done = store.con.execute(
         "SELECT avg(o.completion_tokens) FROM (SELECT unnest(outputs) AS o FROM generations WHERE stage = ?) "
@@ -146,7 +145,7 @@ def preview(store: Store, stage: _Generated, n: int = 10) -> Preview:
     side; nothing is written to the store."""
     if n < 1:
         raise ConfigError(f"--preview needs at least 1 sample, got {n}")
-    stage = stage.prepare(store)
+    stage = stage.prepare(store)  # type: ignore[assignment]  # prepare returns the same class
     ensure_output_table(store, stage)
     batch = _pending(store, stage, n)
     if batch.num_rows == 0:

@@ -218,7 +218,7 @@ def _table(stage: _Generated, batch: pa.RecordBatch, rows: list[dict[str, Any]],
         "variant": pa.array([stage.variant] * n, pa.string()),  # type: ignore[attr-defined]
         "generator": pa.array([r.get("generator", generator) for r in rows], pa.string()),
     }
-    defaults = {"prompt_tokens": None, "completion_tokens": None, "latency_s": latency, "requests": 0,
+    defaults: dict[str, Any] = {"prompt_tokens": None, "completion_tokens": None, "latency_s": latency, "requests": 0,
                 "input_truncated": False, "guard": [], "reason": None}
     for f in SCHEMA:
         if f.name in cols:
@@ -402,10 +402,10 @@ class _ModelStage(_Generated):
                 requests.append(ChatRequest(messages=tuple(messages), max_tokens=self.max_tokens,
                                             temperature=self.temperature, top_p=self.top_p, seed=seed, stop=self.stop,
                                             extra=body))
-                meta.append((i, j, tpl, seed, prompt_hash(messages), extra_prov, messages))
+                meta.append((i, j, tpl, seed, prompt_hash(messages), extra_prov))
             answers = server.chat(requests)
             retry = []
-            for (i, j, tpl, seed, phash, extra_prov, messages), res in zip(meta, answers, strict=True):
+            for (i, j, tpl, seed, phash, extra_prov), res in zip(meta, answers, strict=True):
                 values, input_ids, raw, truncated = prepared[i]
                 tot = totals[i]
                 tot["requests"] += 1
@@ -436,7 +436,7 @@ class _ModelStage(_Generated):
                     from ..generate.guard import retention
 
                     out_ents = rt["ner"].get([text])[0]
-                    r = retention(raw_ents[i], text, out_ents)
+                    r = retention(raw_ents[i], text or "", out_ents)
                     passed = r.value(self.guard_rule) >= (self.guard_min_retention or 0.0)
                     can_retry = attempt < self.guard_retries
                     action = "accept" if passed else ("regenerate" if can_retry else self.guard_final)
