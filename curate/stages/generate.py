@@ -257,7 +257,7 @@ class _ModelStage(_Generated):
     stop: tuple[str, ...] = ()
     #: each input text is cut to this many tokens before it goes into the prompt
     max_input_tokens: int = 512
-    #: the language outputs must be in (``wrong_language`` otherwise)
+    #: the language outputs must be in (``wrong_language`` otherwise); "any": not checked
     language: str = "en"
     #: knowledge guard: outputs whose retention of the raw caption's knowledge entities
     #: is below this are regenerated with the stricter template (``guard_retries``
@@ -419,7 +419,8 @@ class _ModelStage(_Generated):
                 else:
                     text = clean_output(choice.text)
                     status, reason = check_output(text, finish_reason=finish, prompt_texts=tpl.instruction_texts(),
-                                                  inputs=list(values.values()), language=self.language)
+                                                  inputs=list(values.values()),
+                                                  language=None if self.language == "any" else self.language)
                 gen = {"backend": "openai-compatible", "model": self.model_id, "model_revision": self.model_revision,
                        "server": self.server, "template": tpl.name, "template_sha256": tpl.sha256,
                        "prompt_sha256": phash, "sampling": {"temperature": self.temperature, "top_p": self.top_p,
