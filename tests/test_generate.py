@@ -51,7 +51,7 @@ def _run(argv: list[str], capsys) -> tuple[int, str, str]:
 
 def _gen(store: Path) -> list[dict]:
     with Store.open(store, read_only=True) as s:
-        return s.con.execute("SELECT * FROM generations ORDER BY input_id").arrow().to_pylist() \
+        return s.con.sql("SELECT * FROM generations ORDER BY input_id").to_arrow_table().to_pylist() \
             if "generations" in s.tables() else []
 
 
@@ -126,9 +126,16 @@ def test_guard_regenerates_then_flags_or_falls_back(caps_store, llama_server, ca
         with_entities = [v for v in by_input.values() if v[0][4] > 0]
         without = [v for v in by_input.values() if v[0][4] == 0]
         assert with_entities, "the CapsFusion alt-texts have knowledge entities"
+        final = dict(s.con.execute("SELECT input_id, outputs[1].status FROM generations").fetchall())
         for v in with_entities:
             if v[0][5] < 1.0:
-                assert [x[3] for x in v] == ["regenerate", "flag"] and v[1][2] == "fuse-strict-v1"
+                # regenerated with the stricter template; its output is flagged, unless the
+                # output checks rejected it (then no guard row: it is not a caption)
+                assert v[0][3] == "regenerate"
+                if len(v) == 2:
+                    assert v[1][3] == "flag" and v[1][2] == "fuse-strict-v1" and v[1][1] == 1
+                else:
+                    assert len(v) == 1 and final[v[0][0]] != "ok"
         for v in without:
             assert [x[3] for x in v] == ["accept"]
         flagged = s.con.execute("SELECT count(*) FROM captions WHERE variant = 'fused_gen' "
@@ -157,7 +164,7 @@ def test_dry_run_and_preview_write_nothing(caps_store, llama_server, capsys):
     from tests.conftest import table_snapshot
 
     with Store.open(caps_store, read_only=True) as s:
-        before = {k: v for k, v in table_snapshot(s).items() if k != "generations"}
+        before = table_snapshot(s)
     code, out, err = _run([*FUSE, "--store", str(caps_store), "--url", llama_server.base_url,
                            "--max-tokens", "8", "--guard-min-retention", "off", "--preview", "3", "--dry-run",
                            *KEEP], capsys)
@@ -165,8 +172,8 @@ def test_dry_run_and_preview_write_nothing(caps_store, llama_server, capsys):
     assert f"{N} inputs pending" in out and "prompt tokens:" in out and "counted by the server's tokenizer" in out
     assert "preview: 3 outputs" in out and "time: about" in out
     with Store.open(caps_store, read_only=True) as s:
-        after = {k: v for k, v in table_snapshot(s).items() if k != "generations"}
-        assert s.con.execute("SELECT count(*) FROM generations").fetchall()[0][0] == 0
+        after = table_snapshot(s)
+        assert not s.has_table("generations")
     assert after == before
 
 
@@ -278,12 +285,10 @@ def test_generated_variants_flow_into_knowledge_dedup_and_mix(caps_store, llama_
     assert code == 0, err and "fused_gen" in out
     code, out, err = _run(["dedup", "captions", "--store", str(caps_store), "--variant", "fused_gen"], capsys)
     assert code == 0, err
+    assert f"fused_gen: {n_gen:,} captions" in out
     with Store.open(caps_store, read_only=True) as s:
         scored = s.con.execute("SELECT count(*) FROM knowledge_latest WHERE variant = 'fused_gen'").fetchall()[0][0]
-        deduped = s.con.execute("SELECT count(*) FROM dedup_groups g JOIN captions c ON c.caption_id::VARCHAR = "
-                                "g.member_id::VARCHAR WHERE c.variant = 'fused_gen'").fetchall()[0][0]
     assert scored == n_gen
-    assert deduped >= 0  # the pass ran over the variant (groups only where captions repeat)
     policy = tmp_path / "p.toml"
     policy.write_text('[policy]\nname = "gen"\nseed = 0\nsources = ["caps"]\n\n[choose]\nstrategy = "capsfusion"\n'
                       'fused = "fused_gen"\nraw = "raw"\nmin_retention = 0.5\n\n[output]\nformat = "parquet"\n',

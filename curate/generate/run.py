@@ -20,7 +20,7 @@ import pyarrow as pa
 from ..errors import ConfigError
 from ..runner import ensure_output_table, pending_sql
 from ..stages.generate import _Generated, _ModelStage
-from ..store import Store
+from ..store import Store, quote_ident
 
 
 @dataclasses.dataclass
@@ -66,13 +66,23 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:,.1f} h"
 
 
+def _pending_sql(store: Store, stage: _Generated) -> str:
+    """The runner's pending rows; every input row when no generation ran yet (a dry run
+    or a preview creates no table)."""
+    if store.has_table(stage.output_table):
+        ensure_output_table(store, stage)  # checks the columns
+        return pending_sql(stage)
+    cols = ", ".join(quote_ident(c) for c in (stage.key, *stage.reads))
+    return f"SELECT {cols} FROM ({stage.input_relation()}) i WHERE $config_hash IS NOT NULL"
+
+
 def _pending(store: Store, stage: _Generated, limit: int | None) -> pa.Table:
-    sql = pending_sql(stage) + (f" LIMIT {int(limit)}" if limit is not None else "")
-    return store.con.execute(sql, {"config_hash": stage.config_hash()}).to_arrow_table()
+    sql = _pending_sql(store, stage) + (f" LIMIT {int(limit)}" if limit is not None else "")
+    return store.con.sql(sql, params={"config_hash": stage.config_hash()}).to_arrow_table()
 
 
 def pending_count(store: Store, stage: _Generated) -> int:
-    return int(store.con.execute(f"SELECT count(*) FROM ({pending_sql(stage)})",
+    return int(store.con.execute(f"SELECT count(*) FROM ({_pending_sql(store, stage)})",
                                  {"config_hash": stage.config_hash()}).fetchall()[0][0])
 
 
@@ -80,7 +90,6 @@ def dry_run(store: Store, stage: _Generated, *, sample: int = 100, rate: float |
     """What ``stage`` would do on ``store``: see the module docstring. Writes nothing
     but the (empty) output table when it is missing."""
     stage = stage.prepare(store)  # type: ignore[assignment]  # prepare returns the same class
-    ensure_output_table(store, stage)
     h = stage.config_hash()
     pending = pending_count(store, stage)
     if not isinstance(stage, _ModelStage):
@@ -111,9 +120,12 @@ def dry_run(store: Store, stage: _Generated, *, sample: int = 100, rate: float |
                 measured = False
             counts.append(float(n) if n is not None else len(text.encode("utf-8")) / 4)
     prompt = sum(counts) / len(counts) if counts else None
-    done = store.con.execute(
-        "SELECT avg(o.completion_tokens) FROM (SELECT unnest(outputs) AS o FROM generations WHERE stage = ?) "
-        "WHERE o.completion_tokens IS NOT NULL", [stage.registry_name()]).fetchall()[0][0]
+    if not store.has_table("generations"):
+        done = None
+    else:
+        done = store.con.execute(
+            "SELECT avg(o.completion_tokens) FROM (SELECT unnest(outputs) AS o FROM generations WHERE stage = ?) "
+            "WHERE o.completion_tokens IS NOT NULL", [stage.registry_name()]).fetchall()[0][0]
     if done is not None:
         completion, cfrom = float(done), "mean of this stage's earlier outputs"
     else:
@@ -123,7 +135,7 @@ def dry_run(store: Store, stage: _Generated, *, sample: int = 100, rate: float |
     else:
         got = store.con.execute(
             "SELECT completion_tokens_per_s FROM generation_runs WHERE stage = ? AND completion_tokens_per_s > 0 "
-            "ORDER BY run_id DESC LIMIT 1", [stage.registry_name()]).fetchall()
+            "ORDER BY run_id DESC LIMIT 1", [stage.registry_name()]).fetchall() if store.has_table("generations") else []
         rate = float(got[0][0]) if got else None
         rfrom = "this stage's latest run" if got else "no earlier run; --preview N measures a rate"
     return DryRun(stage.registry_name(), h, pending, k, len(rows), prompt, measured, completion, cfrom, rate, rfrom)
@@ -146,7 +158,6 @@ def preview(store: Store, stage: _Generated, n: int = 10) -> Preview:
     if n < 1:
         raise ConfigError(f"--preview needs at least 1 sample, got {n}")
     stage = stage.prepare(store)  # type: ignore[assignment]  # prepare returns the same class
-    ensure_output_table(store, stage)
     batch = _pending(store, stage, n)
     if batch.num_rows == 0:
         return Preview([], 0.0, 0)

@@ -71,7 +71,7 @@ RUNS_VIEW = """CREATE OR REPLACE VIEW generation_runs AS
 SELECT g.run_id, any_value(g.stage) AS stage, any_value(g.task) AS task, any_value(g.variant) AS variant,
        any_value(g.config_hash) AS config_hash, count(*) AS inputs,
        count(*) FILTER (WHERE g.status = 'ok') AS inputs_ok,
-       sum(len(list_filter(g.outputs, o -> o.status = 'ok'))) AS outputs_ok,
+       sum(len(list_filter(g.outputs, lambda o: o.status = 'ok'))) AS outputs_ok,
        sum(len(g.outputs)) AS outputs,
        sum(g.requests) AS requests, sum(g.prompt_tokens) AS prompt_tokens,
        sum(g.completion_tokens) AS completion_tokens,
