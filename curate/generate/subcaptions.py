@@ -287,7 +287,7 @@ def subcaptions_batch(texts: Iterable[str | None], *, sentences: bool = True, pr
     """:func:`subcaptions` of many captions (None or blank gives ``[]``), parsed with
     ``nlp.pipe`` in batches of ``batch_size``: the same result as one call per caption
     (tested), without the per-call overhead. One process, one core; measured at about
-    36,000 captions/s on CapsFusion's fused captions (23 words), 45,000/s on LAION
+    37,000 captions/s on CapsFusion's fused captions (23 words), 40,000/s on LAION
     alt-text and 2,500/s on GBC's 110-word detailed captions (sentences only)."""
     _check_options(min_words, max_per_caption)
     _check_budgets(prefix_words, "words")
