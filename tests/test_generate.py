@@ -126,16 +126,12 @@ def test_guard_regenerates_then_flags_or_falls_back(caps_store, llama_server, ca
         with_entities = [v for v in by_input.values() if v[0][4] > 0]
         without = [v for v in by_input.values() if v[0][4] == 0]
         assert with_entities, "the CapsFusion alt-texts have knowledge entities"
-        final = dict(s.con.execute("SELECT input_id, outputs[1].status FROM generations").fetchall())
         for v in with_entities:
             if v[0][5] < 1.0:
-                # regenerated with the stricter template; its output is flagged, unless the
-                # output checks rejected it (then no guard row: it is not a caption)
-                assert v[0][3] == "regenerate"
-                if len(v) == 2:
-                    assert v[1][3] == "flag" and v[1][2] == "fuse-strict-v1" and v[1][1] == 1
-                else:
-                    assert len(v) == 1 and final[v[0][0]] != "ok"
+                # regenerated with the stricter template, then flagged: the new output, or the
+                # one the guard sent back when the new one failed the output checks
+                assert [x[3] for x in v] == ["regenerate", "flag"], v
+                assert v[1][2] == "fuse-strict-v1" and v[1][1] == 1
         for v in without:
             assert [x[3] for x in v] == ["accept"]
         flagged = s.con.execute("SELECT count(*) FROM captions WHERE variant = 'fused_gen' "
@@ -300,3 +296,34 @@ def test_generated_variants_flow_into_knowledge_dedup_and_mix(caps_store, llama_
     manifest = pl.read_parquet(caps_store / "manifests" / "gen.parquet")
     assert manifest.height == N
     assert set(manifest["variant"].unique().to_list()) <= {"fused_gen", "raw"}
+
+
+def test_empty_answers_are_rows_with_a_status(caps_store, llama_server, capsys):
+    """A bias for the end-of-text token makes the real server answer nothing at once."""
+    code, out, err = _run([*FUSE, "--store", str(caps_store), "--url", llama_server.base_url, "--max-tokens", "8",
+                           "--guard-min-retention", "off", "--logit-bias", "2=100", "--limit", "5"], capsys)
+    assert code == 0, err
+    gens = _gen(caps_store)
+    assert len(gens) == 5
+    assert {(o["status"], o["finish_reason"]) for g in gens for o in g["outputs"]} == {("empty", "stop")}
+    assert _captions(caps_store, "fused_gen") == []
+
+
+def test_long_inputs_are_cut_to_the_stated_token_budget(caps_store, llama_server, capsys):
+    code, out, err = _run([*FUSE, "--store", str(caps_store), "--url", llama_server.base_url, "--max-tokens", "8",
+                           "--guard-min-retention", "off", "-c", "max_input_tokens=24", *KEEP], capsys)
+    assert code == 0, err
+    gens = _gen(caps_store)
+    with Store.open(caps_store, read_only=True) as s:
+        size = dict(s.con.execute("SELECT caption_id::VARCHAR, strlen(text) FROM captions").fetchall())
+    longest = {g["input_id"]: max(size[c] for c in g["input_caption_ids"]) for g in gens}
+    cut = [g for g in gens if g["input_truncated"]]
+    # a text of at most 24 bytes cannot exceed 24 tokens: such inputs are never cut
+    assert cut and all(longest[g["input_id"]] > 24 for g in cut)
+    assert sum(1 for v in longest.values() if v <= 24) + len(cut) <= len(gens)
+    budgets = {json.loads(o["generation"])["input_token_budget"] for g in gens for o in g["outputs"]}
+    assert budgets == {24}
+    # the prompt really got shorter than the uncut one would be: at most 2 x 24 input tokens
+    # beside the template's own words, whatever the captions' lengths
+    prompt = [g["prompt_tokens"] for g in gens]
+    assert max(prompt) - min(prompt) <= 2 * 24 + 8

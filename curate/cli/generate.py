@@ -131,6 +131,14 @@ def _go(store_path: Path, name: str, cfg: dict[str, Any], batch_size: int, limit
         if rows:
             click.echo("outputs: " + ", ".join(f"{n:,} {st}" + (f" ({a})" if a not in ("-", "generated") else "")
                                                for st, a, n in rows))
+        guard = s.con.execute("""
+            SELECT last_action, count(*) AS samples, count(*) FILTER (WHERE regenerated) AS regenerated FROM (
+                SELECT input_id, arg_max(action, attempt) AS last_action, bool_or(action = 'regenerate') AS regenerated
+                FROM generation_guard WHERE run_id = ? GROUP BY input_id, index)
+            GROUP BY ALL ORDER BY samples DESC""", [res.run_id]).fetchall() if s.has_table("generations") else []
+        if guard:
+            click.echo("guard (the last decision per output): " + ", ".join(
+                f"{n:,} {a}" + (f" ({r:,} after regenerating)" if r else "") for a, n, r in guard))
 
 
 @generate.command("fuse")

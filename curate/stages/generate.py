@@ -207,6 +207,16 @@ class SubCaptions(_Generated):
         return _table(self, batch, rows, generator="curate.subcaptions", latency=seconds)
 
 
+def _final(out: dict[str, Any], action: str, raw: str | None) -> None:
+    """The guard's last word on an ok output below the threshold: flag it, or replace it
+    by the raw caption."""
+    if action == "flag":
+        out["action"] = "flagged"
+    elif action == "fallback":
+        out.update(action="fallback", text=raw, reason="guard: raw caption kept")
+        out["gen"]["fallback"] = "raw caption"
+
+
 def _table(stage: _Generated, batch: pa.RecordBatch, rows: list[dict[str, Any]], *, generator: str | None,
            latency: float | None = None) -> pa.Table:
     n = len(rows)
@@ -377,7 +387,7 @@ class _ModelStage(_Generated):
         prepared = []
         for row in rows_in:
             values, input_ids, raw = self.inputs(row)
-            values, truncated = self._budget(server, values)
+            values, truncated = self._budget(server, values, self._input_budget(server, len(values)))
             prepared.append((values, input_ids, raw, truncated))
         raw_ents: list[list[str]] | None = None
         if self.guard_on:
@@ -387,6 +397,7 @@ class _ModelStage(_Generated):
         results: dict[tuple[int, int], dict[str, Any]] = {}
         guard_rows: dict[int, list[dict[str, Any]]] = {i: [] for i in range(len(rows_in))}
         todo = [(i, j, rt["first"]) for i in range(len(rows_in)) for j in range(k)]
+        rejected: dict[tuple[int, int], dict[str, Any]] = {}  # outputs the guard sent back
         attempt = 0
         totals = {i: {"prompt_tokens": 0, "completion_tokens": 0, "latency_s": 0.0, "requests": 0}
                   for i in range(len(rows_in))}
@@ -430,7 +441,8 @@ class _ModelStage(_Generated):
                        "seed": seed, "input_caption_ids": input_ids, "tokens_in": res.prompt_tokens,
                        "tokens_out": res.completion_tokens, "finish_reason": finish,
                        "latency_s": round(res.latency_s, 4), "attempt": attempt, "http_attempts": res.attempts,
-                       "input_truncated": truncated, "response_model": res.model, **extra_prov}
+                       "input_truncated": truncated, "input_token_budget": rt.get("budget"),
+                       "response_model": res.model, **extra_prov}
                 out = {"index": j, "text": text, "status": status, "reason": reason, "action": "generated",
                        "finish_reason": finish, "completion_tokens": res.completion_tokens, "gen": gen}
                 if status == "ok" and self.guard_on and raw_ents is not None:
@@ -449,12 +461,20 @@ class _ModelStage(_Generated):
                                     "action": action}
                     if action == "regenerate":
                         retry.append((i, j, rt["stricter"] or tpl.name))
+                        rejected[(i, j)] = out
                         continue
-                    if action == "flag":
-                        out["action"] = "flagged"
-                    elif action == "fallback":
-                        out.update(action="fallback", text=raw, reason="guard: raw caption kept")
-                        gen["fallback"] = "raw caption"
+                    _final(out, action, raw)
+                elif (i, j) in rejected:
+                    # the regeneration failed the output checks: the guard's final action
+                    # applies to the output it had rejected (a flagged output or the raw caption)
+                    prev = rejected.pop((i, j))
+                    guard_rows[i].append({"index": j, "attempt": attempt, "template": tpl.name,
+                                          "retention_strict": None, "retention_lenient": None,
+                                          "raw_entities": None, "action": self.guard_final})
+                    prev["gen"]["regeneration"] = {"status": status, "reason": reason, "attempt": attempt,
+                                                   "template": tpl.name}
+                    _final(prev, self.guard_final, raw)
+                    out = prev
                 results[(i, j)] = out
             todo = retry
             attempt += 1
@@ -477,27 +497,45 @@ class _ModelStage(_Generated):
                          "generation": json.dumps(shared, sort_keys=True, default=str), **totals[i]})
         return _table(self, batch, rows, generator=self.model_id)
 
-    def _budget(self, server: Any, values: dict[str, str]) -> tuple[dict[str, str], bool]:
-        """Each input text cut to ``max_input_tokens`` tokens (a text of at most that
-        many UTF-8 bytes needs no count: a token covers at least one byte)."""
+    def _input_budget(self, server: Any, n_inputs: int) -> int:
+        """Tokens each input text may take: ``max_input_tokens``, lowered so that the
+        inputs, the template's own words (counted once by the server's tokenizer, or as
+        bytes) and ``max_tokens`` fit the context the server reports for one request."""
+        rt = self._rt  # type: ignore[attr-defined]
+        if "budget" not in rt:
+            ctx = self.server.get("context_length")
+            budget = self.max_input_tokens
+            if ctx and n_inputs:
+                tpl = rt["templates"][rt["first"]]
+                words = "\n".join(tpl.instruction_texts())
+                overhead = server.tokenize(words) or len(words.encode("utf-8"))
+                room = int(ctx) - self.max_tokens - int(overhead) - 32  # chat-template markup
+                budget = max(16, min(budget, room // n_inputs))
+            rt["budget"] = budget
+        return int(rt["budget"])
+
+    def _budget(self, server: Any, values: dict[str, str], limit: int) -> tuple[dict[str, str], bool]:
+        """Each input text cut to ``limit`` tokens (a text of at most that many UTF-8
+        bytes needs no count: a token covers at least one byte)."""
         out, truncated = {}, False
         for name, text in values.items():
-            if text is None or len(text.encode("utf-8")) <= self.max_input_tokens:
+            if text is None or len(text.encode("utf-8")) <= limit:
                 out[name] = text
                 continue
             words = text.split()
             n = server.tokenize(text)
             if n is None:  # no tokenizer endpoint: the bytes bound
-                cut = text.encode("utf-8")[: self.max_input_tokens].decode("utf-8", "ignore")
+                cut = text.encode("utf-8")[: limit].decode("utf-8", "ignore")
                 cut = cut.rsplit(" ", 1)[0] if " " in cut else cut
                 out[name], truncated = cut, True
                 continue
-            while n > self.max_input_tokens and len(words) > 1:
-                words = words[: max(1, int(len(words) * self.max_input_tokens / n * 0.95))]
+            if n <= limit:
+                out[name] = text
+                continue
+            while n > limit and len(words) > 1:
+                words = words[: max(1, int(len(words) * limit / n * 0.95))]
                 n = server.tokenize(" ".join(words)) or 0
-            new = " ".join(words)
-            truncated = truncated or new != text
-            out[name] = new if new != " ".join(text.split()) else text
+            out[name], truncated = " ".join(words), True
         return out, truncated
 
 
