@@ -98,7 +98,8 @@ def test_an_unregistered_stage_is_not_selectable():
 def test_every_registered_stage_keeps_the_static_contract(name):
     cls = registry.get_stage_class(name)
     assert cls.registry_name() == name
-    assert cls.key in ("caption_id", "uid") and cls.output_table and len(cls.output_schema)
+    # input_id: a generation stage keyed by the input its input_relation() names (a caption)
+    assert cls.key in ("caption_id", "uid", "input_id") and cls.output_table and len(cls.output_schema)
     assert not set(cls.output_schema.names) & {"stage", "config_hash", "run_id", cls.key}
     with pytest.raises(ConfigError, match="unknown key"):
         cls.from_config({"no_such_key": 1})
