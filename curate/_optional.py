@@ -19,6 +19,7 @@ KNOWN = {
     "img2dataset": ("img2dataset", "download"),
     "ray": ("ray", "ray"),
     "httpx": ("httpx", "generate"),
+    "transformers": ("transformers", "caption"),
 }
 
 

@@ -62,7 +62,7 @@ from .config import check, check_keys, from_dict, load_toml
 from .errors import ConfigError
 from .ingest import FORMATS, validate_options
 from .passes.base import Pass
-from .registry import build_stage, get_pass_class, pass_names
+from .registry import build_stage, get_pass_class, get_stage_class, pass_names
 from .runner import RunOptions
 from .stages.base import Stage
 
@@ -194,7 +194,7 @@ def parse_pipeline(data: dict[str, Any], base: Path = Path("."), path: Path | No
     for i, step in enumerate(check(f"{where} ingest", data.get("ingest", []), STEPS)):
         pipe.ingests.append(_ingest_step(f"{where} ingest[{i}]", step, base))
     for i, step in enumerate(check(f"{where} stage", data.get("stage", []), STEPS)):
-        pipe.stages.append(_stage_step(f"{where} stage[{i}]", step))
+        pipe.stages.append(_stage_step(f"{where} stage[{i}]", step, base))
     for i, step in enumerate(check(f"{where} dedup", data.get("dedup", []), STEPS)):
         pipe.dedups.append(_dedup_step(f"{where} dedup[{i}]", step))
     for i, step in enumerate(check(f"{where} pass", data.get("pass", []), STEPS)):
@@ -227,13 +227,14 @@ def _ingest_step(w: str, step: dict[str, Any], base: Path) -> IngestStep:
     return IngestStep(fmt, full, source, options)
 
 
-def _stage_step(w: str, step: dict[str, Any]) -> StageStep:
+def _stage_step(w: str, step: dict[str, Any], base: Path) -> StageStep:
     check_keys(w, step, STAGE_KEYS)
     if "name" not in step:
         raise ConfigError(f"{w}: missing key 'name' (a stage registry name)")
     name = check(f"{w}.name", step["name"], str)
     cfg = check(f"{w}.config", step.get("config", {}), dict)
     try:
+        cfg = _resolve_paths(get_stage_class(name), cfg, base)  # a template or examples file beside the pipeline
         stage = build_stage(name, cfg)
     except ConfigError as e:
         raise ConfigError(f"{w}: {e}") from None
@@ -268,8 +269,8 @@ def _pass_step(w: str, step: dict[str, Any], base: Path) -> PassStep:
     return PassStep(built)
 
 
-def _resolve_paths(cls: type[Pass], cfg: dict[str, Any], base: Path) -> dict[str, Any]:
-    """``cfg`` with the pass's relative path fields resolved against the pipeline's folder:
+def _resolve_paths(cls: type[Pass] | type[Stage], cfg: dict[str, Any], base: Path) -> dict[str, Any]:
+    """``cfg`` with the pass's (or stage's) relative path fields resolved against the pipeline's folder:
     a value that names a file or folder there, or looks like a path (has a ``/`` or a
     suffix); anything else (a bundled vocabulary name) is kept as written."""
     out = dict(cfg)

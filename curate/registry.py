@@ -27,6 +27,8 @@ STAGES: dict[str, str] = {
     "generate.subcaptions.v1": "curate.stages.generate:SubCaptions",
     "generate.fuse.v1": "curate.stages.generate:Fuse",
     "generate.rewrite.v1": "curate.stages.generate:Rewrite",
+    "generate.caption.v1": "curate.stages.generate:Caption",
+    "generate.vec.v1": "curate.stages.generate:Vec",
 }
 
 

@@ -15,7 +15,8 @@ from .common import pairs, progress_option, show_table, store_option
 
 @click.group()
 def generate() -> None:
-    """Generate caption variants (CapsFusion fusion, LaCLIP rewrites, sub-captions) as ordinary variants."""
+    """Generate caption variants (VLM captions, CapsFusion fusion, LaCLIP rewrites, VeCLIP, sub-captions) as
+    ordinary variants."""
 
 
 def _model_options(f: Any) -> Any:
@@ -177,6 +178,55 @@ def rewrite_cmd(store_path: Path, of_variant: str, variant: str, k: int, example
     _go(store_path, "generate.rewrite.v1", cfg, batch_size, limit, dry_run, preview, progress)
 
 
+@generate.command("caption")
+@store_option
+@click.option("--variant", default="synthetic", show_default=True, help="The variant the captions get.")
+@click.option("--backend", type=click.Choice(["openai", "transformers"]), default="openai", show_default=True,
+              help="A VLM behind --url, or an in-process transformers captioner (--local-model).")
+@click.option("--local-model", default=None,
+              help="transformers backend: a model folder (save_pretrained) or a hub id in the local cache.")
+@click.option("--device", default=None, help="transformers backend: cpu, cuda, cuda:1 (default: cuda when present).")
+@click.option("--max-image-side", type=int, default=None,
+              help="Shrink larger images to this long side before sending (default 1024).")
+@click.option("--source", "sources", multiple=True, help="Only samples of this source (repeat for several).")
+@_model_options
+@_run_options
+def caption_cmd(store_path: Path, variant: str, backend: str, local_model: str | None, device: str | None,
+                max_image_side: int | None, sources: tuple[str, ...], batch_size: int, limit: int | None,
+                dry_run: bool, preview: int | None, config: tuple[str, ...], progress: bool | None,
+                **model: Any) -> None:
+    """Caption each sample's image (generate.caption.v1, resumable): a VLM or BLIP-class model."""
+    cfg = {**_model_config(**model), "variant": variant, "backend": backend, "sources": list(sources)}
+    for k, v in (("local_model", local_model), ("device", device), ("max_image_side", max_image_side)):
+        if v is not None:
+            cfg[k] = v
+    cfg.update(pairs(config, "--config"))
+    _go(store_path, "generate.caption.v1", cfg, batch_size, limit, dry_run, preview, progress)
+
+
+@generate.command("vec")
+@store_option
+@click.option("--raw", "raw_variant", default="raw", show_default=True, help="The alt-text variant.")
+@click.option("--variant", default="vec", show_default=True, help="The variant the fused captions get.")
+@click.option("--vlm-url", default=None, help="The VLM's server (default: --url).")
+@click.option("--vlm-model", default=None, help="The VLM's served model (default: its only/first one).")
+@click.option("--vlm-template", default=None, help="The VLM step's template (default vec-caption-v1).")
+@click.option("--vlm-max-tokens", type=int, default=None, help="Completion tokens of the VLM's caption (default 128).")
+@_model_options
+@_run_options
+def vec_cmd(store_path: Path, raw_variant: str, variant: str, vlm_url: str | None, vlm_model: str | None,
+            vlm_template: str | None, vlm_max_tokens: int | None, batch_size: int, limit: int | None, dry_run: bool,
+            preview: int | None, config: tuple[str, ...], progress: bool | None, **model: Any) -> None:
+    """VeCLIP: a VLM's visual-enriched caption fused with the alt-text by an LLM (generate.vec.v1, resumable)."""
+    cfg = {**_model_config(**model), "raw_variant": raw_variant, "variant": variant}
+    for k, v in (("vlm_base_url", vlm_url), ("vlm_model", vlm_model), ("vlm_template", vlm_template),
+                 ("vlm_max_tokens", vlm_max_tokens)):
+        if v is not None:
+            cfg[k] = v
+    cfg.update(pairs(config, "--config"))
+    _go(store_path, "generate.vec.v1", cfg, batch_size, limit, dry_run, preview, progress)
+
+
 @generate.command("subcaptions")
 @store_option
 @click.option("--of", "of_variants", multiple=True, default=("synthetic",), show_default=True,
@@ -200,6 +250,34 @@ def subcaptions_cmd(store_path: Path, of_variants: tuple[str, ...], variant: str
     cfg = {"of_variants": list(of_variants), "variant": variant, "sentences": not no_sentences,
            "prefix_words": list(budgets), "min_words": min_words}
     _go(store_path, "generate.subcaptions.v1", cfg, batch_size, limit, False, None, progress)
+
+
+@generate.command("export-distill")
+@store_option
+@click.option("--task", type=click.Choice(["fuse", "rewrite", "vec"]), default="fuse", show_default=True,
+              help="Whose outputs become pairs.")
+@click.option("--variant", default=None, help="Only outputs of this variant.")
+@click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="The chat-format JSONL to write.")
+@click.option("--include-flagged", is_flag=True, help="Also outputs the knowledge guard flagged.")
+@click.option("--min-retention", type=float, default=None,
+              help="Only outputs whose guard retention is at least this (0-1).")
+@click.option("--rule", "guard_rule", type=click.Choice(["strict", "lenient"]), default="strict", show_default=True,
+              help="Which retention --min-retention reads.")
+@click.option("--template", default=None, help="The template file the outputs were made with (when not bundled).")
+@click.option("--no-metadata", is_flag=True, help="Write only the messages.")
+@click.option("--no-system", is_flag=True, help="Leave the system message out.")
+def export_distill_cmd(store_path: Path, task: str, variant: str | None, out: Path, include_flagged: bool,
+                       min_retention: float | None, guard_rule: str, template: str | None, no_metadata: bool,
+                       no_system: bool) -> None:
+    """Write (inputs -> accepted output) pairs as chat JSONL, to fine-tune a small model on them (CapsFusion)."""
+    from ..generate.distill import export_distill
+
+    with Store.open(store_path) as s:
+        res = export_distill(s, out, task=task, variant=variant, include_flagged=include_flagged,
+                             min_retention=min_retention, guard_rule=guard_rule, template=template,
+                             metadata=not no_metadata, system=not no_system)
+    click.echo(res.summary())
 
 
 @generate.command("serve-check")

@@ -36,6 +36,7 @@ class DryRun:
     completion_from: str
     rate_tokens_per_s: float | None
     rate_from: str
+    notes: tuple[str, ...] = ()
 
     def lines(self) -> list[str]:
         req = self.pending * self.outputs_per_input
@@ -55,7 +56,7 @@ class DryRun:
                            f"({self.rate_from})")
             else:
                 out.append(f"time: unknown ({self.rate_from})")
-        return out
+        return out + [f"note: {n}" for n in self.notes]
 
 
 def _duration(seconds: float) -> str:
@@ -94,6 +95,9 @@ def dry_run(store: Store, stage: _Generated, *, sample: int = 100, rate: float |
     pending = pending_count(store, stage)
     if not isinstance(stage, _ModelStage):
         return DryRun(stage.registry_name(), h, pending, 1, 0, None, False, None, "no model", None, "no model")
+    if getattr(stage, "backend", "openai") != "openai":
+        return DryRun(stage.registry_name(), h, pending, 1, 0, None, False, float(stage.max_tokens),
+                      "max_tokens (an in-process model)", None, "an in-process model: --preview N measures a rate")
     rows = _pending(store, stage, sample).to_pylist()
     k = stage.outputs_per_input()
     from ..generate.backend import OpenAIServer
@@ -111,10 +115,10 @@ def dry_run(store: Store, stage: _Generated, *, sample: int = 100, rate: float |
             pool = read_examples(stage.examples, strategy=stage.examples_strategy)  # type: ignore[attr-defined]
         object.__setattr__(stage, "_rt", {"examples": pool, "templates": {tpl.name: tpl}, "first": tpl.name})
         for row in rows:
-            values, _, _ = stage.inputs(row)
+            values, image = stage.dry_run_values(row)
             extra, _ = (stage.extra_values(row, 0) if hasattr(stage, "examples") else ({}, {}))
-            messages = tpl.render(**values, **extra)
-            text = "\n".join(m["content"] for m in messages if isinstance(m.get("content"), str))
+            messages = tpl.render(image=image, **values, **extra)
+            text = "\n".join(_texts(messages))
             n = server.tokenize(text) if measured else None
             if n is None:
                 measured = False
@@ -138,7 +142,28 @@ def dry_run(store: Store, stage: _Generated, *, sample: int = 100, rate: float |
             "ORDER BY run_id DESC LIMIT 1", [stage.registry_name()]).fetchall() if store.has_table("generations") else []
         rate = float(got[0][0]) if got else None
         rfrom = "this stage's latest run" if got else "no earlier run; --preview N measures a rate"
-    return DryRun(stage.registry_name(), h, pending, k, len(rows), prompt, measured, completion, cfrom, rate, rfrom)
+    notes = []
+    from ..generate.templates import IMAGE_TASKS
+
+    if tpl.task in IMAGE_TASKS:
+        notes.append("each request also carries an image, whose prompt tokens (model-dependent) are not counted")
+    if getattr(stage, "vlm_template", None):
+        notes.append(f"each input also takes one VLM request (at most {stage.vlm_max_tokens} completion "  # type: ignore[attr-defined]
+                     "tokens, its image's tokens not counted); the fusion prompt is counted without the VLM's caption")
+    return DryRun(stage.registry_name(), h, pending, k, len(rows), prompt, measured, completion, cfrom, rate, rfrom,
+                  tuple(notes))
+
+
+def _texts(messages: Any) -> list[str]:
+    """The text of chat messages (string contents and text parts; images are not text)."""
+    out = []
+    for m in messages:
+        content = m.get("content")
+        if isinstance(content, str):
+            out.append(content)
+        elif isinstance(content, list):
+            out += [p["text"] for p in content if isinstance(p, dict) and p.get("type") == "text"]
+    return out
 
 
 @dataclasses.dataclass

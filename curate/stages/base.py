@@ -78,6 +78,8 @@ class Stage(Configured):
     default_batch_size: ClassVar[int | None] = None
     #: how a user makes the output table, said when a policy needs it and it is missing
     produced_by: ClassVar[str | None] = None
+    #: config fields holding file paths, which a pipeline resolves against its own folder
+    path_fields: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def view_statements(cls) -> tuple[str, ...]:

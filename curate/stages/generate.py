@@ -82,7 +82,8 @@ FROM generations g LEFT JOIN runs r ON r.run_id = g.run_id
 GROUP BY g.run_id"""
 
 #: settings that change no generated text: kept out of the config hash
-RUNTIME_FIELDS = ("base_url", "api_key_env", "concurrency", "timeout_s", "retries", "server")
+RUNTIME_FIELDS = ("base_url", "api_key_env", "concurrency", "timeout_s", "retries", "server", "vlm_base_url",
+                  "vlm_server", "device", "local_batch_size")
 
 TASKS = ("caption", "fuse", "rewrite", "vec", "subcaptions")
 
@@ -244,6 +245,7 @@ class _ModelStage(_Generated):
 
     guarded: ClassVar[bool] = True
     default_batch_size: ClassVar[int | None] = 64
+    path_fields: ClassVar[tuple[str, ...]] = ("template",)
     default_template: ClassVar[str]
 
     #: the server (vLLM, llama.cpp's llama-server, ...): ``http://host:port`` or ``.../v1``
@@ -370,20 +372,44 @@ class _ModelStage(_Generated):
     def outputs_per_input(self) -> int:
         return 1
 
+    def dry_run_values(self, row: dict[str, Any]) -> tuple[dict[str, str], bytes | None]:
+        """The template values (and image) a dry run counts the prompt of; no request."""
+        from ..generate.serve_check import tiny_png
+        from ..generate.templates import IMAGE_TASKS, load_template
+
+        values = self.inputs(row)[0]
+        return values, tiny_png() if load_template(self.template).task in IMAGE_TASKS else None
+
     def extra_values(self, row: dict[str, Any], index: int) -> tuple[dict[str, str], dict[str, Any]]:
         """Per-output template values and what they add to the provenance."""
         return {}, {}
 
     # -- the batch -------------------------------------------------------------------
+    def before(self, rows_in: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
+        """A step before the model calls (reading images, a VLM's caption): the rows it
+        finishes (an unreadable image, a failed first step) by index; it may add private
+        keys to the others (``_image``: bytes to send; ``_prov``: provenance every output
+        of the row carries; ``_totals``: tokens, latency and requests spent so far)."""
+        return {}
+
     def __call__(self, batch: pa.RecordBatch) -> pa.Table:
+        rows_in = batch.to_pylist()
+        done = self.before(rows_in)
+        todo = [i for i in range(len(rows_in)) if i not in done]
+        for i, row in zip(todo, self._generate([rows_in[i] for i in todo]), strict=True):
+            done[i] = row
+        return _table(self, batch, [done[i] for i in range(len(rows_in))], generator=self.model_id)
+
+    def _generate(self, rows_in: list[dict[str, Any]]) -> list[dict[str, Any]]:
         from ..generate.backend import ChatRequest
         from ..generate.checks import check_output, clean_output
-        from ..generate.templates import prompt_hash
+        from ..generate.templates import IMAGE_TASKS, prompt_hash
 
         rt = self._rt  # type: ignore[attr-defined]
         server = rt["server"]
-        rows_in = batch.to_pylist()
         k = self.outputs_per_input()
+        if not rows_in:
+            return []
         prepared = []
         for row in rows_in:
             values, input_ids, raw = self.inputs(row)
@@ -399,15 +425,16 @@ class _ModelStage(_Generated):
         todo = [(i, j, rt["first"]) for i in range(len(rows_in)) for j in range(k)]
         rejected: dict[tuple[int, int], dict[str, Any]] = {}  # outputs the guard sent back
         attempt = 0
-        totals = {i: {"prompt_tokens": 0, "completion_tokens": 0, "latency_s": 0.0, "requests": 0}
-                  for i in range(len(rows_in))}
+        totals = {i: {"prompt_tokens": 0, "completion_tokens": 0, "latency_s": 0.0, "requests": 0,
+                      **rows_in[i].get("_totals", {})} for i in range(len(rows_in))}
         while todo:
             requests, meta = [], []
             for i, j, tname in todo:
                 values, input_ids, raw, truncated = prepared[i]
                 extra, extra_prov = self.extra_values(rows_in[i], j)
                 tpl = rt["templates"][tname]
-                messages = tpl.render(**values, **extra)
+                image = {"image": rows_in[i]["_image"]} if tpl.task in IMAGE_TASKS else {}
+                messages = tpl.render(**values, **extra, **image)
                 seed = _seed(self.seed, rows_in[i]["input_id"], j, attempt)
                 body = {"logit_bias": dict(self.logit_bias)} if self.logit_bias else {}
                 requests.append(ChatRequest(messages=tuple(messages), max_tokens=self.max_tokens,
@@ -442,7 +469,7 @@ class _ModelStage(_Generated):
                        "tokens_out": res.completion_tokens, "finish_reason": finish,
                        "latency_s": round(res.latency_s, 4), "attempt": attempt, "http_attempts": res.attempts,
                        "input_truncated": truncated, "input_token_budget": rt.get("budget"),
-                       "response_model": res.model, **extra_prov}
+                       "response_model": res.model, **rows_in[i].get("_prov", {}), **extra_prov}
                 out = {"index": j, "text": text, "status": status, "reason": reason, "action": "generated",
                        "finish_reason": finish, "completion_tokens": res.completion_tokens, "gen": gen}
                 if status == "ok" and self.guard_on and raw_ents is not None:
@@ -491,11 +518,11 @@ class _ModelStage(_Generated):
             reason = None if ok else outs[0]["reason"]
             shared = {"backend": "openai-compatible", "model": self.model_id, "template": rt["first"],
                       "template_sha256": self.template_sha256, "stricter_template": self.stricter_template,
-                      "server": self.server, "input_caption_ids": input_ids}
+                      "server": self.server, "input_caption_ids": input_ids, **rows_in[i].get("_prov", {})}
             rows.append({"status": status, "reason": reason, "outputs": outs, "input_caption_ids": input_ids,
                          "input_truncated": truncated, "guard": guard_rows[i], "generator": self.model_id,
                          "generation": json.dumps(shared, sort_keys=True, default=str), **totals[i]})
-        return _table(self, batch, rows, generator=self.model_id)
+        return rows
 
     def _input_budget(self, server: Any, n_inputs: int) -> int:
         """Tokens each input text may take: ``max_input_tokens``, lowered so that the
@@ -580,6 +607,7 @@ class Rewrite(_ModelStage):
     default_template: ClassVar[str] = "rewrite-v1"
     reads: ClassVar[tuple[str, ...]] = ("uid", "source", "caption")
     produced_by: ClassVar[str | None] = "the stage generate.rewrite.v1 (curate generate rewrite)"
+    path_fields: ClassVar[tuple[str, ...]] = ("template", "examples")
 
     of_variant: str = "raw"
     variant: str = "rewrite"
@@ -642,6 +670,337 @@ class Rewrite(_ModelStage):
         return ({"examples": tpl.format_examples(chosen)},
                 {"k": self.k, "examples": {"pool_sha256": self.examples_sha256, "seed": seed, "n": len(chosen),
                                            "chosen_sha256": examples_hash(chosen)}})
+
+
+# -- image stages ------------------------------------------------------------------------
+IMAGE_READS = ("image_path", "image_shard", "image_key")
+_HAS_IMAGE = "(s.image_path IS NOT NULL OR s.image_shard IS NOT NULL)"
+
+
+def image_for_request(data: bytes, max_side: int | None) -> tuple[bytes, dict[str, Any]]:
+    """The bytes to send for one image, and what was done to them: JPEG and PNG go as
+    they are when their long side is at most ``max_side``; anything else (WebP, GIF,
+    TIFF, ..., which not every server decodes) and larger images are decoded, shrunk to
+    fit and sent as JPEG. Raises ValueError (Pillow's message) on bytes that are not an
+    image, so a bad image is the row's status, never a request the server refuses."""
+    from PIL import Image
+
+    from ..images import decode
+
+    sha = hashlib.sha256(data).hexdigest()
+    jpeg_or_png = data[:3] == b"\xff\xd8\xff" or data[:8] == b"\x89PNG\r\n\x1a\n"
+    im = decode(data)  # verifies every image, also the ones sent as they are
+    w, h = im.size
+    prov: dict[str, Any] = {"image_sha256": sha, "image_size": [w, h]}
+    if jpeg_or_png and (max_side is None or max(w, h) <= max_side):
+        return data, {**prov, "image_sent": "as is"}
+    if max_side is not None and max(w, h) > max_side:
+        im.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
+    buf = __import__("io").BytesIO()
+    im.save(buf, format="JPEG", quality=90)
+    return buf.getvalue(), {**prov, "image_sent": f"jpeg {im.size[0]}x{im.size[1]}"}
+
+
+def _image_failure(status: str, reason: str, prov: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"status": status, "reason": reason, "outputs": [], "input_caption_ids": [],
+            "generation": json.dumps({"step": "image", **(prov or {})}, sort_keys=True)}
+
+
+def read_row_images(rows: list[dict[str, Any]], max_side: int | None) -> dict[int, dict[str, Any]]:
+    """Each row's image bytes as ``_image`` (ready to send) and ``_prov`` (its hash and
+    what was done to it); rows whose image cannot be read or decoded come back finished,
+    with the image layer's reason as status (``no image``, ``image not found``,
+    ``unreadable shard``, ``undecodable``)."""
+    from ..images import ImageFailure, ImageRef, read_images
+
+    got = read_images([ImageRef(r.get("image_path"), r.get("image_shard"), r.get("image_key")) for r in rows])
+    failed: dict[int, dict[str, Any]] = {}
+    for i, (row, data) in enumerate(zip(rows, got, strict=True)):
+        if isinstance(data, ImageFailure):
+            failed[i] = _image_failure(data.reason, data.detail)
+            continue
+        try:
+            send, prov = image_for_request(data, max_side)
+        except ValueError as e:
+            failed[i] = _image_failure("undecodable", str(e), {"image_sha256": hashlib.sha256(data).hexdigest()})
+            continue
+        row["_image"], row["_prov"] = send, prov
+    return failed
+
+
+@dataclasses.dataclass(frozen=True)
+class Caption(_ModelStage):
+    """Image -> synthetic caption, by a VLM behind an OpenAI-compatible server (the image
+    sent as a ``data:`` URI) or by an in-process transformers captioner (BLIP, BLIP-2,
+    Florence-2-class; ``backend = "transformers"``, ``local_model`` a folder or a cached
+    hub id); variant ``synthetic`` or the one given. One ``generations`` row per sample
+    (``input_id`` = the sample's uid); a sample whose image cannot be read is a row with
+    the image layer's reason."""
+
+    name: ClassVar[str] = "generate.caption"
+    version: ClassVar[int] = 1
+    task: ClassVar[str] = "caption"
+    guarded: ClassVar[bool] = False
+    default_template: ClassVar[str] = "caption-v1"
+    reads: ClassVar[tuple[str, ...]] = ("uid", "source", *IMAGE_READS)
+    produced_by: ClassVar[str | None] = "the stage generate.caption.v1 (curate generate caption)"
+    path_fields: ClassVar[tuple[str, ...]] = ("template",)  # not local_model: a hub id has a "/" too
+
+    variant: str = "synthetic"
+    backend: Literal["openai", "transformers"] = "openai"
+    max_tokens: int = 64
+    #: images larger than this on the long side are shrunk before they are sent (None: never)
+    max_image_side: int | None = 1024
+    #: only samples of these sources (empty: all)
+    sources: tuple[str, ...] = ()
+    # -- backend = "transformers" ----------------------------------------------------------
+    #: a local folder (save_pretrained) or a hub id already in the local cache
+    local_model: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    local_batch_size: int = 16
+    num_beams: int = 1
+    min_new_tokens: int = 0
+    #: conditional captioning prefix (BLIP: "a photography of")
+    prompt: str | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.backend not in ("openai", "transformers"):
+            raise ValueError(f"backend must be 'openai' or 'transformers', got {self.backend!r}")
+        if self.backend == "transformers" and not self.local_model:
+            raise ValueError("backend = 'transformers' needs local_model (a model folder or a cached hub id)")
+        if self.max_image_side is not None and self.max_image_side < 16:
+            raise ValueError(f"max_image_side must be at least 16, got {self.max_image_side}")
+        if self.local_batch_size < 1 or self.num_beams < 1 or self.min_new_tokens < 0:
+            raise ValueError("local_batch_size and num_beams must be at least 1, min_new_tokens 0 or more")
+
+    def input_relation(self) -> str:
+        where = _HAS_IMAGE
+        if self.sources:
+            where += f" AND s.source IN ({', '.join(_lit(x) for x in self.sources)})"
+        return (f"SELECT s.uid AS input_id, s.uid, s.source, s.image_path, s.image_shard, s.image_key "
+                f"FROM samples s WHERE {where}")
+
+    def inputs(self, row: dict[str, Any]) -> tuple[dict[str, str], list[str], str | None]:
+        return {}, [], None
+
+    def before(self, rows_in: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
+        return read_row_images(rows_in, self.max_image_side)
+
+    # -- the in-process backend --------------------------------------------------------
+    def preflight(self) -> None:
+        if self.backend == "openai":
+            super().preflight()
+            return
+        from .._optional import require
+
+        require("transformers", purpose="the transformers caption backend")
+
+    def _captioner(self) -> Any:
+        from ..generate.local import LocalCaptioner
+
+        key = (self.local_model, self.device, self.dtype, self.local_batch_size, self.max_tokens, self.num_beams,
+               self.prompt, self.min_new_tokens)
+        got = _LOCAL.get(key)
+        if got is None:
+            got = LocalCaptioner(str(self.local_model), device=self.device, dtype=self.dtype,
+                                 batch_size=self.local_batch_size, max_new_tokens=self.max_tokens,
+                                 num_beams=self.num_beams, prompt=self.prompt, min_new_tokens=self.min_new_tokens)
+            _LOCAL.clear()  # one model in memory at a time
+            _LOCAL[key] = got
+        return got
+
+    def prepare(self, store: Store) -> Self:
+        if self.backend == "openai":
+            return super().prepare(store)
+        self.preflight()
+        info = self._captioner().info()
+        return dataclasses.replace(self, model_id=str(info["model"]), model_revision=info.get("revision"),
+                                   template_sha256=None, server={k: v for k, v in info.items()
+                                                                 if k not in ("model", "revision")})
+
+    def setup(self) -> None:
+        if self.backend == "openai":
+            super().setup()
+            return
+        object.__setattr__(self, "_rt", {"captioner": self._captioner()})
+
+    def __call__(self, batch: pa.RecordBatch) -> pa.Table:
+        if self.backend == "openai":
+            return super().__call__(batch)
+        from ..generate.checks import check_output, clean_output
+
+        rows_in = batch.to_pylist()
+        done = self.before(rows_in)
+        todo = [i for i in range(len(rows_in)) if i not in done]
+        got = self._rt["captioner"].caption([rows_in[i]["_image"] for i in todo])  # type: ignore[attr-defined]
+        language = None if self.language == "any" else self.language
+        for i, res in zip(todo, got, strict=True):
+            gen = {"backend": "transformers", "model": self.model_id, "model_revision": self.model_revision,
+                   **self.server, "sampling": {"max_new_tokens": self.max_tokens, "num_beams": self.num_beams,
+                                               "min_new_tokens": self.min_new_tokens, "prompt": self.prompt},
+                   "tokens_out": res.tokens_out, "finish_reason": res.finish_reason,
+                   "latency_s": round(res.latency_s, 4), **rows_in[i].get("_prov", {})}
+            if res.error is not None or res.text is None:
+                text, status, reason = None, "error", res.error or "the captioner returned nothing"
+            else:
+                text = clean_output(res.text)
+                status, reason = check_output(text, finish_reason=res.finish_reason,
+                                              prompt_texts=(self.prompt,) if self.prompt else (), inputs=[],
+                                              language=language)
+            out = {"index": 0, "text": text, "status": status, "reason": reason, "action": "generated",
+                   "finish_reason": res.finish_reason, "completion_tokens": res.tokens_out,
+                   "generation": json.dumps(gen, sort_keys=True, default=str)}
+            done[i] = {"status": status, "reason": reason, "outputs": [out], "input_caption_ids": [],
+                       "completion_tokens": res.tokens_out, "latency_s": res.latency_s, "requests": 0,
+                       "generation": json.dumps({"backend": "transformers", "model": self.model_id,
+                                                 "model_revision": self.model_revision, **self.server},
+                                                sort_keys=True, default=str)}
+        return _table(self, batch, [done[i] for i in range(len(rows_in))], generator=self.model_id)
+
+
+#: the in-process captioner of this process (loaded once, kept between batches and runs)
+_LOCAL: dict[tuple[Any, ...], Any] = {}
+
+
+@dataclasses.dataclass(frozen=True)
+class Vec(_ModelStage):
+    """VeCLIP: a VLM writes a visual-enriched caption of the image (``vlm_template``),
+    then an LLM fuses it with the alt-text (``template``) so the caption keeps the
+    alt-text's knowledge and gains what can be seen; variant ``vec``. The VLM's caption,
+    its tokens and model are in each output's provenance (``vlm``); the knowledge guard
+    judges the fused output against the alt-text. The two steps may use two servers
+    (``vlm_base_url``; default the same)."""
+
+    name: ClassVar[str] = "generate.vec"
+    version: ClassVar[int] = 1
+    task: ClassVar[str] = "vec"
+    default_template: ClassVar[str] = "vec-fuse-v1"
+    reads: ClassVar[tuple[str, ...]] = ("uid", "source", "raw_id", "raw", *IMAGE_READS)
+    produced_by: ClassVar[str | None] = "the stage generate.vec.v1 (curate generate vec)"
+    path_fields: ClassVar[tuple[str, ...]] = ("template", "vlm_template")
+
+    raw_variant: str = "raw"
+    variant: str = "vec"
+    max_image_side: int | None = 1024
+    #: the VLM's server (None: ``base_url``) and model (None: its only/first one)
+    vlm_base_url: str | None = None
+    vlm_model: str | None = None
+    vlm_template: str = "vec-caption-v1"
+    vlm_max_tokens: int = 128
+    vlm_temperature: float = 0.0
+    # filled in by prepare()
+    vlm_model_id: str | None = None
+    vlm_template_sha256: str | None = None
+    vlm_server: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.vlm_max_tokens < 1:
+            raise ValueError("vlm_max_tokens must be at least 1")
+
+    def template_task(self) -> str:
+        return "vec_fuse"
+
+    def input_relation(self) -> str:
+        return ("SELECT r.caption_id AS input_id, r.uid, r.source, r.caption_id::VARCHAR AS raw_id, r.text AS raw, "
+                "s.image_path, s.image_shard, s.image_key FROM captions r JOIN samples s ON s.uid = r.uid "
+                f"WHERE r.variant = {_lit(self.raw_variant)} AND {_HAS_IMAGE}")
+
+    def inputs(self, row: dict[str, Any]) -> tuple[dict[str, str], list[str], str | None]:
+        return {"raw": row["raw"], "vlm_caption": row["_vlm_caption"]}, [row["raw_id"]], row["raw"]
+
+    def dry_run_values(self, row: dict[str, Any]) -> tuple[dict[str, str], bytes | None]:
+        # the fusion prompt without the VLM's caption (not made yet); the dry run adds
+        # the VLM's requests and vlm_max_tokens per input
+        return {"raw": row["raw"], "vlm_caption": ""}, None
+
+    def preflight(self) -> None:
+        from ..generate.templates import load_template
+
+        super().preflight()
+        t = load_template(self.vlm_template)
+        if t.task != "vec_caption":
+            raise ConfigError(f"vlm_template {t.name!r} is for task {t.task!r}, but generate.vec.v1 needs a "
+                              "'vec_caption' template")
+
+    def prepare(self, store: Store) -> Self:
+        from ..generate.backend import OpenAIServer
+        from ..generate.templates import load_template
+
+        stage = super().prepare(store)
+        with OpenAIServer(self.vlm_base_url or self.base_url, model=self.vlm_model,
+                          api_key=os.environ.get(self.api_key_env), timeout_s=min(self.timeout_s, 30.0),
+                          retries=1) as server:
+            info = server.info()
+        return dataclasses.replace(
+            stage, vlm_model_id=info.model_id, vlm_template_sha256=load_template(self.vlm_template).sha256,
+            vlm_server={"base_url": info.base_url, "owned_by": info.owned_by, "context_length": info.context_length,
+                        "fingerprint": info.fingerprint})
+
+    def setup(self) -> None:
+        from ..generate.backend import OpenAIServer
+        from ..generate.templates import load_template
+
+        super().setup()
+        rt = self._rt  # type: ignore[attr-defined]
+        if (self.vlm_base_url and self.vlm_base_url != self.base_url) or self.vlm_model_id != self.model_id:
+            rt["vlm"] = OpenAIServer(self.vlm_base_url or self.base_url, model=self.vlm_model_id,
+                                     api_key=os.environ.get(self.api_key_env), concurrency=self.concurrency,
+                                     timeout_s=self.timeout_s, retries=self.retries)
+        else:
+            rt["vlm"] = rt["server"]
+        rt["vlm_template"] = load_template(self.vlm_template)
+
+    def before(self, rows_in: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
+        """Step 1: the VLM's visual-enriched caption of each image (temperature
+        ``vlm_temperature``, ``vlm_max_tokens``); a row whose image is unreadable or
+        whose VLM caption fails the output checks is finished here."""
+        from ..generate.backend import ChatRequest
+        from ..generate.checks import check_output, clean_output
+        from ..generate.templates import prompt_hash
+
+        rt = self._rt  # type: ignore[attr-defined]
+        failed = read_row_images(rows_in, self.max_image_side)
+        todo = [i for i in range(len(rows_in)) if i not in failed]
+        tpl = rt["vlm_template"]
+        requests, hashes, seeds = [], [], []
+        for i in todo:
+            messages = tpl.render(image=rows_in[i]["_image"])
+            seed = _seed(self.seed, rows_in[i]["input_id"], "vlm")
+            requests.append(ChatRequest(messages=tuple(messages), max_tokens=self.vlm_max_tokens,
+                                        temperature=self.vlm_temperature, top_p=self.top_p, seed=seed, stop=self.stop,
+                                        extra={"logit_bias": dict(self.logit_bias)} if self.logit_bias else {}))
+            hashes.append(prompt_hash(messages))
+            seeds.append(seed)
+        answers = rt["vlm"].chat(requests) if requests else []
+        language = None if self.language == "any" else self.language
+        for i, res, phash, seed in zip(todo, answers, hashes, seeds, strict=True):
+            row = rows_in[i]
+            choice = res.choices[0] if res.choices else None
+            finish = choice.finish_reason if choice else None
+            if res.error is not None or choice is None:
+                text, status, reason = None, "error", res.error or "the server returned no choice"
+            else:
+                text = clean_output(choice.text)
+                status, reason = check_output(text, finish_reason=finish, prompt_texts=tpl.instruction_texts(),
+                                              inputs=[], language=language)
+            vlm = {"model": self.vlm_model_id, "server": self.vlm_server, "template": tpl.name,
+                   "template_sha256": tpl.sha256, "prompt_sha256": phash, "seed": seed,
+                   "sampling": {"temperature": self.vlm_temperature, "max_tokens": self.vlm_max_tokens},
+                   "text": text, "status": status, "tokens_in": res.prompt_tokens, "tokens_out": res.completion_tokens,
+                   "finish_reason": finish, "latency_s": round(res.latency_s, 4)}
+            prov = {**row["_prov"], "vlm": vlm}
+            totals = {"prompt_tokens": res.prompt_tokens or 0, "completion_tokens": res.completion_tokens or 0,
+                      "latency_s": res.latency_s, "requests": 1}
+            if status != "ok":
+                failed[i] = {"status": status, "reason": f"vision step: {reason}", "outputs": [],
+                             "input_caption_ids": [row["raw_id"]],
+                             "generation": json.dumps({"step": "vlm", **prov}, sort_keys=True, default=str), **totals}
+                continue
+            row["_vlm_caption"], row["_prov"], row["_totals"] = text, prov, totals
+        return failed
 
 
 def stage_hash_fields(stage: _Generated) -> dict[str, Any]:
