@@ -21,8 +21,9 @@ def generate() -> None:
 
 def _model_options(f: Any) -> Any:
     opts = [
-        click.option("--url", "base_url", default="http://127.0.0.1:8000/v1", show_default=True,
-                     help="The OpenAI-compatible server (vLLM, llama.cpp's llama-server, ...)."),
+        click.option("--url", "base_url", default=None,
+                     help="The OpenAI-compatible server (vLLM, llama.cpp's llama-server, ...); default "
+                          "$OPENAI_BASE_URL, else http://127.0.0.1:8000/v1."),
         click.option("--model", default=None, help="The served model to use (default: the server's only/first one)."),
         click.option("--template", default=None, help="A bundled template name or a template TOML file."),
         click.option("--concurrency", type=int, default=None, help="Requests in flight (default 8)."),
@@ -60,11 +61,11 @@ def _run_options(f: Any) -> Any:
     return f
 
 
-def _model_config(base_url: str, model: str | None, template: str | None, concurrency: int | None,
+def _model_config(base_url: str | None, model: str | None, template: str | None, concurrency: int | None,
                   max_tokens: int | None, temperature: float | None, seed: int | None, stop: tuple[str, ...],
                   logit_bias: tuple[str, ...], guard_min_retention: str | None, guard_final: str | None,
                   guard_retries: int | None) -> dict[str, Any]:
-    cfg: dict[str, Any] = {"base_url": base_url}
+    cfg: dict[str, Any] = {"base_url": base_url} if base_url else {}
     if stop:
         cfg["stop"] = list(stop)
     if logit_bias:

@@ -85,6 +85,9 @@ GROUP BY g.run_id"""
 RUNTIME_FIELDS = ("base_url", "api_key_env", "concurrency", "timeout_s", "retries", "server", "vlm_base_url",
                   "vlm_server", "device", "local_batch_size")
 
+#: where a model stage looks when neither its config nor $OPENAI_BASE_URL says (vLLM's default)
+DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
+
 TASKS = ("caption", "fuse", "rewrite", "vec", "subcaptions")
 
 
@@ -248,8 +251,9 @@ class _ModelStage(_Generated):
     path_fields: ClassVar[tuple[str, ...]] = ("template",)
     default_template: ClassVar[str]
 
-    #: the server (vLLM, llama.cpp's llama-server, ...): ``http://host:port`` or ``.../v1``
-    base_url: str = "http://127.0.0.1:8000/v1"
+    #: the server (vLLM, llama.cpp's llama-server, ...): ``http://host:port`` or ``.../v1``;
+    #: empty: ``$OPENAI_BASE_URL``, else vLLM's default ``http://127.0.0.1:8000/v1``
+    base_url: str = ""
     #: the served model to ask for (None: the only or first one the server lists)
     model: str | None = None
     #: the environment variable holding the API key (unset: no key is sent)
@@ -294,6 +298,8 @@ class _ModelStage(_Generated):
         from ..names import check_name
 
         check_name(self.variant, "variant")  # type: ignore[attr-defined]
+        if not self.base_url:
+            object.__setattr__(self, "base_url", os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL)
         if self.concurrency < 1 or self.retries < 0 or self.timeout_s <= 0:
             raise ValueError("concurrency must be at least 1, retries at least 0 and timeout_s positive")
         if self.max_tokens < 1 or self.max_input_tokens < 1:
