@@ -204,3 +204,21 @@ def llama_server(tmp_path_factory):
     model = write_tiny_gguf(tmp_path_factory.mktemp("llama-server") / "tiny.gguf", seed=0)
     with serve(model, parallel=4, ctx=8192) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def vlm_server(tmp_path_factory):
+    """A real llama-server serving a tiny random vision-language model (``tests/genvision.py``:
+    the tiny llama plus a LLaVA-style projector, ``--mmproj``) as ``tiny``, so chat requests
+    may carry ``image_url`` parts; 4 slots, 8192 tokens. Skips or fails as ``llama_server``."""
+    from tests.genserver import find_llama_server, serve
+    from tests.genvision import write_tiny_vlm
+
+    if find_llama_server() is None:
+        reason = "llama-server not built: run make llama-server"
+        if os.environ.get("CURATE_REQUIRE_SYSTEM_PACKAGES") == "1":
+            pytest.fail(reason + "; CI requires it (CURATE_REQUIRE_SYSTEM_PACKAGES=1)")
+        pytest.skip(reason)
+    model, mmproj = write_tiny_vlm(tmp_path_factory.mktemp("vlm-server"), seed=0)
+    with serve(model, parallel=4, ctx=8192, extra_args=["--mmproj", str(mmproj)]) as server:
+        yield server

@@ -290,3 +290,38 @@ def serve(model_path: Path | str, *, parallel: int = 4, ctx: int = 8192, extra_a
                 pass
         procs.kill_group(proc)
         shutil.rmtree(logdir, ignore_errors=True)
+
+
+def kill_after_committed(argv: Sequence[str], env: dict[str, str], rows: int, timeout_s: float = 120.0) -> int:
+    """Run ``argv`` (a curate command; ``--progress`` is added) and SIGKILL it as soon as
+    its progress bar says at least ``rows`` rows were committed (the runner moves the bar
+    after each batch's commit; the store itself cannot be read meanwhile: the writer
+    holds DuckDB's file lock). Returns the committed count the bar last showed, or -1
+    when the process had ended on its own (the kill came too late)."""
+    import re
+    import select
+    import signal
+
+    proc = subprocess.Popen([*argv, "--progress"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert proc.stderr is not None
+    seen, buf, deadline = 0, b"", time.time() + timeout_s
+    try:
+        while time.time() < deadline and seen < rows:
+            ready, _, _ = select.select([proc.stderr], [], [], 0.05)
+            if not ready:
+                if proc.poll() is not None:
+                    break
+                continue
+            chunk = os.read(proc.stderr.fileno(), 65536)
+            if not chunk:
+                break
+            buf = (buf + chunk)[-4096:]
+            counts = re.findall(rb"(\d+)/\d+ \[", buf)
+            if counts:
+                seen = max(seen, int(counts[-1]))
+    finally:
+        ended = proc.poll() is not None
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        proc.stderr.close()
+    return seen if not ended else -1

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -230,30 +228,15 @@ def test_sigkill_mid_run_resumes_with_nothing_lost_or_doubled(tmp_path, caps_sub
     with Store.init(path) as s:
         ingest(s, "capsfusion", caps_subset, source="caps")
     argv = [sys.executable, "-m", "curate.cli", *FUSE, "--store", str(path), "--url",
-            llama_server.base_url, "--max-tokens", "48", "--guard-min-retention", "off", "--batch-size", "4",
+            llama_server.base_url, "--max-tokens", "48", "--guard-min-retention", "off", "--batch-size", "2",
             "--concurrency", "2", *KEEP]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.time() + 120
-    committed = 0
-    while time.time() < deadline and proc.poll() is None:
-        time.sleep(0.2)
-        try:
-            import duckdb
+    from tests.genserver import kill_after_committed
 
-            con = duckdb.connect(str(path / "catalog.duckdb"), read_only=True)
-        except Exception:  # noqa: BLE001 - locked by the writer: keep polling
-            continue
-        try:
-            committed = con.execute("SELECT count(*) FROM generations").fetchall()[0][0] \
-                if con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'generations'"
-                               ).fetchall()[0][0] else 0
-        finally:
-            con.close()
-        if committed >= 4:
-            break
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    seen = kill_after_committed(argv, env, rows=4)
+    assert seen >= 4, "the run ended before the kill"
+    with Store.open(path, read_only=True) as s:
+        assert seen <= s.count("generations") < N  # killed mid-run
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     gens = _gen(path)
