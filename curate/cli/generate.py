@@ -133,6 +133,12 @@ def _go(store_path: Path, name: str, cfg: dict[str, Any], batch_size: int, limit
         if rows:
             click.echo("outputs: " + ", ".join(f"{n:,} {st}" + (f" ({a})" if a not in ("-", "generated") else "")
                                                for st, a, n in rows))
+        none = s.con.execute(
+            "SELECT status, count(*) FROM generations WHERE run_id = ? AND len(outputs) = 0 GROUP BY ALL "
+            "ORDER BY 2 DESC, 1", [res.run_id]).fetchall() if s.has_table("generations") else []
+        if none:
+            click.echo(f"inputs with no output: {sum(n for _, n in none):,} ("
+                       + ", ".join(f"{n:,} {st}" for st, n in none) + ")")
         guard = s.con.execute("""
             SELECT last_action, count(*) AS samples, count(*) FILTER (WHERE regenerated) AS regenerated FROM (
                 SELECT input_id, arg_max(action, attempt) AS last_action, bool_or(action = 'regenerate') AS regenerated
