@@ -7,11 +7,16 @@ CapsFusion example file (examples/data/capsfusion). Server: llama.cpp's ``llama-
 ``tests/genserver.py``, or ``--model PATH.gguf`` served the same way, or ``--url`` for a
 server that is already running (vLLM on a GPU: ``benchmarks/gpu_generation.sh``). Each
 run is a fresh process (its peak RSS is its own); the kinds alternate in a rotating
-order on each of ``--reps`` repetitions, so a busy machine slows all of them alike.
+order on each of ``--reps`` repetitions, so a busy machine slows all of them alike. The
+server started here gets one compute thread (``--threads 1``): on a shared 2-core machine
+llama.cpp's spinning thread pool collapsed whenever another process took a core (64
+requests took 2 s or 64 s from one repetition to the next), and one thread leaves the
+other core to the client, as a GPU server leaves the CPU to it.
 
 * ``curate``: the pairs ingested into a fresh store (not timed), then ``run_stage`` of
   ``generate.fuse.v1`` (timed: prepare, set-up, every batch with its output checks and
-  its transaction into ``generations`` and ``captions``); guard off;
+  its transaction into ``generations`` and ``captions``; the client's imports are not
+  timed, as the baseline's ``import openai`` is not); guard off;
 * ``curate+guard``: the same with the knowledge guard on (spaCy NER of the raw captions
   and of the ``ok`` outputs, regenerations): its cost, not part of the comparison;
 * ``baseline``: ``openai.OpenAI`` with a ``ThreadPoolExecutor`` of the same concurrency
@@ -24,7 +29,8 @@ Equal work: same prompts (the sorted prompt sha256s of both sides must match), s
 default) a ``logit_bias`` of -100 on the end-of-text token(s), so every completion is
 exactly ``max_tokens`` tokens: the completion-token totals of both sides are printed and
 the script fails when they differ (or are not samples x max_tokens). Those outputs all
-end on the token limit, so curate stores them as ``truncated`` rows and adds no caption;
+end on the token limit, so curate stores them as rows that failed the output checks
+(``truncated``, or ``bad_text`` for the random model's byte tokens) and adds no caption;
 ``--finish stop`` (the tiny model only) bans its byte and special tokens and stops at
 ``"e "`` instead, so outputs end by themselves, pass the checks, become captions and go
 through the guard; the totals must still match.
@@ -98,6 +104,9 @@ def run_curate(spec: dict[str, Any], guard: bool) -> dict[str, Any]:
         "max_tokens": spec["max_tokens"], "temperature": 0.0, "top_p": 1.0, "variant": VARIANT,
         "template": TEMPLATE, "logit_bias": spec["logit_bias"], "stop": spec["stop"], "language": spec["language"],
         "guard_min_retention": 0.8 if guard else None, "ner_model": spec["ner_model"],
+        # room for the longest CapsFusion caption (649 bytes), so no input is cut and the
+        # baseline's uncut prompts are the same work (the budget still fits the context)
+        "max_input_tokens": 1024,
     }
     with Store.init(Path(spec["root"]) / "store") as s:
         ingest(s, "capsfusion", spec["data"], source="caps")
@@ -111,8 +120,9 @@ def run_curate(spec: dict[str, Any], guard: bool) -> dict[str, Any]:
         t0, c0 = time.perf_counter(), cpu_seconds()
         res = run_stage(s, stage, RunOptions(batch_size=spec["batch_size"], progress=False))
         secs, cpu = time.perf_counter() - t0, cpu_seconds() - c0
-        inputs, tokens, requests = s.execute(
-            "SELECT count(*), sum(completion_tokens), sum(requests) FROM generations").fetchall()[0]
+        inputs, tokens, requests, cut = s.execute(
+            "SELECT count(*), sum(completion_tokens), sum(requests), count(*) FILTER (WHERE input_truncated) "
+            "FROM generations").fetchall()[0]
         # one output per input; with the guard, its last attempt's prompt
         hashes = [r[0] for r in s.execute(
             "SELECT o.generation::JSON->>'prompt_sha256' FROM (SELECT unnest(outputs) AS o FROM generations)"
@@ -122,7 +132,7 @@ def run_curate(spec: dict[str, Any], guard: bool) -> dict[str, Any]:
         captions = s.execute("SELECT count(*) FROM captions WHERE variant = ?", [VARIANT]).fetchall()[0][0]
     assert res.rows_in == inputs
     return {"samples": inputs, "seconds": secs, "cpu_s": cpu, "completion_tokens": int(tokens or 0), "requests": int(requests),
-            "prompts_md5": digest(hashes) if not guard else None, "statuses": statuses, "captions": captions}
+            "inputs_cut": cut, "prompts_md5": digest(hashes) if not guard else None, "statuses": statuses, "captions": captions}
 
 
 def run_baseline(spec: dict[str, Any]) -> dict[str, Any]:
@@ -337,7 +347,8 @@ def main() -> None:
     # equal work, checked: the same prompts and the same completion tokens on both sides
     for c, b in zip(cur, base, strict=True):
         if c["prompts_md5"] is not None and c["prompts_md5"] != b["prompts_md5"]:
-            raise SystemExit(f"error: rep {c['rep']}: curate and the baseline sent different prompts")
+            raise SystemExit(f"error: rep {c['rep']}: curate and the baseline sent different prompts "
+                             f"({c['inputs_cut']} inputs cut to curate's token budget)")
         if c["completion_tokens"] != b["completion_tokens"] or c["samples"] != b["samples"]:
             raise SystemExit(f"error: rep {c['rep']}: unequal work: curate {c['completion_tokens']:,} completion "
                              f"tokens for {c['samples']} samples, the baseline {b['completion_tokens']:,} for "
