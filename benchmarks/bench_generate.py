@@ -9,9 +9,9 @@ server that is already running (vLLM on a GPU: ``benchmarks/gpu_generation.sh``)
 run is a fresh process (its peak RSS is its own); the kinds alternate in a rotating
 order on each of ``--reps`` repetitions, so a busy machine slows all of them alike. The
 server started here gets one compute thread (``--threads 1``): on a shared 2-core machine
-llama.cpp's spinning thread pool collapsed whenever another process took a core (64
-requests took 2 s or 64 s from one repetition to the next), and one thread leaves the
-other core to the client, as a GPU server leaves the CPU to it.
+llama.cpp's spinning thread pool collapsed whenever another process took a core (the same
+64 requests took from 1.9 s to 64 s across repetitions, whatever the client), and one
+thread leaves the other core to the client, as a GPU server leaves the CPU to it.
 
 * ``curate``: the pairs ingested into a fresh store (not timed), then ``run_stage`` of
   ``generate.fuse.v1`` (timed: prepare, set-up, every batch with its output checks and
