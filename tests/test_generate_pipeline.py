@@ -23,7 +23,7 @@ def _counts(store: Store) -> dict[str, tuple[int, int]]:
         "SELECT stage, count(*), sum(len(outputs)) FROM generations GROUP BY 1").fetchall()}
 
 
-def test_the_generation_pipeline_runs_and_resumes(tmp_path, caps_subset, llama_server, monkeypatch):  # noqa: F811
+def test_the_generation_pipeline_runs_and_resumes(tmp_path, caps_subset, llama_server, monkeypatch):
     data = load_toml(PIPELINE)
     [ing] = data["ingest"]
     ing["path"] = str(caps_subset)  # the bundled file's first N records
