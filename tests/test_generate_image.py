@@ -185,7 +185,7 @@ def test_caption_sigkill_resumes_with_nothing_lost_or_doubled(image_store, vlm_s
     assert made == ok
 
 
-def test_vlm_captions_flow_into_knowledge_dedup_and_mix(image_store, vlm_server, tmp_path, capsys):
+def test_vlm_captions_flow_into_knowledge_dedup_mix_and_shards(image_store, vlm_server, tmp_path, capsys):
     code, out, err = _run(_caption_argv(image_store, vlm_server.base_url), capsys)
     assert code == 0, err
     with Store.open(image_store, read_only=True) as s:
@@ -207,3 +207,18 @@ def test_vlm_captions_flow_into_knowledge_dedup_and_mix(image_store, vlm_server,
 
     manifest = pl.read_parquet(image_store / "manifests" / "v.parquet")
     assert manifest.height == n and set(manifest["variant"].to_list()) == {"vlm"}
+    # ... and into webdataset shards, read back by the webdataset package
+    out = tmp_path / "shards"
+    code, text, err = _run(["shards", str(image_store / "manifests" / "v.parquet"), str(out), "--store",
+                            str(image_store), "--shard-size", "4"], capsys)
+    assert code == 0, err
+    wds = pytest.importorskip("webdataset")
+    with Store.open(image_store, read_only=True) as s:
+        vlm = {t for (t,) in s.con.execute("SELECT text FROM captions WHERE variant = 'vlm'").fetchall()}
+    seen = 0
+    last = len(list(out.glob("*.tar"))) - 1
+    for sample in wds.WebDataset(str(out) + "/{00000..%05d}.tar" % last, shardshuffle=False).decode("pil"):
+        assert any(k in sample for k in ("jpg", "png", "webp"))  # the stored bytes, as they are
+        assert sample["txt"] in vlm
+        seen += 1
+    assert seen == n
