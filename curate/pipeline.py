@@ -240,8 +240,8 @@ def _stage_step(w: str, step: dict[str, Any], base: Path) -> StageStep:
         raise ConfigError(f"{w}: {e}") from None
     # how the stage runs: the fields of RunOptions (its own checks prefixed with the step)
     run = {k: v for k, v in step.items() if k not in ("name", "config")}
-    if "batch_size" not in run and stage.default_batch_size is not None:
-        run["batch_size"] = stage.default_batch_size  # e.g. a generation stage: a batch is minutes of requests
+    if "batch_size" not in run and stage.preferred_batch_size() is not None:
+        run["batch_size"] = stage.preferred_batch_size()  # e.g. a generation stage: a batch is minutes of requests
     options = from_dict(RunOptions, run, w)
     if options.limit is not None and options.limit < 0:
         raise ConfigError(f"{w}.limit: must be 0 or more, got {options.limit}")

@@ -47,7 +47,8 @@ def _model_options(f: Any) -> Any:
 
 def _run_options(f: Any) -> Any:
     opts = [
-        click.option("--batch-size", default=64, show_default=True, help="Inputs per committed batch."),
+        click.option("--batch-size", type=int, default=None,
+                     help="Inputs per committed batch (default: 8 x --concurrency, at least 64)."),
         click.option("--limit", type=int, default=None, help="Generate for at most this many pending inputs."),
         click.option("--dry-run", is_flag=True, help="Print pending inputs, estimated tokens and time; write nothing."),
         click.option("--preview", type=int, default=None, metavar="N",
@@ -96,7 +97,7 @@ def _model_config(base_url: str | None, model: str | None, template: str | None,
     return cfg
 
 
-def _go(store_path: Path, name: str, cfg: dict[str, Any], batch_size: int, limit: int | None, dry_run: bool,
+def _go(store_path: Path, name: str, cfg: dict[str, Any], batch_size: int | None, limit: int | None, dry_run: bool,
         preview: int | None, progress: bool | None) -> None:
     from ..generate.run import dry_run as do_dry_run
     from ..generate.run import preview as do_preview
@@ -124,6 +125,7 @@ def _go(store_path: Path, name: str, cfg: dict[str, Any], batch_size: int, limit
                 click.echo(line)
         if dry_run or preview is not None:
             return
+        batch_size = batch_size or stage.preferred_batch_size() or 64
         res = run_stage(s, stage, RunOptions(batch_size=batch_size, limit=limit, progress=progress))
         click.echo(res.summary())
         rows = s.con.execute(
@@ -157,7 +159,7 @@ def _go(store_path: Path, name: str, cfg: dict[str, Any], batch_size: int, limit
 @click.option("--variant", default="fused", show_default=True, help="The variant the fused captions get.")
 @_model_options
 @_run_options
-def fuse_cmd(store_path: Path, raw_variant: str, synthetic_variant: str, variant: str, batch_size: int,
+def fuse_cmd(store_path: Path, raw_variant: str, synthetic_variant: str, variant: str, batch_size: int | None,
              limit: int | None, dry_run: bool, preview: int | None, config: tuple[str, ...], progress: bool | None,
              **model: Any) -> None:
     """CapsFusion: fuse each raw caption with the sample's synthetic caption (generate.fuse.v1, resumable)."""
@@ -177,7 +179,7 @@ def fuse_cmd(store_path: Path, raw_variant: str, synthetic_variant: str, variant
 @_model_options
 @_run_options
 def rewrite_cmd(store_path: Path, of_variant: str, variant: str, k: int, examples: Path | None, n_examples: int,
-                batch_size: int, limit: int | None, dry_run: bool, preview: int | None, config: tuple[str, ...],
+                batch_size: int | None, limit: int | None, dry_run: bool, preview: int | None, config: tuple[str, ...],
                 progress: bool | None, **model: Any) -> None:
     """LaCLIP: k rewrites of each caption with in-context examples (generate.rewrite.v1, resumable)."""
     cfg = {**_model_config(**model), "of_variant": of_variant, "variant": variant, "k": k, "n_examples": n_examples,
@@ -199,7 +201,7 @@ def rewrite_cmd(store_path: Path, of_variant: str, variant: str, k: int, example
 @_model_options
 @_run_options
 def caption_cmd(store_path: Path, variant: str, backend: str, local_model: str | None, device: str | None,
-                max_image_side: int | None, sources: tuple[str, ...], batch_size: int, limit: int | None,
+                max_image_side: int | None, sources: tuple[str, ...], batch_size: int | None, limit: int | None,
                 dry_run: bool, preview: int | None, config: tuple[str, ...], progress: bool | None,
                 **model: Any) -> None:
     """Caption each sample's image (generate.caption.v1, resumable): a VLM or BLIP-class model."""
@@ -222,7 +224,7 @@ def caption_cmd(store_path: Path, variant: str, backend: str, local_model: str |
 @_model_options
 @_run_options
 def vec_cmd(store_path: Path, raw_variant: str, variant: str, vlm_url: str | None, vlm_model: str | None,
-            vlm_template: str | None, vlm_max_tokens: int | None, batch_size: int, limit: int | None, dry_run: bool,
+            vlm_template: str | None, vlm_max_tokens: int | None, batch_size: int | None, limit: int | None, dry_run: bool,
             preview: int | None, config: tuple[str, ...], progress: bool | None, **model: Any) -> None:
     """VeCLIP: a VLM's visual-enriched caption fused with the alt-text by an LLM (generate.vec.v1, resumable)."""
     cfg = {**_model_config(**model), "raw_variant": raw_variant, "variant": variant}

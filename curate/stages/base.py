@@ -76,6 +76,11 @@ class Stage(Configured):
     attributes: ClassVar[tuple[Attribute, ...]] = ()
     #: rows per committed batch in a pipeline step that does not say (None: the runner's)
     default_batch_size: ClassVar[int | None] = None
+
+    def preferred_batch_size(self) -> int | None:
+        """Rows per committed batch when the step does not say (None: the runner's);
+        ``default_batch_size`` unless the configuration changes it."""
+        return self.default_batch_size
     #: how a user makes the output table, said when a policy needs it and it is missing
     produced_by: ClassVar[str | None] = None
     #: config fields holding file paths, which a pipeline resolves against its own folder

@@ -311,6 +311,12 @@ class _ModelStage(_Generated):
         if not self.template:
             object.__setattr__(self, "template", self.default_template)
 
+    def preferred_batch_size(self) -> int | None:
+        """A batch commits when its slowest answer is in, so the server idles at the end of
+        each one: 8 rounds of ``concurrency`` requests keep that tail to about 1/8 of a
+        batch's time (at least 64 inputs; a kill loses at most one batch)."""
+        return max(64, 8 * self.concurrency)
+
     @property
     def guard_on(self) -> bool:
         return self.guarded and self.guard_min_retention is not None
