@@ -54,3 +54,41 @@ def test_the_generation_pipeline_runs_and_resumes(tmp_path, caps_subset, llama_s
     with Store.open(tmp_path / "store") as s:
         run_pipeline(s, parse_pipeline(data, base=PIPELINE.parent, path=PIPELINE))
         assert (_counts(s), s.count("captions")) == before
+
+
+def test_image_stages_run_as_pipeline_steps(tmp_path, vlm_server, monkeypatch):
+    """caption and vec as [[stage]] steps over real image files, against a VLM server;
+    a template file named relative to the pipeline's folder."""
+    from tests.test_clip import make_coco
+
+    f, _ = make_coco(tmp_path / "coco", n_good=6)
+    (tmp_path / "p").mkdir()
+    src = (ROOT / "curate" / "generate" / "templates" / "caption-v1.toml").read_text(encoding="utf-8")
+    (tmp_path / "p" / "my-caption.toml").write_text(src.replace('name = "caption-v1"', 'name = "my-caption"'),
+                                                    encoding="utf-8")
+    data = {
+        "pipeline": {"name": "images"},
+        "ingest": [{"format": "coco", "path": str(f), "source": "coco"}],
+        "stage": [
+            {"name": "generate.caption.v1", "config": {**KEEP, "max_tokens": 48, "variant": "vlm",
+                                                       "template": "my-caption.toml"}},
+            {"name": "generate.vec.v1", "config": {**KEEP, "max_tokens": 48, "vlm_max_tokens": 48,
+                                                   "raw_variant": "human", "guard_min_retention": None}},
+        ],
+    }
+    monkeypatch.setenv("OPENAI_BASE_URL", vlm_server.base_url)
+    pipe = parse_pipeline(data, base=tmp_path / "p", path=tmp_path / "p" / "images.toml")
+    assert pipe.stages[0].stage.template == str(tmp_path / "p" / "my-caption.toml")
+    with Store.init(tmp_path / "store") as s:
+        run_pipeline(s, pipe)
+        counts = _counts(s)
+        # 6 good images + 3 bad files + 1 missing: every sample, and each of its 2 captions for vec
+        assert counts["generate.caption.v1"][0] == 10 and counts["generate.vec.v1"][0] == 20
+        made = dict(s.con.execute("SELECT variant, count(*) FROM captions GROUP BY 1").fetchall())
+        assert made.get("vlm", 0) > 0 and made.get("vec", 0) > 0
+        templates = {t for (t,) in s.con.execute("SELECT DISTINCT generation->>'template' FROM captions "
+                                                 "WHERE variant = 'vlm'").fetchall()}
+        assert templates == {"my-caption"}
+        before = (counts, s.count("captions"))
+        run_pipeline(s, parse_pipeline(data, base=tmp_path / "p", path=tmp_path / "p" / "images.toml"))
+        assert (_counts(s), s.count("captions")) == before
