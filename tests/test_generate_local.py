@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -121,7 +122,11 @@ def test_batch_size_does_not_change_results(blip, images, one_by_one):
 
 
 def test_tokens_out_and_finish_reason(cap4, images):
+    t0 = time.perf_counter()
     got = cap4.caption(images + make_images(20, seed=1))
+    wall = time.perf_counter() - t0
+    # each batch's time is shared by its images; the shares add up to the call's time
+    assert sum(r.latency_s for r in got) == pytest.approx(wall, rel=0.05)
     for r in got:
         assert 1 <= r.tokens_out <= MAX_NEW
         assert r.finish_reason in ("stop", "length")

@@ -22,8 +22,10 @@ order. Contract:
   ``"stop"`` when the model emitted its end of sequence token and ``"length"`` when it
   ran into ``max_new_tokens``. A failed image has ``tokens_out=0`` and
   ``finish_reason="error"``.
-* ``latency_s`` is the image's share (1 / batch size) of its batch's wall time: decode,
-  processor, ``generate`` and detokenisation.
+* ``latency_s`` is the image's share (1 / batch size) of its batch's wall time, counted
+  from the end of the batch before it (or the start of the call) to its own end, so the
+  latencies of one ``caption`` call add up to the call's wall time. The next batch is
+  decoded and processed on a helper thread while a batch generates.
 
 torch and transformers are imported when a captioner is built, not when this module is
 imported. Nothing is printed (transformers' loading progress bars are turned off while
@@ -33,12 +35,13 @@ are not loaded: use a checkpoint converted to transformers' own classes.
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import io
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +69,22 @@ class LocalCaption:
     finish_reason: str
     latency_s: float
     error: str | None = None
+
+
+_Result = tuple[str | None, int, str, str | None]  # text, tokens_out, finish_reason, error
+#: what a batch that cannot be processed or generated raises (CUDA out of memory is a RuntimeError)
+GENERATE_ERRORS = (RuntimeError, ValueError, IndexError, TypeError)
+
+
+@dataclass
+class _Batch:
+    """One batch between the helper thread (decode, processor) and generate."""
+
+    results: list[_Result]
+    images: list[Any] = field(default_factory=list)
+    where: list[int] = field(default_factory=list)  # each decoded image's index in the batch
+    inputs: dict[str, Any] | None = None
+    failure: Exception | None = None  # what the processor raised
 
 
 def _one_line(e: BaseException) -> str:
@@ -254,12 +273,27 @@ class LocalCaptioner:
                 "dtype": str(self.dtype).removeprefix("torch."), "transformers": transformers.__version__}
 
     def caption(self, images: Sequence[bytes]) -> list[LocalCaption]:
-        """One caption per encoded image, in order, in batches of ``batch_size``."""
+        """One caption per encoded image, in order, in batches of ``batch_size``. While a
+        batch generates, the next one is decoded and run through the processor on a
+        helper thread, so pass many batches' worth of images per call."""
         if self._closed:
             raise ConfigError("LocalCaptioner: caption() called after close()")
+        chunks = [images[s:s + self.batch_size] for s in range(0, len(images), self.batch_size)]
         out: list[LocalCaption] = []
-        for start in range(0, len(images), self.batch_size):
-            out.extend(self._batch(images[start:start + self.batch_size]))
+        if not chunks:
+            return out
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="curate-caption-prepare") as pool:
+            ahead = pool.submit(self._prepare, chunks[0])
+            last = time.perf_counter()
+            for k in range(len(chunks)):
+                batch = ahead.result()
+                if k + 1 < len(chunks):
+                    ahead = pool.submit(self._prepare, chunks[k + 1])
+                results = self._finish(batch)
+                now = time.perf_counter()
+                share, last = (now - last) / len(results), now
+                out.extend(LocalCaption(text=t, tokens_out=n, finish_reason=f, latency_s=share, error=err)
+                           for t, n, f, err in results)
         return out
 
     def close(self) -> None:
@@ -279,46 +313,58 @@ class LocalCaptioner:
 
     # -- one batch ------------------------------------------------------------------------
 
-    def _batch(self, chunk: Sequence[bytes]) -> list[LocalCaption]:
-        t0 = time.perf_counter()
-        results: list[tuple[str | None, int, str, str | None]] = [(None, 0, "error", None)] * len(chunk)
-        decoded, where = [], []
+    def _prepare(self, chunk: Sequence[bytes]) -> _Batch:
+        """Decode and process one batch (runs on the helper thread: no model calls here)."""
+        batch = _Batch(results=[(None, 0, "error", None)] * len(chunk))
         for i, data in enumerate(chunk):
             try:
-                decoded.append(_decode_image(bytes(data)))
-                where.append(i)
+                batch.images.append(_decode_image(bytes(data)))
+                batch.where.append(i)
             except Exception as e:  # noqa: BLE001 - PIL raises many types; a bad image is a result, never a crash
-                results[i] = (None, 0, "error", f"cannot decode image: {_one_line(e)}")
-        if decoded:
+                batch.results[i] = (None, 0, "error", f"cannot decode image: {_one_line(e)}")
+        if batch.images:
             try:
-                generated = self._generate(decoded)
-            except (RuntimeError, ValueError, IndexError, TypeError) as e:
-                if len(decoded) == 1:
-                    generated = [(None, 0, "error", f"generation failed: {_one_line(e)}")]
-                else:  # find the images that fail alone; the others still get their captions
-                    if self.device.startswith("cuda"):
-                        self._torch.cuda.empty_cache()
-                    generated = []
-                    for im in decoded:
-                        try:
-                            generated.extend(self._generate([im]))
-                        except (RuntimeError, ValueError, IndexError, TypeError) as e1:
-                            generated.append((None, 0, "error", f"generation failed: {_one_line(e1)}"))
-            for i, r in zip(where, generated, strict=True):
-                results[i] = r
-        share = (time.perf_counter() - t0) / len(chunk)
-        return [LocalCaption(text=t, tokens_out=n, finish_reason=f, latency_s=share, error=err)
-                for t, n, f, err in results]
+                batch.inputs = self._process(batch.images)
+            except GENERATE_ERRORS as e:
+                batch.failure = e
+        return batch
 
-    def _generate(self, pil_images: list[Any]) -> list[tuple[str | None, int, str, str | None]]:
+    def _finish(self, batch: _Batch) -> list[_Result]:
+        """Generate one prepared batch; a failing batch is retried image by image."""
+        if not batch.images:
+            return batch.results
+        try:
+            if batch.failure is not None:
+                raise batch.failure
+            generated = self._generate(batch.inputs)
+        except GENERATE_ERRORS as e:
+            if len(batch.images) == 1:
+                generated = [(None, 0, "error", f"generation failed: {_one_line(e)}")]
+            else:  # find the images that fail alone; the others still get their captions
+                if self.device.startswith("cuda"):
+                    self._torch.cuda.empty_cache()
+                generated = []
+                for im in batch.images:
+                    try:
+                        generated.extend(self._generate(self._process([im])))
+                    except GENERATE_ERRORS as e1:
+                        generated.append((None, 0, "error", f"generation failed: {_one_line(e1)}"))
+        for i, r in zip(batch.where, generated, strict=True):
+            batch.results[i] = r
+        return batch.results
+
+    def _process(self, pil_images: list[Any]) -> dict[str, Any]:
         torch = self._torch
         n = len(pil_images)
         text = [self.prompt] * n if self.prompt is not None else None
         if text is None and not self._is_blip:
             text = [""] * n  # processors that put image tokens into input_ids do it only with text
         inputs = self.processor(images=pil_images, text=text, return_tensors="pt")
-        inputs = {k: (v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device))
-                  for k, v in inputs.items() if isinstance(v, torch.Tensor)}
+        return {k: (v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device))
+                for k, v in inputs.items() if isinstance(v, torch.Tensor)}
+
+    def _generate(self, inputs: dict[str, Any]) -> list[_Result]:
+        torch = self._torch
         prompt_len = inputs["input_ids"].shape[1] if "input_ids" in inputs else 0
         with torch.inference_mode():
             seqs = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens,
