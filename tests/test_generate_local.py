@@ -276,3 +276,18 @@ def test_cuda_half_precision(blip, images):
     assert info["device"] == "cuda:0" and info["dtype"] in ("bfloat16", "float16")
     got = cap.caption(images)
     assert all(r.error is None and r.text is not None for r in got)
+
+
+@pytest.mark.parametrize("threads", [1, os.cpu_count() or 1])
+def test_with_and_without_the_helper_thread(cap4, images, one_by_one, threads):
+    """With a core left free by torch the next batch is prepared on a helper thread, else
+    inline; the results are the same either way."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        assert cap4._spare_core() == (threads < len(os.sched_getaffinity(0)))
+        got = cap4.caption(images)
+    finally:
+        torch.set_num_threads(before)
+    assert [(r.text, r.tokens_out, r.finish_reason) for r in got] == \
+           [(r.text, r.tokens_out, r.finish_reason) for r in one_by_one]
