@@ -20,6 +20,8 @@ KNOWN = {
     "ray": ("ray", "ray"),
     "httpx": ("httpx", "generate"),
     "transformers": ("transformers", "caption"),
+    "huggingface_hub": ("huggingface_hub", "caption"),
+    "PIL": ("pillow", "caption"),
 }
 
 

@@ -217,7 +217,7 @@ def test_vlm_captions_flow_into_knowledge_dedup_mix_and_shards(image_store, vlm_
         vlm = {t for (t,) in s.con.execute("SELECT text FROM captions WHERE variant = 'vlm'").fetchall()}
     seen = 0
     last = len(list(out.glob("*.tar"))) - 1
-    for sample in wds.WebDataset(str(out) + "/{00000..%05d}.tar" % last, shardshuffle=False).decode("pil"):
+    for sample in wds.WebDataset(f"{out}/{{00000..{last:05d}}}.tar", shardshuffle=False).decode("pil"):
         assert any(k in sample for k in ("jpg", "png", "webp"))  # the stored bytes, as they are
         assert sample["txt"] in vlm
         seen += 1
