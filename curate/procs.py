@@ -38,13 +38,14 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import logging
 import os
 import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from types import FrameType
 from typing import Any
 
@@ -81,10 +82,39 @@ def set_parent_death_signal(sig: int = SIGKILL) -> bool:
     if not sys.platform.startswith("linux"):
         return False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        return bool(libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0)
+        libc = _libc()
+        return bool(libc is not None and libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0)
     except (OSError, AttributeError):
         return False
+
+
+_LIBC: list[Any] = []
+
+
+def _libc() -> Any:
+    """The C library, loaded once per process. ``find_library`` runs ``ldconfig`` in a
+    subprocess, which a ``preexec_fn`` child (forked from a threaded parent) should not
+    do at every start: the first call, in the parent, keeps the handle, and forked
+    children inherit it."""
+    if not _LIBC:
+        try:
+            _LIBC.append(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True))
+        except OSError:
+            _LIBC.append(None)
+    return _LIBC[0]
+
+
+def libc_name() -> str:
+    """The C library's file name as this process found it (for a child's prelude)."""
+    lib = _libc()
+    return str(lib._name) if lib is not None else "libc.so.6"
+
+
+def preexec_die_with_parent() -> Callable[[], None]:
+    """A ``preexec_fn`` for ``subprocess.Popen``: the child dies with this process. The C
+    library is loaded here, in the parent, so the forked child only calls ``prctl``."""
+    _libc()
+    return functools.partial(die_with_parent, os.getpid())
 
 
 def die_with_parent(parent_pid: int) -> None:
@@ -109,10 +139,10 @@ def prelude(parent_pid: int) -> str:
     that cannot import curate, e.g. img2dataset's venv) puts first: the same as
     :func:`die_with_parent`."""
     return (
-        "import ctypes as _c, ctypes.util as _cu, os as _os, signal as _s, sys as _sys\n"
+        "import ctypes as _c, os as _os, signal as _s, sys as _sys\n"
         "if _sys.platform.startswith('linux'):\n"
         "    try:\n"
-        "        _c.CDLL(_cu.find_library('c') or 'libc.so.6').prctl("
+        f"        _c.CDLL({libc_name()!r}).prctl("
         f"{PR_SET_PDEATHSIG}, int(_s.SIGKILL), 0, 0, 0)\n"
         "    except (OSError, AttributeError):\n"
         "        pass\n"
@@ -344,5 +374,5 @@ def _resource_tracker() -> set[int]:
     return {pid} if isinstance(pid, int) else set()
 
 
-__all__ = ["Interrupted", "as_interrupt", "die_with_parent", "guard", "handle_signals", "keep_signal_handlers", "kill_group",
+__all__ = ["Interrupted", "as_interrupt", "die_with_parent", "preexec_die_with_parent", "guard", "handle_signals", "keep_signal_handlers", "kill_group",
            "prelude", "set_parent_death_signal", "worker_init"]

@@ -260,7 +260,7 @@ def serve(model_path: Path | str, *, parallel: int = 4, ctx: int = 8192, extra_a
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                     start_new_session=True,
-                                    preexec_fn=functools.partial(procs.die_with_parent, os.getpid()))
+                                    preexec_fn=procs.preexec_die_with_parent())
         server = Server(f"http://127.0.0.1:{port}", port, proc, log_path)
         deadline = time.monotonic() + ready_timeout_s
         try:
