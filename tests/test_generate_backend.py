@@ -163,6 +163,7 @@ def test_serve_check_reports_model_latency_and_no_image_input(llama_server):
     assert report["image_input"] is False
     assert report["image_status"] is not None and 400 <= report["image_status"] < 600
     assert "image" in report["image_error"].lower() and "\n" not in report["image_error"]
+    assert report["declares_vision"] is False  # /props modalities.vision
 
 
 def test_tiny_png_is_a_png():

@@ -141,3 +141,4 @@ def test_serve_check_finds_image_input(vlm_server):
     report = serve_check(vlm_server.base_url)
     assert report["chat_ok"] and report["image_input"], report
     assert report["image_status"] == 200 and report["image_error"] is None
+    assert report["declares_vision"] is True  # /props modalities.vision

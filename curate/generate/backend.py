@@ -270,6 +270,23 @@ class OpenAIServer:
         return BackendError(f"cannot reach {self.base_url}: {reason}{tries}; "
                             "the pending work is kept, run again when it answers")
 
+    def declared_vision(self) -> bool | None:
+        """Whether the server says it takes images: llama-server's ``/props``
+        (``modalities.vision``) or its ``/v1/models`` ``models[].capabilities``
+        (``multimodal``); None when it says neither (vLLM says nothing of it)."""
+        got = self._get_json("/props", retries=0)
+        if got is not None and got[0] == 200 and isinstance(got[1], dict):
+            modalities = got[1].get("modalities")
+            if isinstance(modalities, dict) and isinstance(modalities.get("vision"), bool):
+                return bool(modalities["vision"])
+        got = self._get_json("/v1/models", retries=0)
+        if got is not None and got[0] == 200 and isinstance(got[1], dict):
+            caps = [c for m in got[1].get("models") or [] if isinstance(m, dict)
+                    for c in (m.get("capabilities") or [])]
+            if caps:
+                return "multimodal" in caps
+        return None
+
     def _get_json(self, path: str, retries: int | None = None) -> tuple[int, Any] | None:
         """(status, JSON or None) of ``GET root+path``; None when the server gave no
         HTTP answer."""

@@ -36,7 +36,9 @@ def serve_check(base_url: str, model: str | None = None, *, timeout_s: float = 6
     ``base_url``, ``model``, ``owned_by``, ``context_length``, ``fingerprint``;
     ``latency_s`` (one-token chat, seconds), ``chat_ok``, ``chat_error``; ``image_input``
     (bool), ``image_status`` (HTTP status of the image request), ``image_error`` (one
-    line, None when images work). A server that cannot be reached raises
+    line, None when images work); ``declares_vision``: what the server says of itself
+    (llama-server's ``/props`` ``modalities.vision``, or ``multimodal`` among its
+    ``/v1/models`` capabilities; None when it says nothing, as vLLM). A server that cannot be reached raises
     :class:`~curate.generate.backend.BackendError`."""
     with OpenAIServer(base_url, model=model, concurrency=1, timeout_s=timeout_s, retries=1, backoff_s=0.2) as server:
         info = server.info()
@@ -45,6 +47,7 @@ def serve_check(base_url: str, model: str | None = None, *, timeout_s: float = 6
         parts = [{"type": "text", "text": "Describe the image in one word."},
                  {"type": "image_url", "image_url": {"url": uri}}]
         [image] = server.chat([ChatRequest(messages=({"role": "user", "content": parts},), max_tokens=1)])
+        declared = server.declared_vision()
     return {
         "base_url": info.base_url,
         "model": info.model_id,
@@ -57,4 +60,5 @@ def serve_check(base_url: str, model: str | None = None, *, timeout_s: float = 6
         "image_input": image.error is None,
         "image_status": image.status_code,
         "image_error": image.error,
+        "declares_vision": declared,
     }
