@@ -1,4 +1,4 @@
-"""A tiny randomly initialised BLIP captioner, built offline from a config.
+"""Tiny randomly initialised captioners (BLIP, BLIP-2), built offline from configs.
 
 ``write_tiny_blip(folder)`` saves a ``BlipForConditionalGeneration`` (hidden size 32,
 2 layers, 32x32 px images, a 64-word vocabulary) and its ``BlipProcessor`` with
@@ -6,6 +6,12 @@
 ``AutoProcessor``, ``from_pretrained``. No network, a few seconds. Its captions are
 words picked by random weights: the same on every run for the same seed, meaningless
 otherwise. The tests and ``benchmarks/bench_caption_local.py`` use it.
+
+``write_tiny_blip2(folder)`` does the same for a ``Blip2ForConditionalGeneration``
+(a 2-layer vision tower, a 2-layer Q-Former with 4 query tokens and a 2-layer OPT
+decoder) and its ``Blip2Processor``, whose word-level tokenizer is built here with the
+``tokenizers`` library; the processor puts 4 ``<image>`` tokens before each prompt, as
+transformers 5 expects.
 """
 
 from __future__ import annotations
@@ -64,6 +70,78 @@ def write_tiny_blip(folder: str | Path, seed: int = 0) -> Path:
     model = BlipForConditionalGeneration(config).eval()
     with torch.no_grad():
         model.text_decoder.cls.predictions.bias[ids["[SEP]"]] = SEP_BIAS
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        model.save_pretrained(folder)
+        processor.save_pretrained(folder)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+    return folder
+
+
+#: BLIP-2's tokenizer: OPT's special tokens (``</s>`` is both start and end), then the image token
+OPT_SPECIALS = ("<pad>", "<unk>", "</s>", "<image>")
+#: how far the OPT decoder's final layer norm is moved along the ``</s>`` embedding, a bias on
+#: the end of caption (OPT's output layer has none). The output layer is the input embedding,
+#: so after the start token ``</s>`` the random decoder tends to repeat it: ended at once, most
+#: captions would be empty. Pulled back this far, some end within 12 tokens and most run on
+EOS_PUSH = -0.5
+NUM_QUERY_TOKENS = 4
+
+
+def write_tiny_blip2(folder: str | Path, seed: int = 0) -> Path:
+    """Build and save the tiny BLIP-2 (model, image processor, tokenizer) into ``folder``;
+    returns the folder. The weights depend only on ``seed``."""
+    import torch
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
+    from tokenizers.models import WordLevel
+    from transformers import (
+        Blip2Config,
+        Blip2ForConditionalGeneration,
+        Blip2Processor,
+        BlipImageProcessor,
+        PreTrainedTokenizerFast,
+    )
+    from transformers.utils import logging as hf_logging
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = {tok: i for i, tok in enumerate(OPT_SPECIALS + tuple(dict.fromkeys(WORDS)))}
+    ids = {tok: vocab[tok] for tok in OPT_SPECIALS}
+    words = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
+    words.normalizer = normalizers.Lowercase()
+    words.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    # OPT's tokenizer starts every text with </s>; the processor puts the image tokens before it
+    words.post_processor = processors.TemplateProcessing(
+        single="</s> $A", pair="</s> $A $B", special_tokens=[("</s>", ids["</s>"])])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, bos_token="</s>", eos_token="</s>",
+                                        pad_token="<pad>", unk_token="<unk>", model_max_length=64)
+    image_processor = BlipImageProcessor(size={"height": 32, "width": 32})
+    # "<image>" is in the vocabulary already, so the processor's add_tokens keeps its id
+    processor = Blip2Processor(image_processor=image_processor, tokenizer=tokenizer,
+                               num_query_tokens=NUM_QUERY_TOKENS)
+
+    tiny = {"intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
+    config = Blip2Config(
+        vision_config={"hidden_size": 32, "image_size": 32, "patch_size": 8, **tiny},
+        qformer_config={"hidden_size": 32, "max_position_embeddings": 64, "vocab_size": len(vocab), **tiny},
+        text_config={"model_type": "opt", "vocab_size": len(vocab), "hidden_size": 32, "ffn_dim": 64,
+                     "num_hidden_layers": 2, "num_attention_heads": 2, "max_position_embeddings": 64,
+                     "word_embed_proj_dim": 32, "pad_token_id": ids["<pad>"], "bos_token_id": ids["</s>"],
+                     "eos_token_id": ids["</s>"]},
+        num_query_tokens=NUM_QUERY_TOKENS, image_token_index=ids["<image>"], image_text_hidden_size=32,
+        initializer_range=INIT_STD,
+    )
+    for sub in (config.vision_config, config.qformer_config, config.text_config):
+        sub.initializer_range = INIT_STD
+    config.text_config.init_std = INIT_STD  # OPT's own name for it
+    torch.manual_seed(seed)
+    model = Blip2ForConditionalGeneration(config).eval()
+    with torch.no_grad():
+        eos = model.language_model.get_output_embeddings().weight[ids["</s>"]]
+        model.language_model.model.decoder.final_layer_norm.bias += EOS_PUSH * eos / eos.norm()
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
