@@ -411,3 +411,15 @@ def test_blip2_loads_offline(blip2, images, tmp_path):
     cls, *texts = json.loads(out.stdout.strip().splitlines()[-1])
     assert cls == "Blip2ForConditionalGeneration"
     assert texts == [r.text for r in LocalCaptioner(str(blip2), batch_size=4, max_new_tokens=12).caption(images[:4])]
+
+
+def test_blip2_text_positions_are_checked_up_front(blip2, images):
+    """OPT's learned positions end at 64: 4 query placeholders + </s> + 60 new tokens fit (the
+    last one is never fed back), 61 do not, and a 3-word prompt takes 3 more."""
+    for prompt, fits in ((None, 60), ("a picture of", 57)):
+        got = LocalCaptioner(str(blip2), batch_size=2, max_new_tokens=fits, min_new_tokens=fits,
+                             prompt=prompt).caption(images[:2])
+        assert all(r.error is None and r.tokens_out == fits for r in got), got
+        with pytest.raises(ConfigError, match="text positions") as e:
+            LocalCaptioner(str(blip2), max_new_tokens=fits + 1, prompt=prompt)
+        assert "\n" not in str(e.value)

@@ -182,8 +182,14 @@ class LocalCaptioner:
         self._is_blip = model_type == "blip"
         self._encoder_decoder = bool(getattr(self.model.config, "is_encoder_decoder", False) or getattr(
             getattr(self.model.config, "text_config", None), "is_encoder_decoder", False))
-        if self._is_blip:  # past its position embeddings BLIP's decoder fails on every image: say so now
+        # past its learned position embeddings a decoder fails on every image: say so now
+        used = None
+        if self._is_blip:
             used = len(self.processor.tokenizer(self.prompt)["input_ids"]) - 1 if self.prompt else 1
+        elif model_type == "blip-2" and self.model.config.text_config.model_type == "opt":
+            # the query placeholders, </s> and the prompt; the last new token is never fed back
+            used = self.model.config.num_query_tokens + len(self.processor.tokenizer(self.prompt or "")["input_ids"]) - 1
+        if used is not None:
             limit = self.model.config.text_config.max_position_embeddings
             if used + max_new_tokens > limit:
                 raise ConfigError(f"LocalCaptioner: max_new_tokens={max_new_tokens} plus {used} start/prompt "
