@@ -1,5 +1,6 @@
 """The in-process captioner (curate.generate.local) on a tiny random BLIP and a tiny random
-BLIP-2 (OPT decoder) saved with save_pretrained (tests/tinycaptioner.py): real PNG/JPEG bytes in, captions out, checked
+BLIP-2 (OPT decoder) and Florence-2 (the generic AutoModelForImageTextToText path) saved with
+save_pretrained (tests/tinycaptioner.py): real PNG/JPEG bytes in, captions out, checked
 against batch size 1 and against a plain transformers ``generate`` loop (the oracles)."""
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ Image = pytest.importorskip("PIL.Image")
 from curate.errors import ConfigError  # noqa: E402
 from curate.generate.local import LocalCaption, LocalCaptioner  # noqa: E402
 
-from .tinycaptioner import NUM_QUERY_TOKENS, write_tiny_blip, write_tiny_blip2  # noqa: E402
+from .tinycaptioner import NUM_QUERY_TOKENS, write_tiny_blip, write_tiny_blip2, write_tiny_florence2  # noqa: E402
 
 MAX_NEW = 12
 
@@ -423,3 +424,43 @@ def test_blip2_text_positions_are_checked_up_front(blip2, images):
         with pytest.raises(ConfigError, match="text positions") as e:
             LocalCaptioner(str(blip2), max_new_tokens=fits + 1, prompt=prompt)
         assert "\n" not in str(e.value)
+
+
+# -- Florence-2: the generic AutoModelForImageTextToText path, an encoder-decoder -------------
+
+
+@pytest.fixture(scope="module")
+def florence2(tmp_path_factory) -> Path:
+    return write_tiny_florence2(tmp_path_factory.mktemp("tinyflorence2"), seed=0)
+
+
+def test_florence2_matches_a_plain_loop_in_any_batch(florence2, images):
+    more = images + make_images(20, seed=1)
+    cap4 = LocalCaptioner(str(florence2), batch_size=4, max_new_tokens=MAX_NEW)
+    info = cap4.info()
+    assert info["model_class"] == "Florence2ForConditionalGeneration"  # via AutoModelForImageTextToText
+    assert cap4.prompt == "<CAPTION>"  # Florence-2's caption task by default
+    ours = cap4.caption(more)
+
+    processor = transformers.AutoProcessor.from_pretrained(florence2)
+    model = transformers.Florence2ForConditionalGeneration.from_pretrained(florence2).eval()
+    eos = model.generation_config.eos_token_id
+    expected = []
+    for s in range(0, len(more), 4):
+        pil = [Image.open(io.BytesIO(b)).convert("RGB") for b in more[s:s + 4]]
+        inputs = processor(images=pil, text=["<CAPTION>"] * len(pil), return_tensors="pt")
+        with torch.inference_mode():
+            seqs = model.generate(**inputs, max_new_tokens=MAX_NEW)
+        for row in seqs[:, 1:].tolist():  # after the decoder's start token (which is </s> too)
+            n = row.index(eos) + 1 if eos in row else len(row)
+            expected.append((processor.decode(row[:n], skip_special_tokens=True).strip(), n,
+                             "stop" if eos in row else "length"))
+    assert _triples(ours) == expected
+    assert {r.finish_reason for r in ours} == {"stop", "length"}
+    assert len({r.text for r in ours}) >= len(more) // 2  # the captions depend on the image
+    # the question the task stands for is the encoder's input, not part of the caption
+    assert not any("describe" in r.text for r in ours)
+
+    alone = LocalCaptioner(str(florence2), batch_size=1, max_new_tokens=MAX_NEW)
+    assert _triples([alone.caption([b])[0] for b in images]) == _triples(ours[:len(images)])
+    assert _triples(cap4.caption(images[:5])) == _triples(ours[:5])  # deterministic
