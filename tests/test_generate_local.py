@@ -464,3 +464,28 @@ def test_florence2_matches_a_plain_loop_in_any_batch(florence2, images):
     alone = LocalCaptioner(str(florence2), batch_size=1, max_new_tokens=MAX_NEW)
     assert _triples([alone.caption([b])[0] for b in images]) == _triples(ours[:len(images)])
     assert _triples(cap4.caption(images[:5])) == _triples(ours[:5])  # deterministic
+
+
+def test_florence2_forced_end_token_is_length(florence2, images, tmp_path):
+    """BART-based checkpoints set forced_eos_token_id: generate() then ends a caption cut at
+    max_new_tokens with </s>; that is still finish_reason "length", with the same text."""
+    forced = Path(shutil.copytree(florence2, tmp_path / "forced"))
+    gen = json.loads((forced / "generation_config.json").read_text())
+    gen["forced_eos_token_id"] = gen["eos_token_id"]
+    (forced / "generation_config.json").write_text(json.dumps(gen))
+    more = images + make_images(20, seed=1)
+    plain = LocalCaptioner(str(florence2), batch_size=8, max_new_tokens=MAX_NEW).caption(more)
+    cap = LocalCaptioner(str(forced), batch_size=8, max_new_tokens=MAX_NEW)
+    got = cap.caption(more)
+    assert {r.finish_reason for r in plain} == {"stop", "length"}
+    for p, g in zip(plain, got, strict=True):
+        if p.finish_reason == "stop" and p.tokens_out < MAX_NEW:
+            assert (g.text, g.tokens_out, g.finish_reason) == (p.text, p.tokens_out, "stop")
+        else:  # the forced </s> replaced the last word
+            assert (g.tokens_out, g.finish_reason) == (MAX_NEW, "length")
+            assert len(g.text.split()) <= MAX_NEW - 1
+    model = cap.model
+    inputs = cap._process([Image.open(io.BytesIO(b)).convert("RGB") for b in more[:8]])
+    with torch.inference_mode():
+        rows = model.generate(**inputs, max_new_tokens=MAX_NEW)[:, 1:].tolist()
+    assert all(gen["eos_token_id"] in row for row in rows)  # every caption ends with </s>: forced or chosen
