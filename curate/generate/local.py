@@ -20,7 +20,8 @@ order. Contract:
   stripped, special tokens removed. ``tokens_out`` counts the tokens generated, the end
   of sequence token included, padding and prompt excluded; ``finish_reason`` is
   ``"stop"`` when the model emitted its end of sequence token and ``"length"`` when it
-  ran into ``max_new_tokens``. A failed image has ``tokens_out=0`` and
+  ran into ``max_new_tokens`` (also when ``generate`` put a forced end token there, as
+  BART-based models' ``forced_eos_token_id`` does). A failed image has ``tokens_out=0`` and
   ``finish_reason="error"``.
 * ``latency_s`` is the image's share (1 / batch size) of its batch's wall time, counted
   from the end of the batch before it (or the start of the call) to its own end, so the
@@ -182,8 +183,14 @@ class LocalCaptioner:
         self._is_blip = model_type == "blip"
         self._encoder_decoder = bool(getattr(self.model.config, "is_encoder_decoder", False) or getattr(
             getattr(self.model.config, "text_config", None), "is_encoder_decoder", False))
-        if self._is_blip:  # past its position embeddings BLIP's decoder fails on every image: say so now
+        # past its learned position embeddings a decoder fails on every image: say so now
+        used = None
+        if self._is_blip:
             used = len(self.processor.tokenizer(self.prompt)["input_ids"]) - 1 if self.prompt else 1
+        elif model_type == "blip-2" and self.model.config.text_config.model_type == "opt":
+            # the query placeholders, </s> and the prompt; the last new token is never fed back
+            used = self.model.config.num_query_tokens + len(self.processor.tokenizer(self.prompt or "")["input_ids"]) - 1
+        if used is not None:
             limit = self.model.config.text_config.max_position_embeddings
             if used + max_new_tokens > limit:
                 raise ConfigError(f"LocalCaptioner: max_new_tokens={max_new_tokens} plus {used} start/prompt "
@@ -193,6 +200,8 @@ class LocalCaptioner:
         # BLIP's generate() ends a caption on [SEP], whatever its generation config says
         eos: Any = self.model.config.text_config.sep_token_id if self._is_blip else gen.eos_token_id
         self._eos = set(eos if isinstance(eos, (list, tuple)) else [] if eos is None else [eos])
+        # generate() then ends every caption that reaches max_new_tokens with an end token
+        self._forced_eos = getattr(gen, "forced_eos_token_id", None) is not None
 
     # -- set-up -------------------------------------------------------------------------
 
@@ -409,7 +418,7 @@ class LocalCaptioner:
             else:
                 kept.append(row[:end])
                 counts.append(end + 1)
-                reasons.append("stop")
+                reasons.append("length" if self._forced_eos and end + 1 == self.max_new_tokens else "stop")
         texts = self.processor.batch_decode(kept, skip_special_tokens=True)
         return [(t.strip(), c, r, None) for t, c, r in zip(texts, counts, reasons, strict=True)]
 
