@@ -43,6 +43,7 @@ import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from curate import procs
 
@@ -192,6 +193,11 @@ def write_tiny_gguf(path: Path | str, seed: int = 0, *, n_embd: int = 64, n_laye
     w.add_tensor("output_norm.weight", ones(n_embd))
     w.add_tensor("output.weight", rand(n_vocab, n_embd))
 
+    return finish_gguf(w, path)
+
+
+def finish_gguf(w: Any, path: Path) -> Path:
+    """Write a filled ``gguf.GGUFWriter`` out to ``path`` (header, metadata, tensors)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     w.write_header_to_file()
     w.write_kv_data_to_file()

@@ -33,7 +33,7 @@ import functools
 import io
 from pathlib import Path
 
-from tests.genserver import write_tiny_gguf
+from tests.genserver import finish_gguf, write_tiny_gguf
 
 #: the projector's pixel grid: llama.cpp resizes every image to this square
 IMAGE_SIZE = 32
@@ -108,12 +108,7 @@ def write_tiny_mmproj(path: Path | str, seed: int = 0, *, n_embd_text: int = 64,
     w.add_tensor("mm.2.weight", rand(n_embd_text, n_embd_text))
     w.add_tensor("mm.2.bias", zeros(n_embd_text))
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
+    return finish_gguf(w, path)
 
 
 def write_tiny_vlm(dir: Path | str, seed: int = 0) -> tuple[Path, Path]:

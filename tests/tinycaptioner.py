@@ -50,7 +50,6 @@ def write_tiny_blip(folder: str | Path, seed: int = 0) -> Path:
         BlipImageProcessor,
         BlipProcessor,
     )
-    from transformers.utils import logging as hf_logging
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -76,15 +75,7 @@ def write_tiny_blip(folder: str | Path, seed: int = 0) -> Path:
     model = BlipForConditionalGeneration(config).eval()
     with torch.no_grad():
         model.text_decoder.cls.predictions.bias[ids["[SEP]"]] = SEP_BIAS
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        model.save_pretrained(folder)
-        processor.save_pretrained(folder)
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
-    return folder
+    return _save(model, processor, folder)
 
 
 #: BLIP-2's tokenizer: OPT's special tokens (``</s>`` is both start and end), then the image token
@@ -110,7 +101,6 @@ def write_tiny_blip2(folder: str | Path, seed: int = 0) -> Path:
         BlipImageProcessor,
         PreTrainedTokenizerFast,
     )
-    from transformers.utils import logging as hf_logging
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -148,15 +138,7 @@ def write_tiny_blip2(folder: str | Path, seed: int = 0) -> Path:
     with torch.no_grad():
         eos = model.language_model.get_output_embeddings().weight[ids["</s>"]]
         model.language_model.model.decoder.final_layer_norm.bias += EOS_PUSH * eos / eos.norm()
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        model.save_pretrained(folder)
-        processor.save_pretrained(folder)
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
-    return folder
+    return _save(model, processor, folder)
 
 
 #: Florence-2's tokenizer: BART's special tokens, then the image token
@@ -186,7 +168,6 @@ def write_tiny_florence2(folder: str | Path, seed: int = 0) -> Path:
     returns the folder. The weights depend only on ``seed``."""
     import torch
     from transformers import CLIPImageProcessor, Florence2Config, Florence2ForConditionalGeneration, Florence2Processor
-    from transformers.utils import logging as hf_logging
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -219,6 +200,13 @@ def write_tiny_florence2(folder: str | Path, seed: int = 0) -> Path:
         u = torch.nn.functional.normalize(torch.randn(config.text_config.d_model), dim=0)
         model.lm_head.weight[ids["</s>"]] = u
         model.model.language_model.decoder.layers[-1].final_layer_norm.bias += FLORENCE2_EOS_PUSH * u
+    return _save(model, processor, folder)
+
+
+def _save(model: Any, processor: Any, folder: Path) -> Path:
+    """``save_pretrained`` of both into ``folder``, without transformers' progress bars."""
+    from transformers.utils import logging as hf_logging
+
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:

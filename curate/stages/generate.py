@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import time
@@ -708,7 +709,7 @@ def image_for_request(data: bytes, max_side: int | None) -> tuple[bytes, dict[st
         return data, {**prov, "image_sent": "as is"}
     if max_side is not None and max(w, h) > max_side:
         im.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
-    buf = __import__("io").BytesIO()
+    buf = io.BytesIO()
     im.save(buf, format="JPEG", quality=90)
     return buf.getvalue(), {**prov, "image_sent": f"jpeg {im.size[0]}x{im.size[1]}"}
 
